@@ -1,0 +1,1 @@
+"""Data stages: contract, shards, clean, align, report, pack, demo. Stages are plain batch functions."""

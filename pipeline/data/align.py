@@ -1,0 +1,127 @@
+"""Align: cleaned values -> fixed shapes, a presence mask per modality, and ``keep_rows`` to drop marked rows.
+
+In:  the output of ``clean_batch``.
+Out: ``image`` uint8 (B, H, W, 3) · ``text`` int64 (B, L) · ``audio`` float32 (B, N) · ``label`` int64 (B,)
+     ``present_<modality>`` bool (B,) for each enabled modality · ``__key__``, ``__url__``, ``drop_reason``,
+     ``drop_detail`` str. Absent or dropped modalities are zeros with present = False.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import soxr
+from PIL import Image
+
+from pipeline.data.config import StageConfig
+from pipeline.data.contract import KEY_COLUMN, URL_COLUMN
+from pipeline.data.decode import Rejected
+from pipeline.data.tokenize import encode_batch
+
+
+def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """uint8 (h, w, 3) -> uint8 (H, W, 3) by ``crop`` (cover then centre-crop), ``stretch`` or ``pad`` (letterbox)."""
+    out_h, out_w = size
+    h, w = rgb.shape[:2]
+    if (h, w) == (out_h, out_w):
+        return rgb
+    img = Image.fromarray(rgb)
+    if mode == "stretch":
+        return np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR))
+    scale = max(out_h / h, out_w / w) if mode == "crop" else min(out_h / h, out_w / w)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    if mode == "crop":
+        left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+        return np.asarray(img.crop((left, top, left + out_w, top + out_h)))
+    canvas = Image.new("RGB", (out_w, out_h))
+    canvas.paste(img, ((out_w - new_w) // 2, (out_h - new_h) // 2))
+    return np.asarray(canvas)
+
+
+def segment_bounds(meta: dict) -> tuple[float, float] | None:
+    """(start, end) seconds from ``start``/``end`` or the first of ``segments`` ([s, e] or {start, end})."""
+    if "segments" in meta:
+        segs = meta["segments"]
+        if not isinstance(segs, list) or not segs:
+            raise Rejected("segment_invalid", "segments must be a non-empty list")
+        first = segs[0]
+        if isinstance(first, dict):
+            start, end = first.get("start", 0.0), first.get("end")
+        elif isinstance(first, list) and len(first) == 2:
+            start, end = first
+        else:
+            raise Rejected("segment_invalid", f"segment {first!r:.60} is neither [start, end] nor {{start, end}}")
+    elif "start" in meta or "end" in meta:
+        start, end = meta.get("start", 0.0), meta.get("end")
+    else:
+        return None
+    try:
+        start = float(start)
+        end = math.inf if end is None else float(end)
+    except (TypeError, ValueError):
+        raise Rejected("segment_invalid", f"start/end not numbers: {start!r}, {end!r}") from None
+    if not 0 <= start < end:
+        raise Rejected("segment_invalid", f"need 0 <= start < end, got {start}, {end}")
+    return start, end
+
+
+def fit_audio(wave: np.ndarray, rate: int, target_rate: int, n: int, crop: str,
+              bounds: tuple[float, float] | None) -> np.ndarray:
+    """(frames, channels) at ``rate`` -> mono float32 (n,) at ``target_rate``: segment, resample, crop or pad."""
+    mono = wave.mean(axis=1, dtype=np.float32) if wave.ndim == 2 else wave.astype(np.float32)
+    if bounds:
+        first, last = int(bounds[0] * rate), min(len(mono), int(math.ceil(bounds[1] * rate)))
+        if first >= len(mono) or last <= first:
+            raise Rejected("segment_invalid", f"segment {bounds} outside the {len(mono) / rate:.3f}s clip")
+        mono = mono[first:last]
+    if rate != target_rate:
+        mono = soxr.resample(mono, rate, target_rate).astype(np.float32, copy=False)
+    if len(mono) >= n:
+        start = (len(mono) - n) // 2 if crop == "center" else 0
+        return mono[start:start + n]
+    return np.pad(mono, (0, n - len(mono)))
+
+
+def align_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.ndarray]:
+    n = len(batch[KEY_COLUMN])
+    reasons, details = batch["drop_reason"].copy(), batch["drop_detail"].copy()
+    out: dict[str, np.ndarray] = {KEY_COLUMN: batch[KEY_COLUMN], URL_COLUMN: batch[URL_COLUMN],
+                                  "label": batch["label"]}
+    mods = cfg.modalities
+    if mods.image:
+        images = np.zeros((n, *mods.image.size, 3), dtype=np.uint8)
+        for i, rgb in enumerate(batch["image"]):
+            if rgb is not None and not reasons[i]:
+                images[i] = resize_image(rgb, mods.image.size, cfg.align.image_resize)
+        out["image"] = images
+    if mods.audio:
+        audio = np.zeros((n, mods.audio.num_samples), dtype=np.float32)
+        for i, wave in enumerate(batch["audio"]):
+            if wave is None or reasons[i]:
+                continue
+            try:
+                bounds = segment_bounds(batch["meta"][i]) if cfg.align.use_segments else None
+                audio[i] = fit_audio(wave, int(batch["audio_rate"][i]), mods.audio.sample_rate,
+                                     mods.audio.num_samples, cfg.align.audio_crop, bounds)
+            except Rejected as r:
+                reasons[i], details[i] = r.reason, r.detail
+        out["audio"] = audio
+    if mods.text:
+        texts = [t if not reasons[i] else None for i, t in enumerate(batch["text"])]
+        out["text"] = encode_batch(texts, mods.text.max_tokens, mods.text.tokenizer, mods.text.vocab_size,
+                                   mods.text.lowercase)
+    kept = np.array([not r for r in reasons], dtype=bool)
+    for role in cfg.enabled:
+        present = np.array([v is not None for v in batch[role]], dtype=bool) & kept
+        out[f"present_{role}"] = present
+        out[role][~present] = 0  # a row dropped after decoding must not carry data
+    out["drop_reason"], out["drop_detail"] = reasons, details
+    return out
+
+
+def keep_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Only the kept rows, without the drop columns: what training sees."""
+    kept = np.array([not r for r in batch["drop_reason"]], dtype=bool)
+    return {k: v[kept] for k, v in batch.items() if k not in ("drop_reason", "drop_detail")}

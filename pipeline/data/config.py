@@ -1,0 +1,24 @@
+"""The slice of the job spec that the data stages need, with the class names resolved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.spec import AlignSpec, CleanSpec, JobSpec, LabelSpec, ModalitiesSpec
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    modalities: ModalitiesSpec
+    label: LabelSpec
+    clean: CleanSpec
+    align: AlignSpec
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, classes: list[str] | tuple[str, ...]) -> "StageConfig":
+        return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes))
+
+    @property
+    def enabled(self) -> list[str]:
+        return self.modalities.enabled()

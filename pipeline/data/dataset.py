@@ -1,0 +1,116 @@
+"""Ray Data wiring for one split: check shards -> read_webdataset(decoder=None) -> clean+align (-> keep_rows)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+
+from pipeline.data.align import keep_rows
+from pipeline.data.config import StageConfig
+from pipeline.data.dedupe import RemoteDuplicateIndex
+from pipeline.data.report import REPORT_COLUMNS, DataReport, SplitReport
+from pipeline.data.shards import ShardCheck, ShardError, check_shards, expand_shards
+from pipeline.data.stages import prepare_batch
+from pipeline.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+# Rows per clean+align call: large enough to amortise Ray's per-batch overhead, small enough for memory.
+PREPARE_BATCH_SIZE = 128
+
+
+class DataError(RuntimeError):
+    """The data named by a spec cannot be used (no class names, no readable shards...)."""
+
+
+def find_manifest(spec: JobSpec) -> dict | None:
+    """The dataset manifest.json: as named in the spec, else beside or one folder above the first shard."""
+    candidates = [spec.data.manifest] if spec.data.manifest else []
+    for patterns in spec.data.splits.values():
+        first = patterns[0]
+        parent = first.rsplit("/", 1)[0] if "/" in first else "."
+        candidates += [f"{parent}/manifest.json", f"{parent.rsplit('/', 1)[0]}/manifest.json"]
+        break
+    for path in candidates:
+        try:
+            with fsspec.open(path, "rt", encoding="utf-8") as f:
+                return json.load(f)
+        except (FileNotFoundError, OSError):
+            continue
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+    return None
+
+
+def resolve_classes(spec: JobSpec) -> list[str]:
+    if spec.label.classes:
+        return list(spec.label.classes)
+    manifest = find_manifest(spec)
+    if manifest and manifest.get("classes"):
+        return [str(c) for c in manifest["classes"]]
+    raise DataError("no class names: set label.classes in the spec, or keep the manifest.json written by "
+                    "`mmpipe pack` beside the shards (or name it in data.manifest)")
+
+
+@dataclass
+class SplitData:
+    """One split's prepared dataset (all rows, dropped ones marked) and the shards left out of it."""
+    name: str
+    dataset: object  # ray.data.Dataset
+    modalities: list[str]
+    checks: list[ShardCheck] = field(default_factory=list)
+
+    @property
+    def bad_shards(self) -> list[ShardCheck]:
+        return [c for c in self.checks if c.error]
+
+    def kept(self):
+        """Only the kept rows, fixed shapes: the dataset training consumes."""
+        return self.dataset.map_batches(keep_rows, batch_format="numpy")
+
+    def report(self, classes: list[str]) -> SplitReport:
+        """Stream the split once (payload columns stay in the workers) and count every row."""
+        report = SplitReport(self.name, classes, shards=len(self.checks),
+                             bad_shards=[{"path": c.path, "error": c.error} for c in self.bad_shards])
+        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities]
+        for batch in self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy"):
+            report.add_batch(batch)
+        return report
+
+
+def build_split(spec: JobSpec, split: str, classes: list[str]) -> SplitData:
+    """Check the split's shards and assemble its lazy Ray dataset. Raises ShardError/DataError before any read."""
+    import ray
+
+    if split not in spec.data.splits:
+        raise DataError(f"split {split!r} is not in data.splits (have: {', '.join(spec.data.splits) or 'none'})")
+    checks = check_shards(expand_shards(spec.data.splits[split]))
+    bad = [c for c in checks if c.error]
+    for c in bad:
+        log.warning("split %s: leaving out bad shard %s: %s", split, c.path, c.error)
+    if bad and spec.clean.on_bad_shard == "fail":
+        raise ShardError("bad shard(s), and clean.on_bad_shard is 'fail':\n" +
+                         "\n".join(f"  {c.path}: {c.error}" for c in bad))
+    good = [c.path for c in checks if not c.error]
+    if not good:
+        raise ShardError(f"split {split!r}: none of its {len(checks)} shard(s) is readable")
+
+    cfg = StageConfig.from_spec(spec, classes)
+    duplicates = RemoteDuplicateIndex() if spec.clean.dedupe else None
+    ds = ray.data.read_webdataset(good, decoder=None)
+    ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg, "duplicates": duplicates},
+                        batch_size=PREPARE_BATCH_SIZE, batch_format="numpy")
+    return SplitData(split, ds, cfg.enabled, checks)
+
+
+def validate_splits(spec: JobSpec, splits: list[str] | None = None) -> DataReport:
+    """read -> clean -> align over every split; the data report."""
+    classes = resolve_classes(spec)
+    report = DataReport(classes)
+    for name in splits or list(spec.data.splits):
+        report.splits[name] = build_split(spec, name, classes).report(classes)
+    return report

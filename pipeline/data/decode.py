@@ -1,0 +1,102 @@
+"""Decode and validate one member of each modality. Each decoder returns its value or raises ``Rejected``.
+
+Checks that need only a header (image dimensions, WAV chunk sizes) run before any full decode, so a
+decompression bomb is refused without allocating its pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+
+import numpy as np
+import soundfile as sf
+from PIL import Image, UnidentifiedImageError
+
+
+class Rejected(Exception):
+    """A member that fails validation: ``reason`` is a stable drop-reason id, ``detail`` says what exactly."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def decode_image(data: bytes, min_side: int, max_pixels: int, draft_size: tuple[int, int] | None = None
+                 ) -> np.ndarray:
+    """Bytes -> uint8 ``(H, W, 3)`` RGB. ``draft_size`` (W, H) lets JPEG decode at a reduced scale, never below it."""
+    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own bomb guard, at our limit, for formats sized only on load
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+    except Image.DecompressionBombError as e:
+        raise Rejected("image_too_large", str(e)[:200]) from None
+    except UnidentifiedImageError:
+        raise Rejected("image_undecodable", "not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise Rejected("image_undecodable", str(e)[:200]) from None
+    if w * h > max_pixels:
+        raise Rejected("image_too_large", f"{w}x{h} = {w * h} pixels > max_image_pixels {max_pixels}")
+    if min(w, h) < min_side:
+        raise Rejected("image_too_small", f"{w}x{h} < min_image_side {min_side}")
+    try:
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", draft_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            rgb = img.convert("RGB")  # forces the full decode: truncated data fails here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise Rejected("image_too_large", str(e)[:200]) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise Rejected("image_undecodable", str(e)[:200]) from None
+    return np.asarray(rgb)
+
+
+def decode_text(data: bytes, max_chars: int) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Rejected("text_invalid_utf8", f"byte {e.start}: {e.reason}") from None
+    text = text.lstrip("\ufeff")
+    if not text.strip():
+        raise Rejected("text_empty")
+    if len(text) > max_chars:
+        raise Rejected("text_too_long", f"{len(text)} characters > max_text_chars {max_chars}")
+    return text
+
+
+def wav_truncation(data: bytes) -> str | None:
+    """Why a RIFF/WAVE file is cut short, or None. libsndfile silently decodes a truncated WAV as a shorter clip."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if chunk == b"data":
+            have = len(data) - pos - 8
+            if size != 0xFFFFFFFF and have < size:
+                return f"data chunk declares {size} bytes, file holds {have}"
+            return None
+        pos += 8 + size + (size & 1)
+    return "no data chunk"
+
+
+def decode_audio(data: bytes, min_seconds: float, silence_peak: float) -> tuple[np.ndarray, int]:
+    """Bytes -> (float32 ``(frames, channels)``, sample rate)."""
+    cut = wav_truncation(data)
+    if cut:
+        raise Rejected("audio_undecodable", f"truncated WAV: {cut}")
+    try:
+        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as e:
+        raise Rejected("audio_undecodable", str(e)[:200]) from None
+    if not np.isfinite(wave).all():
+        raise Rejected("audio_undecodable", "contains NaN or infinite samples")
+    seconds = len(wave) / rate
+    if seconds < min_seconds:
+        raise Rejected("audio_too_short", f"{seconds:.3f}s < min_audio_seconds {min_seconds}")
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
+    if peak < silence_peak:
+        raise Rejected("audio_silent", f"peak {peak:.2e} < silence_peak {silence_peak}")
+    return wave, int(rate)

@@ -1,0 +1,148 @@
+"""``mmpipe pack``: a CSV or JSONL manifest of media files -> WebDataset shards per split + manifest.json.
+
+Manifest columns (paths relative to the manifest's folder):
+    image      image file                       text       inline text   |  text_path  a UTF-8 text file
+    audio      audio file                       label      class name or index (required)
+    split      default "train"                  key        sample key (default: the row number)
+    meta       a JSON object                    any other column goes into the sample's json member
+Media bytes are stored unchanged, under their own extension. A row whose media is missing or unreadable is
+skipped and reported with its line number and reason; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.data.shardwriter import Sample, ShardWriter
+
+MEDIA_COLUMNS = ("image", "audio", "text_path")
+KNOWN_COLUMNS = {"key", "split", "image", "text", "text_path", "audio", "label", "meta"}
+
+
+class ManifestError(ValueError):
+    """The manifest itself cannot be read (not the rows in it)."""
+
+
+@dataclass
+class PackResult:
+    manifest: dict
+    skipped: list[dict] = field(default_factory=list)
+
+
+def read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) pairs from a .csv or .jsonl/.ndjson manifest."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read manifest: {e}") from None
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "label" not in reader.fieldnames:
+            raise ManifestError(f"{path}: CSV header must name a 'label' column (got {reader.fieldnames})")
+        return [(reader.line_num, {k: v for k, v in row.items() if k is not None}) for row in reader]
+    if suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    row = {"__error__": f"not valid JSON: {e}"}
+                rows.append((number, row if isinstance(row, dict) else {"__error__": "not a JSON object"}))
+        return rows
+    raise ManifestError(f"{path}: manifest must be .csv or .jsonl, got {suffix or 'no extension'}")
+
+
+def natural_classes(labels: list[str]) -> list[str]:
+    """Class names in a stable order: numerically when all are integers, else alphabetically."""
+    unique = set(labels)
+    if all(s.lstrip("-").isdigit() for s in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+class RowSkipped(Exception):
+    pass
+
+
+def _read_media(base: Path, value: str, column: str) -> tuple[bytes, str]:
+    path = base / value
+    ext = "".join(path.suffixes[-2:]).lower().lstrip(".") if path.suffix.lower() == ".gz" else \
+        path.suffix.lower().lstrip(".")
+    if not ext:
+        raise RowSkipped(f"{column} file {value!r} has no extension (it decides the member type)")
+    try:
+        return path.read_bytes(), ext
+    except FileNotFoundError:
+        raise RowSkipped(f"{column} file not found: {value}") from None
+    except OSError as e:
+        raise RowSkipped(f"{column} file unreadable: {value}: {e.strerror or e}") from None
+
+
+def row_to_sample(row: dict, line: int, base: Path, classes: list[str]) -> tuple[str, Sample]:
+    """(split, Sample) for one manifest row; raises RowSkipped with the reason."""
+    if "__error__" in row:
+        raise RowSkipped(row["__error__"])
+    label = str(row.get("label") or "").strip()
+    if not label:
+        raise RowSkipped("label is empty")
+    if label not in classes:
+        raise RowSkipped(f"label {label!r} is not one of --classes")
+    members: dict[str, bytes] = {}
+    for column in MEDIA_COLUMNS:
+        if row.get(column):
+            data, ext = _read_media(base, str(row[column]), column)
+            members[ext if column != "text_path" else "txt"] = data
+    if row.get("text"):
+        members["txt"] = str(row["text"]).encode("utf-8")
+    if not members:
+        raise RowSkipped("no image, text, text_path or audio")
+    meta = {k: v for k, v in row.items() if k not in KNOWN_COLUMNS and v not in (None, "")}
+    if row.get("meta"):
+        extra = row["meta"] if isinstance(row["meta"], dict) else _json_object(row["meta"])
+        meta.update(extra)
+    if meta:
+        members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    index = classes.index(label)
+    members["cls"] = str(index).encode()
+    key = str(row.get("key") or f"{line:08d}")
+    return str(row.get("split") or "train"), Sample(key, members, index)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RowSkipped(f"meta is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise RowSkipped("meta is not a JSON object")
+    return value
+
+
+def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] | None = None,
+                  max_shard_bytes: int = 256 * 1024 ** 2, max_shard_samples: int | None = None,
+                  progress: bool = True) -> PackResult:
+    manifest = Path(manifest)
+    rows = read_rows(manifest)
+    if classes is None:
+        classes = natural_classes([str(r.get("label") or "").strip() for _, r in rows
+                                   if str(r.get("label") or "").strip()])
+    if len(classes) < 2:
+        raise ManifestError(f"{manifest}: need at least 2 classes, found {classes}")
+    writer = ShardWriter(out_dir, max_shard_bytes, max_shard_samples)
+    skipped: list[dict] = []
+    for line, row in tqdm(rows, desc="packing", unit="row", disable=not progress):
+        try:
+            split, sample = row_to_sample(row, line, manifest.parent, classes)
+            writer.write(split, sample)
+        except (RowSkipped, ValueError) as e:
+            skipped.append({"line": line, "reason": str(e)})
+    writer.close()
+    result = writer.write_manifest(classes, source=str(manifest), skipped=skipped)
+    return PackResult(result, skipped)

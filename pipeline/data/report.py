@@ -1,0 +1,111 @@
+"""The data report: per split, rows in = rows kept + sum of rows dropped per reason, and where every drop came from."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.data.clean import DROP_REASONS
+from pipeline.data.contract import KEY_COLUMN, URL_COLUMN
+
+EXAMPLES_PER_REASON = 5
+REPORT_COLUMNS = (KEY_COLUMN, URL_COLUMN, "label", "drop_reason", "drop_detail")
+
+
+@dataclass
+class SplitReport:
+    split: str
+    classes: list[str]
+    shards: int = 0
+    rows_in: int = 0
+    rows_kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    class_histogram: dict[str, int] = field(default_factory=dict)
+    modality_present: dict[str, int] = field(default_factory=dict)
+    bad_shards: list[dict] = field(default_factory=list)
+    examples: dict[str, list[dict]] = field(default_factory=dict)
+
+    def add_batch(self, batch: dict[str, np.ndarray]) -> None:
+        """Count one aligned batch (all rows, dropped ones included)."""
+        reasons = batch["drop_reason"]
+        kept = np.array([not r for r in reasons], dtype=bool)
+        self.rows_in += len(reasons)
+        self.rows_kept += int(kept.sum())
+        for i in np.flatnonzero(~kept):
+            reason = str(reasons[i])
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            examples = self.examples.setdefault(reason, [])
+            if len(examples) < EXAMPLES_PER_REASON:
+                examples.append({"key": str(batch[KEY_COLUMN][i]), "shard": str(batch[URL_COLUMN][i]),
+                                 "detail": str(batch["drop_detail"][i])})
+        for label, count in Counter(batch["label"][kept].tolist()).items():
+            name = self.classes[label]
+            self.class_histogram[name] = self.class_histogram.get(name, 0) + count
+        for col in batch:
+            if col.startswith("present_"):
+                role = col[len("present_"):]
+                self.modality_present[role] = self.modality_present.get(role, 0) + int(batch[col].sum())
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in == self.rows_kept + sum(self.dropped.values())
+
+    def coverage(self) -> dict[str, float]:
+        return {m: (n / self.rows_kept if self.rows_kept else 0.0) for m, n in self.modality_present.items()}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("classes")
+        d["dropped"] = {r: self.dropped[r] for r in sorted(self.dropped, key=_reason_order)}
+        d["class_histogram"] = {c: self.class_histogram.get(c, 0) for c in self.classes}
+        d["modality_coverage"] = self.coverage()
+        d["balanced"] = self.balanced
+        return d
+
+
+def _reason_order(reason: str) -> tuple[int, str]:
+    return (DROP_REASONS.index(reason) if reason in DROP_REASONS else len(DROP_REASONS), reason)
+
+
+@dataclass
+class DataReport:
+    classes: list[str]
+    splits: dict[str, SplitReport] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"classes": self.classes, "splits": {n: s.to_dict() for n, s in self.splits.items()}}
+
+    def write_json(self, path: str | Path) -> None:
+        from pipeline.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
+
+    def print(self, console: Console | None = None) -> None:
+        console = console or Console()
+        names = list(self.splits)
+        summary = Table(title="Data report", title_justify="left")
+        summary.add_column("")
+        for n in names:
+            summary.add_column(n, justify="right")
+        summary.add_row("shards", *(str(self.splits[n].shards) for n in names))
+        summary.add_row("bad shards", *(str(len(self.splits[n].bad_shards)) for n in names))
+        summary.add_row("rows in", *(str(self.splits[n].rows_in) for n in names))
+        summary.add_row("rows kept", *(str(self.splits[n].rows_kept) for n in names), style="bold")
+        reasons = sorted({r for s in self.splits.values() for r in s.dropped}, key=_reason_order)
+        for r in reasons:
+            summary.add_row(f"  dropped: {r}", *(str(self.splits[n].dropped.get(r, 0)) for n in names))
+        for c in self.classes:
+            summary.add_row(f"class {c}", *(str(self.splits[n].class_histogram.get(c, 0)) for n in names))
+        roles = sorted({m for s in self.splits.values() for m in s.modality_present})
+        for m in roles:
+            summary.add_row(f"{m} present", *(f"{self.splits[n].coverage().get(m, 0):.1%}" for n in names))
+        console.print(summary)
+        for n in names:
+            for bad in self.splits[n].bad_shards:
+                console.print(f"[red]bad shard[/] ({n}) {bad['path']}: {bad['error']}")

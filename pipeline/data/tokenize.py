@@ -1,0 +1,69 @@
+"""Tokenizers that need no download and never collapse a script to 'unknown'.
+
+``hash``: NFKC-normalised text is split into words (letters/digits/marks of space-separated scripts), single
+characters for scripts written without spaces (Han, Hiragana, Katakana, Hangul, Thai, ...) and single punctuation
+marks; each piece is hashed (CRC-32, stable across processes and machines) into ``[2, vocab_size)``. Collisions
+are possible but rare at the default vocabulary; there is no vocabulary file to ship or to get out of date.
+
+``bytes``: UTF-8 bytes shifted by 2, so every string of every script round-trips exactly.
+
+Id 0 is padding; id 1 is reserved.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import zlib
+
+import numpy as np
+
+PAD_ID = 0
+FIRST_ID = 2
+
+# Scripts written without spaces between words: one token per character.
+_CHAR_SCRIPTS = (
+    "\u2e80-\u2fdf"            # CJK radicals, Kangxi
+    "\u3040-\u30ff"            # Hiragana, Katakana
+    "\u3100-\u312f\u31a0-\u31bf"  # Bopomofo
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # Han
+    "\uac00-\ud7af\u1100-\u11ff"  # Hangul
+    "\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff"  # Thai, Lao, Myanmar, Khmer
+    "\U00020000-\U0003134f"    # Han extensions
+)
+_PIECES = re.compile(rf"[{_CHAR_SCRIPTS}]|(?:(?![{_CHAR_SCRIPTS}])[\w\u0300-\u036f])+|[^\w\s]", re.UNICODE)
+
+
+def hash_pieces(text: str, lowercase: bool = True) -> list[str]:
+    text = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        text = text.lower()
+    return _PIECES.findall(text)
+
+
+def _hash_ids(text: str, vocab_size: int, lowercase: bool) -> list[int]:
+    span = vocab_size - FIRST_ID
+    return [FIRST_ID + zlib.crc32(p.encode("utf-8")) % span for p in hash_pieces(text, lowercase)]
+
+
+def _byte_ids(text: str) -> list[int]:
+    return [FIRST_ID + b for b in text.encode("utf-8")]
+
+
+def encode_batch(texts: list[str | None], max_tokens: int, kind: str = "hash", vocab_size: int = 8192,
+                 lowercase: bool = True) -> np.ndarray:
+    """Token ids ``(B, max_tokens)`` int64, right-padded with 0 and truncated; None rows are all padding."""
+    out = np.zeros((len(texts), max_tokens), dtype=np.int64)
+    for row, text in enumerate(texts):
+        if not text:
+            continue
+        ids = _hash_ids(text, vocab_size, lowercase) if kind == "hash" else _byte_ids(text)
+        ids = ids[:max_tokens]
+        out[row, : len(ids)] = ids
+    return out
+
+
+def decode_bytes(ids: np.ndarray) -> str:
+    """Inverse of the ``bytes`` tokenizer (for tests and debugging)."""
+    raw = bytes(int(i) - FIRST_ID for i in ids if i >= FIRST_ID)
+    return raw.decode("utf-8", errors="replace")

@@ -1,0 +1,17 @@
+"""Start or join Ray once per process."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or RAY_ADDRESS, as inside a Ray job) if given, else start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = dict(include_dashboard=False, num_cpus=num_cpus) if not address else {}
+    ray.init(address=address, logging_level=logging.WARNING, **kwargs)

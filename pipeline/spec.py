@@ -1,0 +1,359 @@
+"""The job spec: one typed, validated model loaded from YAML.
+
+Defaults live here and only here. Every problem in a spec is reported at once, each with the file and the dotted
+path of the field, before any Ray work starts. ``--set a.b=value`` overrides are applied to the raw YAML first, so
+they are validated exactly like the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MODALITIES = ("image", "text", "audio")
+
+FUSIONS = ("concat", "sum", "gated", "attention", "tensor", "low_rank", "film", "late",
+           "image_only", "text_only", "audio_only")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "nadam", "adadelta", "rmsprop")
+LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message lists every problem with its field path."""
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors, not silently ignored typos.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _lower_exts(exts: list[str]) -> list[str]:
+    return [e.lower().lstrip(".") for e in exts]
+
+
+# ---------------------------------------------------------------- data & contract
+
+class DataSpec(Strict):
+    """Where the shards are. Relative local paths are resolved against the spec file's folder."""
+    splits: dict[str, list[str]] = Field(default_factory=dict,
+                                         description="split name -> shard paths, globs, brace patterns or URIs")
+    manifest: str | None = Field(None, description="dataset manifest.json; default: next to the first shard's folder")
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: [p] if isinstance(p, str) else p for k, p in v.items()}
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _non_empty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, paths in v.items():
+            if not paths:
+                raise ValueError(f"split {name!r} lists no shards")
+        return v
+
+
+class ImageSpec(Strict):
+    extensions: list[str] = ["jpg", "jpeg", "png", "webp"]
+    required: bool = False
+    size: tuple[int, int] = Field((64, 64), description="aligned (height, width)")
+    _norm = field_validator("extensions")(_lower_exts)
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError("image size must be positive")
+        return v
+
+
+class TextSpec(Strict):
+    extensions: list[str] = ["txt"]
+    required: bool = False
+    max_tokens: int = Field(32, ge=1, le=8192)
+    tokenizer: Literal["hash", "bytes"] = Field(
+        "hash", description="hash: words, and single characters for CJK scripts, hashed into vocab_size ids; "
+                            "bytes: UTF-8 bytes")
+    vocab_size: int = Field(8192, ge=260, description="ids 0 (pad) and 1 (reserved) included")
+    lowercase: bool = True
+    _norm = field_validator("extensions")(_lower_exts)
+
+
+class AudioSpec(Strict):
+    extensions: list[str] = ["wav", "flac", "ogg"]
+    required: bool = False
+    sample_rate: int = Field(16000, ge=1000)
+    seconds: float = Field(1.0, gt=0)
+    _norm = field_validator("extensions")(_lower_exts)
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate * self.seconds))
+
+
+class ModalitiesSpec(Strict):
+    """Each role; set one to null to ignore that modality entirely."""
+    image: ImageSpec | None = Field(default_factory=ImageSpec)
+    text: TextSpec | None = Field(default_factory=TextSpec)
+    audio: AudioSpec | None = Field(default_factory=AudioSpec)
+    meta_extensions: list[str] = ["json"]
+    _norm = field_validator("meta_extensions")(_lower_exts)
+
+    def enabled(self) -> list[str]:
+        return [m for m in MODALITIES if getattr(self, m) is not None]
+
+    @model_validator(mode="after")
+    def _extensions_unique(self) -> "ModalitiesSpec":
+        owner: dict[str, str] = {}
+        for role in self.enabled():
+            for ext in getattr(self, role).extensions:
+                if ext in owner:
+                    raise ValueError(f"extension {ext!r} is claimed by both {owner[ext]} and {role}")
+                owner[ext] = role
+        if not self.enabled():
+            raise ValueError("at least one modality must be enabled")
+        return self
+
+
+class LabelSpec(Strict):
+    source: Literal["cls", "json"] = Field("cls", description="cls: a member holding an index or class name; "
+                                                              "json: a key inside the meta json member")
+    extensions: list[str] = ["cls"]
+    json_key: str = "label"
+    classes: list[str] | None = Field(None, description="class names; default: from the dataset manifest.json")
+    _norm = field_validator("extensions")(_lower_exts)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("need at least 2 classes")
+            dupes = sorted({c for c in v if v.count(c) > 1})
+            if dupes:
+                raise ValueError(f"duplicate class names: {dupes}")
+        return v
+
+
+class CleanSpec(Strict):
+    min_image_side: int = Field(8, ge=1, description="smaller images are dropped (image_too_small)")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard (image_too_large)")
+    max_text_chars: int = Field(10_000, ge=1, description="longer texts are dropped (text_too_long)")
+    min_audio_seconds: float = Field(0.05, ge=0, description="shorter clips are dropped (audio_too_short)")
+    silence_peak: float = Field(1e-4, ge=0, description="clips whose peak |x| is below are silent (audio_silent)")
+    dedupe: bool = Field(True, description="drop exact duplicates (same content and label) within a split")
+    on_bad_shard: Literal["skip", "fail"] = "skip"
+
+
+class AlignSpec(Strict):
+    image_resize: Literal["crop", "stretch", "pad"] = Field(
+        "crop", description="crop: scale the short side then centre-crop; stretch: ignore aspect; pad: letterbox")
+    audio_crop: Literal["start", "center"] = Field("start", description="which part of a long clip is kept")
+    use_segments: bool = Field(True, description="crop audio to start/end or the first segment from the json meta")
+
+
+# ---------------------------------------------------------------- later stages (start small, validated now)
+
+class TransformSpec(Strict):
+    name: str
+    p: float = Field(0.5, ge=0, le=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentSpec(Strict):
+    enabled: bool = False
+    seed: int = 0
+    image: list[TransformSpec] = Field(default_factory=list)
+    text: list[TransformSpec] = Field(default_factory=list)
+    audio: list[TransformSpec] = Field(default_factory=list)
+
+
+class RebalanceSpec(Strict):
+    strategy: Literal["none", "oversample", "undersample", "sqrt", "target"] = "none"
+    target: dict[str, float] | None = Field(None, description="class name -> proportion, for strategy=target")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _target_needs_proportions(self) -> "RebalanceSpec":
+        if self.strategy == "target" and not self.target:
+            raise ValueError("strategy 'target' needs rebalance.target proportions")
+        if self.target and any(v < 0 for v in self.target.values()):
+            raise ValueError("target proportions must be >= 0")
+        return self
+
+
+class ModelSpec(Strict):
+    fusion: Literal[FUSIONS] = "concat"  # type: ignore[valid-type]
+    hidden: int = Field(128, ge=4)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    modality_dropout: float = Field(0.0, ge=0, lt=1)
+    pretrained: str | None = None
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+    loss: Literal[LOSSES] = "ce"  # type: ignore[valid-type]
+    early_stopping_metric: str = "val.macro_f1"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class ScalingSpec(Strict):
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines so Ray Data keeps a CPU")
+    use_gpu: bool = False
+    max_failures: int = Field(1, ge=-1)
+
+
+class TuneSpec(Strict):
+    num_samples: int = Field(4, ge=1)
+    metric: str = "val.macro_f1"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    search_alg: Literal["random", "optuna"] = "random"
+    search_space: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleSpec(Strict):
+    cron: str | None = None
+    timezone: str = "UTC"
+
+
+class JobSpec(Strict):
+    name: str = "mmpipe"
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    modalities: ModalitiesSpec = Field(default_factory=ModalitiesSpec)
+    label: LabelSpec = Field(default_factory=LabelSpec)
+    clean: CleanSpec = Field(default_factory=CleanSpec)
+    align: AlignSpec = Field(default_factory=AlignSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    rebalance: RebalanceSpec = Field(default_factory=RebalanceSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    tune: TuneSpec = Field(default_factory=TuneSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+
+    @model_validator(mode="after")
+    def _label_members_not_claimed(self) -> "JobSpec":
+        if self.label.source == "cls":
+            for role in self.modalities.enabled():
+                both = set(self.label.extensions) & set(getattr(self.modalities, role).extensions)
+                if both:
+                    raise ValueError(f"label extensions {sorted(both)} are also {role} extensions")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value); the value is read as YAML so 3, true and [x, y] get their types."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecError(f"--set {text!r}: empty part in key {key!r}")
+    return parts, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {text!r}: {'.'.join(parts[:i + 1])} is a {type(child).__name__}, "
+                                "not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at ``loc`` (to suggest close names for unknown keys)."""
+    model: Any = JobSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s) in the job spec:"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=3) if owner else []
+            msg = "unknown field" + (f" (did you mean {', '.join(close)}?)" if close else "")
+        elif e["type"] != "missing" and "input" in e:
+            msg += f" (got {e['input']!r:.60})"
+        lines.append(f"  - {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_local_paths(spec: JobSpec, base: Path) -> JobSpec:
+    def resolve(p: str) -> str:
+        if "://" in p or Path(p).is_absolute():
+            return p
+        return str(base / p)
+
+    spec.data.splits = {k: [resolve(p) for p in v] for k, v in spec.data.splits.items()}
+    if spec.data.manifest:
+        spec.data.manifest = resolve(spec.data.manifest)
+    return spec
+
+
+def spec_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None) -> JobSpec:
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_errors(err, source)) from None
+    return _resolve_local_paths(spec, base or Path.cwd())
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a YAML job spec. Raises SpecError naming the file and every bad field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read job spec ({e.strerror or e})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a job spec is a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return spec_from_dict(raw, source=str(path), base=path.resolve().parent)
+
+
+def dump_spec(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
