@@ -26,7 +26,7 @@ DROP_REASONS = (
     "meta_invalid", "label_missing", "label_unknown",
     "image_missing", "text_missing", "audio_missing", "no_modality",
     "image_undecodable", "image_too_small", "image_too_large",
-    "text_invalid_utf8", "text_empty", "text_too_long",
+    "text_undecodable", "text_invalid_utf8", "text_empty", "text_too_long",
     "audio_undecodable", "audio_too_short", "audio_silent",
     "segment_invalid", "duplicate",
 )

@@ -87,5 +87,5 @@ def gunzip_bounded(data: bytes, limit: int = MAX_MEMBER_BYTES) -> bytes:
     if len(out) > limit:
         raise OSError(f"decompresses to more than {limit} bytes")
     if not d.eof:
-        raise EOFError("truncated gzip stream")
+        raise EOFError("truncated gzip stream (not valid gzip)")
     return out

@@ -1,0 +1,87 @@
+import pytest
+
+from pipeline.spec import JobSpec, SpecError, apply_overrides, load_spec, parse_override
+
+
+def write(tmp_path, text, name="job.yaml"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_exist_for_every_section():
+    spec = JobSpec()
+    for section in ("data", "modalities", "label", "clean", "align", "augment", "rebalance", "model", "train",
+                    "scaling", "tune", "schedule"):
+        assert getattr(spec, section) is not None
+    assert spec.modalities.enabled() == ["image", "text", "audio"]
+    assert spec.modalities.audio.num_samples == 16000
+
+
+def test_relative_shard_paths_resolve_against_spec_folder_and_uris_stay(tmp_path):
+    p = write(tmp_path, "data:\n  splits:\n    train: shards/train-{0..3}.tar\n    val: [s3://bucket/v-*.tar]\n")
+    spec = load_spec(p)
+    assert spec.data.splits["train"] == [str(tmp_path / "shards/train-{0..3}.tar")]
+    assert spec.data.splits["val"] == ["s3://bucket/v-*.tar"]
+
+
+def test_unknown_key_names_file_path_and_suggests(tmp_path):
+    p = write(tmp_path, "train:\n  learning_rate: 0.1\nmodalities:\n  image:\n    sizee: [32, 32]\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert str(p) in msg
+    assert "train.learning_rate: unknown field" in msg
+    assert "modalities.image.sizee: unknown field (did you mean size?)" in msg
+    assert "2 problem(s)" in msg
+
+
+def test_wrong_types_and_values_reported_together(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: many\n  lr: -1\nmodel:\n  fusion: concatt\nrebalance:\n  strategy: target\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    for path in ("train.epochs", "train.lr", "model.fusion", "rebalance"):
+        assert f"  - {path}" in msg, msg
+    assert "'many'" in msg
+
+
+def test_set_overrides_are_typed_and_validated(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: 2\n")
+    spec = load_spec(p, ["train.epochs=7", "train.lr=0.05", "modalities.audio=null", "label.classes=[a, b]",
+                         "model.fusion=gated"])
+    assert spec.train.epochs == 7 and spec.train.lr == 0.05
+    assert spec.modalities.audio is None and spec.modalities.enabled() == ["image", "text"]
+    assert spec.label.classes == ["a", "b"]
+    with pytest.raises(SpecError, match="train.epochs"):
+        load_spec(p, ["train.epochs=zero"])
+    with pytest.raises(SpecError, match="expected KEY=VALUE"):
+        load_spec(p, ["train.epochs"])
+    with pytest.raises(SpecError, match="train.epochs is a int, not a section"):
+        load_spec(p, ["train.epochs.x=1"])
+
+
+def test_override_creates_missing_sections():
+    raw = apply_overrides({}, ["data.splits.train=a.tar"])
+    assert raw == {"data": {"splits": {"train": "a.tar"}}}
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(SpecError, match="cannot read job spec"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(write(tmp_path, "train: [unclosed\n"))
+    with pytest.raises(SpecError, match="mapping of sections"):
+        load_spec(write(tmp_path, "- a\n- b\n"))
+
+
+def test_contract_conflicts_rejected(tmp_path):
+    with pytest.raises(SpecError, match="claimed by both image and text"):
+        load_spec(write(tmp_path, "modalities:\n  text:\n    extensions: [txt, png]\n"))
+    with pytest.raises(SpecError, match="label extensions"):
+        load_spec(write(tmp_path, "label:\n  extensions: [txt]\n"))
+    with pytest.raises(SpecError, match="duplicate class names"):
+        load_spec(write(tmp_path, "label:\n  classes: [a, b, a]\n"))
+    with pytest.raises(SpecError, match="lists no shards"):
+        load_spec(write(tmp_path, "data:\n  splits:\n    train: []\n"))

@@ -1,0 +1,168 @@
+"""clean -> align on hand-made raw batches, without Ray: one sample per drop reason, shapes, masks, Unicode."""
+
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from conftest import raw_batch
+from pipeline.data.align import keep_rows
+from pipeline.data.clean import DROP_REASONS
+from pipeline.data.config import StageConfig
+from pipeline.data.dedupe import DuplicateIndex
+from pipeline.data.demo import _png_with_header_size
+from pipeline.data.stages import prepare_batch
+from pipeline.data.tokenize import decode_bytes, encode_batch
+from pipeline.spec import spec_from_dict
+
+CLASSES = ["cat", "dog", "猫"]
+
+
+def cfg(**overrides) -> StageConfig:
+    raw = {"modalities": {"image": {"size": [16, 24]}, "text": {"max_tokens": 12},
+                          "audio": {"sample_rate": 8000, "seconds": 0.5}}}
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return StageConfig.from_spec(spec_from_dict(raw), CLASSES)
+
+
+def png(h=20, w=30, colour=(200, 10, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def wav(seconds=0.5, rate=8000, channels=1, amp=0.5) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    x = (amp * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    x = np.stack([x] * channels, axis=1)
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def good(**extra) -> dict:
+    return {"png": png(), "txt": "a small cat".encode(), "wav": wav(), "cls": b"0", **extra}
+
+
+def run(samples, config=None, dup=None):
+    return prepare_batch(raw_batch(samples), config or cfg(), dup)
+
+
+BAD_CASES = {
+    "meta_invalid": (good(json=b"[1, 2]"), None),
+    "label_missing": ({k: v for k, v in good().items() if k != "cls"}, None),
+    "label_unknown": (good(cls=b"7"), None),
+    "image_missing": ({"txt": b"x", "cls": b"0"}, {"modalities__image__required": True}),
+    "text_missing": ({"png": png(), "cls": b"0"}, {"modalities__text__required": True}),
+    "audio_missing": ({"png": png(), "cls": b"0"}, {"modalities__audio__required": True}),
+    "no_modality": ({"cls": b"1", "json": b"{}"}, None),
+    "image_undecodable": (good(png=png()[:60]), None),
+    "image_too_small": (good(png=png(4, 30)), None),
+    "image_too_large": (good(png=_png_with_header_size(20_000, 20_000)), None),
+    "text_undecodable": ({"png": png(), "txt.gz": gzip.compress(b"cut short")[:-4], "cls": b"0"}, None),
+    "text_invalid_utf8": (good(txt=b"\xe4\xb8"), None),
+    "text_empty": (good(txt=b" \n\t"), None),
+    "text_too_long": (good(txt=b"x" * 50), {"clean__max_text_chars": 49}),
+    "audio_undecodable": (good(wav=wav()[:1000]), None),
+    "audio_too_short": (good(wav=wav(0.01)), None),
+    "audio_silent": (good(wav=wav(amp=0.0)), None),
+    "segment_invalid": (good(json=json.dumps({"start": 0.4, "end": 0.1}).encode()), None),
+}
+
+
+def test_every_reason_has_a_case():
+    assert set(BAD_CASES) | {"duplicate"} == set(DROP_REASONS)
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_CASES))
+def test_each_bad_sample_is_dropped_with_its_reason(reason):
+    sample, overrides = BAD_CASES[reason]
+    out = run([good(), sample], cfg(**(overrides or {})))
+    assert list(out["drop_reason"]) == ["", reason], out["drop_detail"]
+    assert out["label"][0] == 0
+    # the dropped row carries no data and no presence
+    for role in ("image", "text", "audio"):
+        assert not out[f"present_{role}"][1]
+        assert not out[role][1].any()
+
+
+def test_exact_duplicates_across_batches_keep_one_copy_idempotently():
+    index = DuplicateIndex()
+    a = run([good(__key__="a"), good(__key__="b", cls=b"1")], dup=index)
+    b = run([good(__key__="c")], dup=index)
+    assert list(a["drop_reason"]) == ["", ""]  # same media, different label: not a duplicate
+    assert list(b["drop_reason"]) == ["duplicate"]
+    assert "shard-000.tar::a" in b["drop_detail"][0]
+    again = run([good(__key__="a")], dup=index)  # re-executing the same row gives the same answer
+    assert list(again["drop_reason"]) == [""]
+
+
+def test_aligned_shapes_dtypes_and_presence():
+    samples = [good(), {"png": png(50, 10), "cls": b"dog"}, good(wav=wav(1.2, rate=22050, channels=2))]
+    out = run(samples)
+    assert out["image"].shape == (3, 16, 24, 3) and out["image"].dtype == np.uint8
+    assert out["text"].shape == (3, 12) and out["text"].dtype == np.int64
+    assert out["audio"].shape == (3, 4000) and out["audio"].dtype == np.float32
+    assert out["label"].tolist() == [0, 1, 0]
+    assert out["present_text"].tolist() == [True, False, True]
+    assert out["present_audio"].tolist() == [True, False, True]
+    assert not out["text"][1].any() and not out["audio"][1].any()
+    assert np.abs(out["audio"][2]).max() > 0.3  # resampled stereo clip keeps its signal
+    kept = keep_rows(out)
+    assert "drop_reason" not in kept and len(kept["label"]) == 3
+
+
+def test_gz_members_and_label_by_name_and_json_source():
+    text = "压缩的文本".encode()
+    s = {"png": png(), "txt.gz": gzip.compress(text), "json": json.dumps({"label": "猫"}).encode()}
+    out = run([s], cfg(label__source="json"))
+    assert out["drop_reason"][0] == "" and out["label"][0] == 2
+    broken = {"png": png(), "txt.gz": gzip.compress(text)[:-6], "cls": b"0"}
+    out = run([broken])
+    assert out["drop_reason"][0] == "text_undecodable" and "gzip" in out["drop_detail"][0]
+
+
+def test_chinese_and_other_scripts_survive_tokenization():
+    texts = ["一只小猫在睡觉", "Кошка спит", "القطة نائمة", "고양이가 잔다", "naïve café 😺"]
+    ids = encode_batch(texts, 64, "bytes")
+    assert [decode_bytes(row) for row in ids] == texts
+    hashed = encode_batch(texts, 64, "hash", vocab_size=8192)
+    for text, row in zip(texts, hashed):
+        assert (row[: len(text.replace(" ", ""))] >= 2).sum() > 0
+    # every Chinese character is its own token: distinct characters, distinct ids, none "unknown"
+    chinese = hashed[0][:7]
+    assert len(set(chinese.tolist())) == 7 and (chinese >= 2).all()
+
+
+def test_segment_crop_takes_the_json_span():
+    rate = 8000
+    x = np.zeros(rate * 2, dtype=np.float32)
+    x[rate:] = 0.8  # second half loud
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format="WAV", subtype="FLOAT")
+    meta = json.dumps({"segments": [{"start": 1.0, "end": 1.5}]}).encode()
+    out = run([{"png": png(), "wav": buf.getvalue(), "json": meta, "cls": b"0"}])
+    assert out["drop_reason"][0] == ""
+    assert np.allclose(out["audio"][0], 0.8, atol=1e-3)
+    out = run([{"png": png(), "wav": buf.getvalue(), "cls": b"0"}], cfg(align__use_segments=False))
+    assert np.allclose(out["audio"][0], 0.0)
+
+
+@pytest.mark.parametrize("mode", ["crop", "stretch", "pad"])
+def test_image_resize_modes(mode):
+    out = run([good(png=png(40, 10, (0, 255, 0)))], cfg(align__image_resize=mode))
+    img = out["image"][0]
+    assert img.shape == (16, 24, 3)
+    if mode == "pad":
+        assert img[:, 0].sum() == 0 and img[8, 12, 1] == 255  # letterbox bars, content in the middle
+    else:
+        assert (img[..., 1] == 255).all()
