@@ -20,7 +20,7 @@ SetOption = typer.Option(None, "--set", help="Override a spec field: --set train
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/] {message}", highlight=False)
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -41,17 +41,19 @@ def pack(
                                                      "(default: the labels found, sorted)"),
     shard_mb: float = typer.Option(256.0, help="Start a new shard past this many MiB"),
     shard_samples: Optional[int] = typer.Option(None, help="…or past this many samples"),
+    overwrite: bool = typer.Option(False, help="Replace a dataset already in OUT_DIR"),
 ) -> None:
     """Pack media files listed in a manifest into WebDataset shards per split, with manifest.json."""
     from pipeline.data.pack import ManifestError, pack_manifest
 
     try:
         result = pack_manifest(manifest, out_dir, classes.split(",") if classes else None,
-                               int(shard_mb * 1024 ** 2), shard_samples, progress=sys.stderr.isatty())
-    except ManifestError as e:
+                               int(shard_mb * 1024 ** 2), shard_samples, progress=sys.stderr.isatty(),
+                               overwrite=overwrite)
+    except (ManifestError, FileExistsError) as e:
         _fail(str(e))
     for s in result.skipped:
-        err.print(f"[yellow]skipped[/] {manifest}:{s['line']}: {s['reason']}", highlight=False)
+        err.print(f"[yellow]skipped[/] {manifest}:{s['line']}: {s['reason']}", highlight=False, soft_wrap=True)
     m = result.manifest
     per_split = ", ".join(f"{name}: {split['samples']}" for name, split in m["splits"].items())
     console.print(f"wrote {m['samples']} samples in "
@@ -65,11 +67,15 @@ def demo_data(
     out_dir: Path = typer.Argument(..., help="Folder to write the demo dataset into"),
     seed: int = typer.Option(0, help="Same seed, same shards"),
     scale: float = typer.Option(1.0, help="Multiply the number of samples (0.1 for a tiny set)"),
+    overwrite: bool = typer.Option(False, help="Replace a dataset already in OUT_DIR"),
 ) -> None:
     """Write a synthetic long-tailed image+text+audio dataset (with planted bad samples) and its spec.yaml."""
     from pipeline.data.demo import write_demo
 
-    m = write_demo(out_dir, seed=seed, scale=scale)
+    try:
+        m = write_demo(out_dir, seed=seed, scale=scale, overwrite=overwrite)
+    except FileExistsError as e:
+        _fail(str(e))
     planted = sum(n for split in m["planted"].values() for n in split.values())
     console.print(f"wrote {m['samples']} samples ({planted} deliberately bad) to {out_dir}; "
                   f"next: mmpipe validate {out_dir}/spec.yaml")

@@ -55,3 +55,14 @@ def test_validate_writes_report_and_bad_spec_fails_early(ray_session, demo_dir, 
 def test_show_spec_resolves_defaults_and_overrides(demo_dir):
     result = runner.invoke(app, ["show-spec", str(demo_dir / "spec.yaml"), "--set", "train.epochs=3"])
     assert result.exit_code == 0 and "epochs: 3" in result.stdout and "fusion: concat" in result.stdout
+
+
+def test_output_folder_with_a_dataset_is_not_mixed_into(tmp_path):
+    d = tmp_path / "d"
+    assert runner.invoke(app, ["demo-data", str(d), "--scale", "0.3"]).exit_code == 0
+    again = runner.invoke(app, ["demo-data", str(d), "--scale", "0.1"])
+    assert again.exit_code == 2 and "already holds a dataset" in again.output
+    assert runner.invoke(app, ["demo-data", str(d), "--scale", "0.1", "--overwrite"]).exit_code == 0
+    manifest = json.loads((d / "manifest.json").read_text())
+    on_disk = sorted(p.relative_to(d).as_posix() for p in d.rglob("*.tar"))
+    assert on_disk == sorted(s["path"] for split in manifest["splits"].values() for s in split["shards"])

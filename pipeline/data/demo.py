@@ -170,11 +170,12 @@ def bad_samples(split: str, rng: np.random.Generator, template: Sample) -> list[
     return out
 
 
-def write_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, samples_per_shard: int = 200) -> dict:
+def write_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, samples_per_shard: int = 200,
+               overwrite: bool = False) -> dict:
     """Write the shards, manifest.json and spec.yaml; returns the manifest."""
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    writer = ShardWriter(out_dir, max_samples=samples_per_shard)
+    writer = ShardWriter(out_dir, max_samples=samples_per_shard, overwrite=overwrite)
     planted: dict[str, dict[str, int]] = {}
     for split, factor in (("train", 1.0), ("val", 0.25), ("test", 0.25)):
         labels = np.concatenate([np.full(max(2, round(n * factor * scale)), c) for c, n in enumerate(TRAIN_COUNTS)])

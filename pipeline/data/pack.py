@@ -127,7 +127,7 @@ def _json_object(text: str) -> dict:
 
 def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] | None = None,
                   max_shard_bytes: int = 256 * 1024 ** 2, max_shard_samples: int | None = None,
-                  progress: bool = True) -> PackResult:
+                  progress: bool = True, overwrite: bool = False) -> PackResult:
     manifest = Path(manifest)
     rows = read_rows(manifest)
     if classes is None:
@@ -135,7 +135,7 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
                                    if str(r.get("label") or "").strip()])
     if len(classes) < 2:
         raise ManifestError(f"{manifest}: need at least 2 classes, found {classes}")
-    writer = ShardWriter(out_dir, max_shard_bytes, max_shard_samples)
+    writer = ShardWriter(out_dir, max_shard_bytes, max_shard_samples, overwrite=overwrite)
     skipped: list[dict] = []
     for line, row in tqdm(rows, desc="packing", unit="row", disable=not progress):
         try:

@@ -65,11 +65,28 @@ class _OpenShard:
     samples: int = 0
 
 
+def clear_previous(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix with an earlier dataset in ``out_dir`` (stale shards would be globbed in), or remove it."""
+    old = sorted(out_dir.glob("*/*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) if out_dir.is_dir() else []
+    manifest = out_dir / "manifest.json"
+    if not old and not manifest.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a dataset ({len(old)} shard(s)"
+                              f"{', manifest.json' if manifest.exists() else ''}); choose an empty folder or "
+                              "overwrite it (--overwrite)")
+    for path in old:
+        path.unlink()
+    manifest.unlink(missing_ok=True)
+
+
 class ShardWriter:
     """``write(split, sample)`` appends to the split's current shard, starting a new one at the size limits."""
 
-    def __init__(self, out_dir: str | Path, max_bytes: int = 256 * 1024 ** 2, max_samples: int | None = None):
+    def __init__(self, out_dir: str | Path, max_bytes: int = 256 * 1024 ** 2, max_samples: int | None = None,
+                 overwrite: bool = False):
         self.out_dir = Path(out_dir)
+        clear_previous(self.out_dir, overwrite)
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self._open: dict[str, _OpenShard] = {}
         self.shards: dict[str, list[ShardInfo]] = {}
