@@ -72,7 +72,7 @@ def test_tgz_shard_with_gz_members_and_chinese_text(ray_session, tmp_path):
         members += [(f"dir/sub/{i:03d}.cls", str(i % 2).encode()),
                     (f"dir/sub/{i:03d}.txt.gz", gzip.compress(t.encode("utf-8")))]
     write_tar(tmp_path / "s.tgz", members, mode="w:gz")
-    raw = {"data": {"splits": {"train": [str(tmp_path / "s.tgz")]}},
+    raw = {"data": {"splits": {"train": [f"file://{tmp_path}/*.tgz"]}},  # fsspec URI + glob
            "modalities": {"image": None, "audio": None,
                           "text": {"tokenizer": "bytes", "max_tokens": 64, "lowercase": False}},
            "label": {"classes": ["a", "b"]}}
