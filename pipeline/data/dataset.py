@@ -101,7 +101,7 @@ def build_split(spec: JobSpec, split: str, classes: list[str]) -> SplitData:
 
     cfg = StageConfig.from_spec(spec, classes)
     duplicates = RemoteDuplicateIndex() if spec.clean.dedupe else None
-    ds = ray.data.read_webdataset(good, decoder=None)
+    ds = ray.data.read_webdataset(good, decoder=None, override_num_blocks=len(good))  # one read task per shard
     ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg, "duplicates": duplicates},
                         batch_size=PREPARE_BATCH_SIZE, batch_format="numpy")
     return SplitData(split, ds, cfg.enabled, checks)
