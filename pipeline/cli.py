@@ -25,12 +25,15 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(spec_path: Path, overrides: Optional[list[str]]):
-    from pipeline.spec import SpecError, load_spec
+    from pipeline.spec import SpecError, load_spec, spec_warnings
 
     try:
-        return load_spec(spec_path, overrides or [])
+        spec = load_spec(spec_path, overrides or [])
     except SpecError as e:
         _fail(str(e))
+    for warning in spec_warnings(spec):
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    return spec
 
 
 @app.command()
@@ -47,13 +50,15 @@ def pack(
     from pipeline.data.pack import ManifestError, pack_manifest
 
     try:
-        result = pack_manifest(manifest, out_dir, classes.split(",") if classes else None,
+        result = pack_manifest(manifest, out_dir, [c.strip() for c in classes.split(",")] if classes else None,
                                int(shard_mb * 1024 ** 2), shard_samples, progress=sys.stderr.isatty(),
                                overwrite=overwrite)
     except (ManifestError, FileExistsError) as e:
         _fail(str(e))
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {manifest}:{s['line']}: {s['reason']}", highlight=False, soft_wrap=True)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     m = result.manifest
     per_split = ", ".join(f"{name}: {split['samples']}" for name, split in m["splits"].items())
     console.print(f"wrote {m['samples']} samples in "
@@ -90,10 +95,17 @@ def validate(
 ) -> None:
     """Run read → clean → align over every split and print the data report."""
     job = _load(spec, set_)
-    from pipeline.data.dataset import DataError, validate_splits
+    from pipeline.data.dataset import DataError, resolve_classes, validate_splits
+    from pipeline.data.plots import plot_class_distribution
     from pipeline.data.shards import ShardError
     from pipeline.ray_runtime import ensure_ray
 
+    if not job.data.splits:
+        _fail(f"{spec}: data.splits lists no splits to validate")
+    try:
+        resolve_classes(job)  # configuration problems surface before Ray starts
+    except DataError as e:
+        _fail(str(e))
     ensure_ray()
     try:
         report = validate_splits(job, split)
@@ -103,6 +115,13 @@ def validate(
     if out:
         report.write_json(out)
         console.print(f"report written to {out}")
+        if report.rebalance:
+            r = report.rebalance
+            png = plot_class_distribution(report.classes, list(r["before"].values()),
+                                          list(r["expected_after"].values()),
+                                          f"train classes, rebalance: {r['strategy']}",
+                                          out.with_name(out.stem + "_classes.png"))
+            console.print(f"class distribution plot written to {png}")
     if any(s.rows_kept == 0 for s in report.splits.values()):
         _fail("a split kept no rows", code=1)
 
@@ -139,6 +158,41 @@ def inspect(
         for s in split["shards"]:
             if "error" in s:
                 console.print(f"  [red]unreadable[/] {s['path']}: {s['error']}")
+
+
+@app.command("preview-augment")
+def preview_augment(
+    spec: Path = typer.Argument(..., help="Job spec YAML with an augment section"),
+    set_: Optional[list[str]] = SetOption,
+    n: int = typer.Option(8, "--n", min=1, max=64, help="Samples to show"),
+    out: Path = typer.Option(..., help="Folder for augment_preview.png and augment_preview.json"),
+    epoch: int = typer.Option(0, help="Epoch whose augmentation to show (each epoch differs)"),
+) -> None:
+    """Write a PNG sheet of train samples before and after augmentation (images, spectrograms, text)."""
+    job = _load(spec, set_)
+    from pipeline.data.augment.stage import augment_batch
+    from pipeline.data.dataset import DataError, build_split, resolve_classes
+    from pipeline.data.plots import augment_sheet
+    from pipeline.data.shards import ShardError
+    from pipeline.io import atomic_write_text
+    from pipeline.ray_runtime import ensure_ray
+
+    if not (job.augment.image or job.augment.text or job.augment.audio):
+        _fail("the spec lists no augment.image, augment.text or augment.audio transforms")
+    ensure_ray()
+    try:
+        classes = resolve_classes(job)
+        before = build_split(job, "train", classes).kept().take_batch(n, batch_format="numpy")
+    except (DataError, ShardError) as e:
+        _fail(str(e))
+    after = augment_batch(before, job.augment, job.modalities, epoch)
+    out.mkdir(parents=True, exist_ok=True)
+    roles = [m for m in job.modalities.enabled() if getattr(job.augment, m)]
+    png = augment_sheet(before, after, roles, out / "augment_preview.png")
+    texts = [{"key": str(k), "before": str(b), "after": str(a)}
+             for k, b, a in zip(before["__key__"], before.get("text_raw", []), after.get("text_raw", []))]
+    atomic_write_text(out / "augment_preview.json", json.dumps(texts, indent=2, ensure_ascii=False))
+    console.print(f"wrote {png} and {out / 'augment_preview.json'}")
 
 
 @app.command("show-spec")

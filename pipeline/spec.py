@@ -96,6 +96,12 @@ class AudioSpec(Strict):
     def num_samples(self) -> int:
         return int(round(self.sample_rate * self.seconds))
 
+    @model_validator(mode="after")
+    def _at_least_one_sample(self) -> "AudioSpec":
+        if self.num_samples < 1:
+            raise ValueError(f"sample_rate x seconds gives {self.num_samples} samples; need at least 1")
+        return self
+
 
 class ModalitiesSpec(Strict):
     """Each role; set one to null to ignore that modality entirely."""
@@ -126,6 +132,9 @@ class LabelSpec(Strict):
                                                               "json: a key inside the meta json member")
     extensions: list[str] = ["cls"]
     json_key: str = "label"
+    format: Literal["auto", "index", "name"] = Field(
+        "auto", description="auto: an integer is a class index (as `mmpipe pack` writes), anything else a name; "
+                            "name: always a class name (for numeric class names such as 1, 2, 10)")
     classes: list[str] | None = Field(None, description="class names; default: from the dataset manifest.json")
     _norm = field_validator("extensions")(_lower_exts)
 
@@ -167,7 +176,8 @@ class TransformSpec(Strict):
 
 
 class AugmentSpec(Strict):
-    enabled: bool = False
+    """Train split only. Transform names are the libraries' class names, e.g. HorizontalFlip, KeyboardAug, Gain."""
+    enabled: bool = True
     seed: int = 0
     image: list[TransformSpec] = Field(default_factory=list)
     text: list[TransformSpec] = Field(default_factory=list)
@@ -206,6 +216,10 @@ class TrainSpec(Strict):
     warmup_epochs: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(None, gt=0)
     loss: Literal[LOSSES] = "ce"  # type: ignore[valid-type]
+    class_balanced_beta: float | None = Field(
+        0.999, ge=0, lt=1, description="effective-number class weights for weighted_ce (and focal unless null)")
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss focusing parameter")
+    logit_tau: float = Field(1.0, ge=0, description="logit adjustment strength (x log class prior)")
     early_stopping_metric: str = "val.macro_f1"
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = 0
@@ -268,7 +282,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise SpecError(f"--set {text!r}: empty part in key {key!r}")
-    return parts, yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return parts, ""
+    try:
+        return parts, yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return parts, raw  # not YAML (a glob such as *.tar, a brace pattern): the plain string
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -276,6 +295,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         parts, value = parse_override(text)
         node = raw
         for i, part in enumerate(parts[:-1]):
+            if part in node and node[part] is None:
+                raise SpecError(f"--set {text!r}: {'.'.join(parts[:i + 1])} is null (switched off); "
+                                f"switch it on first with --set {'.'.join(parts[:i + 1])}={{}}")
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
@@ -330,12 +352,36 @@ def _resolve_local_paths(spec: JobSpec, base: Path) -> JobSpec:
     return spec
 
 
+def _transform_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """Augmentation transforms are built and tried once here, so a bad name or parameter fails at load time."""
+    if not spec.augment.enabled or not (spec.augment.image or spec.augment.text or spec.augment.audio):
+        return []
+    from pipeline.data.augment.stage import check_transforms
+
+    return check_transforms(spec)
+
+
 def spec_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None) -> JobSpec:
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(format_errors(err, source)) from None
+    problems = _transform_problems(spec)
+    if problems:
+        raise SpecError("\n".join([f"{source}: {len(problems)} problem(s) in the job spec:"] +
+                                   [f"  - {path}: {msg}" for path, msg in problems]))
     return _resolve_local_paths(spec, base or Path.cwd())
+
+
+def spec_warnings(spec: JobSpec) -> list[str]:
+    """Legal but probably unintended combinations, to print before work starts."""
+    out = []
+    if spec.rebalance.strategy != "none" and spec.train.loss in ("weighted_ce", "focal") and \
+            (spec.train.loss == "weighted_ce" or spec.train.class_balanced_beta is not None):
+        out.append(f"rebalance.strategy={spec.rebalance.strategy} resamples classes and train.loss={spec.train.loss} "
+                   "reweights them too: minority classes are boosted twice. Use one of the two, or "
+                   "train.loss=logit_adjusted (which uses the class prior after sampling).")
+    return out
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:

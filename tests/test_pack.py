@@ -72,3 +72,31 @@ def test_pack_jsonl_with_keys_dirs_and_bad_lines(tmp_path):
     assert "dot" in result.skipped[2]["reason"]
     samples = list(wds.WebDataset(str(tmp_path / "out/train/train-000000.tar"), shardshuffle=False))
     assert samples[0]["__key__"] == "spk1/utt1" and json.loads(samples[0]["json"]) == {"start": 0.1}
+
+
+def test_pack_edge_rows(tmp_path):
+    make_media(tmp_path)
+    (tmp_path / "media" / "t.txt.gz").write_bytes(__import__("gzip").compress("压缩".encode()))
+    (tmp_path / "media" / "pic.bmp").write_bytes(b"BM....")
+    lines = [json.dumps({"text": "zero", "label": 0, "key": 0}),
+             json.dumps({"text": "one", "label": 1}),
+             json.dumps({"text": "escape", "label": 1, "split": "../evil"}),
+             json.dumps({"text_path": "media/t.txt.gz", "label": 1}),
+             json.dumps({"image": "media/pic.bmp", "label": 0, "split": "val"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    result = pack_manifest(tmp_path / "m.jsonl", tmp_path / "out", progress=False)
+    assert result.manifest["classes"] == ["0", "1"]
+    assert [s["line"] for s in result.skipped] == [3] and "split name" in result.skipped[0]["reason"]
+    assert not list(tmp_path.glob("evil*")) and not (tmp_path / "out" / ".." / "evil").exists()
+    assert result.warnings and ".bmp" in result.warnings[0]
+    samples = {s["__key__"]: s for s in wds.WebDataset(str(tmp_path / "out/train/train-000000.tar"),
+                                                        shardshuffle=False)}
+    assert samples["0"]["txt"] == b"zero" and samples["0"]["cls"] == b"0"
+    assert "txt.gz" in samples["00000004"]
+
+
+def test_pack_csv_extra_cells_and_index_labels_with_classes(tmp_path):
+    (tmp_path / "m.csv").write_text("text,label\nhello,1\nworld,cat,extra\nhi,dog\n", encoding="utf-8")
+    result = pack_manifest(tmp_path / "m.csv", tmp_path / "out", classes=["cat", "dog"], progress=False)
+    assert [s["line"] for s in result.skipped] == [3] and "more cell" in result.skipped[0]["reason"]
+    assert result.manifest["class_histogram"] == {"cat": 0, "dog": 2}

@@ -63,3 +63,15 @@ def test_non_contiguous_and_repeated_members(tmp_path):
 def test_gz_members_inside_tgz(tmp_path):
     write_tar(tmp_path / "m.tgz", [("d/k1.txt.gz", gzip.compress("你好".encode())), ("d/k1.cls", b"1")], mode="w:gz")
     assert check_shard(str(tmp_path / "m.tgz")).samples == 1
+
+
+def test_corrupt_header_midway_misnamed_gzip_and_reserved_extension(tmp_path):
+    write_tar(tmp_path / "a.tar", members(20))
+    data = bytearray((tmp_path / "a.tar").read_bytes())
+    data[10240:10340] = b"\xff" * 100
+    (tmp_path / "mid.tar").write_bytes(bytes(data))
+    assert "unreadable tar header at byte" in check_shard(str(tmp_path / "mid.tar")).error
+    write_tar(tmp_path / "plain.tar.gz", members(2))
+    assert "not gzip" in check_shard(str(tmp_path / "plain.tar.gz")).error
+    write_tar(tmp_path / "key.tar", [("x.__key__", b"1"), ("x.txt", b"2")])
+    assert "reserved" in check_shard(str(tmp_path / "key.tar")).error

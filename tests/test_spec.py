@@ -85,3 +85,13 @@ def test_contract_conflicts_rejected(tmp_path):
         load_spec(write(tmp_path, "label:\n  classes: [a, b, a]\n"))
     with pytest.raises(SpecError, match="lists no shards"):
         load_spec(write(tmp_path, "data:\n  splits:\n    train: []\n"))
+
+
+def test_set_plain_strings_null_sections_and_tiny_audio(tmp_path):
+    p = write(tmp_path, "modalities:\n  audio: null\n")
+    spec = load_spec(p, ["data.splits.train=*.tar", "data.splits.val={a,b}.tar"])
+    assert spec.data.splits["train"][0].endswith("/*.tar") and spec.data.splits["val"][0].endswith("/{a,b}.tar")
+    with pytest.raises(SpecError, match="modalities.audio is null"):
+        load_spec(p, ["modalities.audio.seconds=2"])
+    with pytest.raises(SpecError, match="modalities.text: Value error, sample_rate|need at least 1"):
+        load_spec(p, ["modalities.audio={seconds: 0.00001, sample_rate: 8000}"])

@@ -80,7 +80,32 @@ BAD_CASES = {
 
 
 def test_every_reason_has_a_case():
-    assert set(BAD_CASES) | {"duplicate"} == set(DROP_REASONS)
+    assert set(BAD_CASES) | {"duplicate", "sample_error"} == set(DROP_REASONS)
+
+
+def test_an_unforeseen_error_drops_the_sample_not_the_batch(monkeypatch):
+    import pipeline.data.clean as clean
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr(clean, "decode_image", broken)
+    out = run([good(), good(png=png(30, 20))])
+    assert list(out["drop_reason"]) == ["sample_error", "sample_error"]
+    assert out["drop_detail"][0] == "RuntimeError: decoder bug"
+
+
+def test_numeric_class_names_and_label_formats():
+    names = ("1", "2", "10")
+    from pipeline.data.clean import parse_label
+    from pipeline.data.decode import Rejected
+
+    assert parse_label(b"2", names) == 2  # auto: an integer is an index (what `mmpipe pack` writes)
+    assert parse_label(b"2", names, "name") == 1
+    assert parse_label("\ufeff 10 ", names, "name") == 2
+    for bad, fmt in [(b"\xc2\xb2", "auto"), (b"--1", "auto"), (b"3", "auto"), (b"x", "index"), (b"3", "name")]:
+        with pytest.raises(Rejected):
+            parse_label(bad, names, fmt)
 
 
 @pytest.mark.parametrize("reason", sorted(BAD_CASES))
@@ -166,3 +191,29 @@ def test_image_resize_modes(mode):
         assert img[:, 0].sum() == 0 and img[8, 12, 1] == 255  # letterbox bars, content in the middle
     else:
         assert (img[..., 1] == 255).all()
+
+
+def test_odd_but_valid_media():
+    # 16-bit grey PNG keeps its contrast (PIL alone clips it to white)
+    grey = Image.fromarray(np.tile(np.linspace(0, 65535, 30).astype(np.uint16), (20, 1)))
+    buf = io.BytesIO()
+    grey.save(buf, format="PNG")
+    # a start without an end crops to the end of the clip; a very thin image and a 1 Hz clip stay cheap
+    thin = io.BytesIO()
+    Image.new("RGB", (200_000, 8), (9, 9, 9)).save(thin, format="PNG")
+    slow = io.BytesIO()
+    sf.write(slow, np.full(600, 0.5, np.float32), 10, format="WAV", subtype="FLOAT")
+    samples = [good(png=buf.getvalue()), good(json=json.dumps({"start": 0.1}).encode()),
+               good(png=thin.getvalue()), good(wav=slow.getvalue())]
+    out = run(samples)
+    assert list(out["drop_reason"]) == ["", "", "", ""], out["drop_detail"]
+    row = out["image"][0][:, :, 0]
+    assert row.min() < 40 and row.max() > 215
+    assert out["image"][2].max() == 9 and abs(np.median(out["audio"][3]) - 0.5) < 0.01
+
+
+def test_refused_image_formats_and_invisible_text():
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buf, format="PPM")
+    out = run([good(png=buf.getvalue()), good(txt="\u200b\x00 \ufeff".encode())])
+    assert list(out["drop_reason"]) == ["image_undecodable", "text_empty"]

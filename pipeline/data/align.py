@@ -1,7 +1,8 @@
 """Align: cleaned values -> fixed shapes, a presence mask per modality, and ``keep_rows`` to drop marked rows.
 
 In:  the output of ``clean_batch``.
-Out: ``image`` uint8 (B, H, W, 3) · ``text`` int64 (B, L) · ``audio`` float32 (B, N) · ``label`` int64 (B,)
+Out: ``image`` uint8 (B, H, W, 3) · ``text`` int64 (B, L) + ``text_raw`` str · ``audio`` float32 (B, N) ·
+     ``label`` int64 (B,)
      ``present_<modality>`` bool (B,) for each enabled modality · ``__key__``, ``__url__``, ``drop_reason``,
      ``drop_detail`` str. Absent or dropped modalities are zeros with present = False.
 """
@@ -29,12 +30,16 @@ def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarra
     img = Image.fromarray(rgb)
     if mode == "stretch":
         return np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR))
-    scale = max(out_h / h, out_w / w) if mode == "crop" else min(out_h / h, out_w / w)
+    if mode == "crop":
+        # Resize only the centred region that survives the crop (a very thin image must not be scaled whole).
+        scale = max(out_h / h, out_w / w)
+        box_w, box_h = out_w / scale, out_h / scale
+        left, top = (w - box_w) / 2, (h - box_h) / 2
+        return np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR,
+                                     box=(left, top, left + box_w, top + box_h)))
+    scale = min(out_h / h, out_w / w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    if mode == "crop":
-        left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
-        return np.asarray(img.crop((left, top, left + out_w, top + out_h)))
     canvas = Image.new("RGB", (out_w, out_h))
     canvas.paste(img, ((out_w - new_w) // 2, (out_h - new_h) // 2))
     return np.asarray(canvas)
@@ -72,10 +77,17 @@ def fit_audio(wave: np.ndarray, rate: int, target_rate: int, n: int, crop: str,
     """(frames, channels) at ``rate`` -> mono float32 (n,) at ``target_rate``: segment, resample, crop or pad."""
     mono = wave.mean(axis=1, dtype=np.float32) if wave.ndim == 2 else wave.astype(np.float32)
     if bounds:
-        first, last = int(bounds[0] * rate), min(len(mono), int(math.ceil(bounds[1] * rate)))
+        first = int(bounds[0] * rate)
+        last = len(mono) if math.isinf(bounds[1]) else min(len(mono), int(math.ceil(bounds[1] * rate)))
         if first >= len(mono) or last <= first:
             raise Rejected("segment_invalid", f"segment {bounds} outside the {len(mono) / rate:.3f}s clip")
         mono = mono[first:last]
+    # Keep only the window that survives the final crop before resampling: a long clip at a low rate must not
+    # be upsampled whole (memory), and work on the rest is wasted.
+    window = int(math.ceil(n * rate / target_rate)) + 32
+    if len(mono) > window:
+        start = (len(mono) - window) // 2 if crop == "center" else 0
+        mono = mono[start:start + window]
     if rate != target_rate:
         mono = soxr.resample(mono, rate, target_rate).astype(np.float32, copy=False)
     if len(mono) >= n:
@@ -107,9 +119,12 @@ def align_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.
                                      mods.audio.num_samples, cfg.align.audio_crop, bounds)
             except Rejected as r:
                 reasons[i], details[i] = r.reason, r.detail
+            except Exception as e:  # drop this sample, not the batch
+                reasons[i], details[i] = "sample_error", f"audio align: {type(e).__name__}: {str(e)[:200]}"
         out["audio"] = audio
     if mods.text:
         texts = [t if not reasons[i] else None for i, t in enumerate(batch["text"])]
+        out["text_raw"] = np.array([t or "" for t in texts], dtype=object)  # for text augmentation
         out["text"] = encode_batch(texts, mods.text.max_tokens, mods.text.tokenizer, mods.text.vocab_size,
                                    mods.text.lowercase)
     kept = np.array([not r for r in reasons], dtype=bool)

@@ -12,6 +12,7 @@ Out: one row per input row (nothing is lost here), with decoded values and ``dro
 from __future__ import annotations
 
 import json
+import re
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +29,7 @@ DROP_REASONS = (
     "image_undecodable", "image_too_small", "image_too_large",
     "text_undecodable", "text_invalid_utf8", "text_empty", "text_too_long",
     "audio_undecodable", "audio_too_short", "audio_silent",
-    "segment_invalid", "duplicate",
+    "segment_invalid", "duplicate", "sample_error",
 )
 
 
@@ -48,7 +49,7 @@ def parse_meta(member: Member) -> dict:
     if member.error:
         raise Rejected("meta_invalid", member.error)
     try:
-        meta = json.loads(member.data.decode("utf-8"))
+        meta = json.loads(member.data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Rejected("meta_invalid", f"json member: {e}") from None
     if not isinstance(meta, dict):
@@ -56,8 +57,14 @@ def parse_meta(member: Member) -> dict:
     return meta
 
 
-def parse_label(raw: object, classes: tuple[str, ...]) -> int:
-    """A class index or a class name (bytes, str or int) -> index into ``classes``."""
+_INDEX = re.compile(r"-?[0-9]+")
+
+
+def parse_label(raw: object, classes: tuple[str, ...], fmt: str = "auto") -> int:
+    """A class index or a class name (bytes, str or int) -> index into ``classes``.
+
+    ``auto``: an integer is an index, anything else a name; ``index``/``name``: only that reading.
+    """
     if raw is None:
         raise Rejected("label_missing")
     if isinstance(raw, bytes):
@@ -67,20 +74,22 @@ def parse_label(raw: object, classes: tuple[str, ...]) -> int:
             raise Rejected("label_unknown", "label member is not UTF-8") from None
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise Rejected("label_unknown", f"label of type {type(raw).__name__}")
-    text = str(raw).strip()
+    text = str(raw).lstrip("\ufeff").strip()
     if not text:
         raise Rejected("label_missing", "empty label")
-    if text in classes:
-        return classes.index(text)
-    if text.lstrip("-").isdigit():
+    if fmt != "name" and _INDEX.fullmatch(text):
         index = int(text)
         if 0 <= index < len(classes):
             return index
         raise Rejected("label_unknown", f"index {index} outside 0..{len(classes) - 1}")
+    if fmt != "index" and text in classes:
+        return classes.index(text)
+    if fmt == "index":
+        raise Rejected("label_unknown", f"{text[:60]!r} is not a class index (label.format is 'index')")
     raise Rejected("label_unknown", f"{text[:60]!r} is not one of the {len(classes)} classes")
 
 
-def _label_value(label_member: Member, meta: dict, cfg: StageConfig) -> object:
+def label_value(label_member: Member, meta: dict, cfg: StageConfig) -> object:
     if cfg.label.source == "json":
         return meta.get(cfg.label.json_key)
     if label_member.error:
@@ -104,7 +113,7 @@ def _clean_row(i: int, members: dict[str, list[Member]], meta_members: list[Memb
                cfg: StageConfig) -> tuple[dict, int, list[bytes | None]]:
     """Decoded values, label index and the content parts to hash, for row ``i``; raises Rejected."""
     meta = parse_meta(meta_members[i])
-    label = parse_label(_label_value(label_members[i], meta, cfg), cfg.classes)
+    label = parse_label(label_value(label_members[i], meta, cfg), cfg.classes, cfg.label.format)
     row = {role: members[role][i] for role in cfg.enabled}
     for role, member in row.items():
         if getattr(cfg.modalities, role).required and not member.present:
@@ -113,7 +122,8 @@ def _clean_row(i: int, members: dict[str, list[Member]], meta_members: list[Memb
         raise Rejected("no_modality", "no image, text or audio member")
     decoded = {role: _decode_member(role, m, cfg) if m.present else None for role, m in row.items()}
     decoded["meta"] = meta
-    return decoded, label, [str(label).encode()] + [row[r].data for r in cfg.enabled]
+    meta_bytes = meta_members[i].data if meta_members[i].present else None
+    return decoded, label, [str(label).encode(), meta_bytes] + [row[r].data for r in cfg.enabled]
 
 
 def clean_batch(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None
@@ -135,6 +145,9 @@ def clean_batch(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Dupl
             decoded, labels[i], parts = _clean_row(i, members, meta_members, label_members, cfg)
         except Rejected as r:
             reasons[i], details[i] = r.reason, r.detail
+            continue
+        except Exception as e:  # a decoder bug or an input no check foresaw: drop this sample, not the batch
+            reasons[i], details[i] = "sample_error", f"{type(e).__name__}: {str(e)[:200]}"
             continue
         for name, value in decoded.items():
             if name == "audio" and value is not None:

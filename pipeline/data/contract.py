@@ -82,10 +82,14 @@ def _open(data: bytes, column: str) -> Member:
 
 def gunzip_bounded(data: bytes, limit: int = MAX_MEMBER_BYTES) -> bytes:
     """Decompress gzip, refusing output beyond ``limit`` bytes (a gzip bomb must not exhaust memory)."""
-    d = zlib.decompressobj(wbits=31)
-    out = d.decompress(data, limit + 1)
-    if len(out) > limit:
-        raise OSError(f"decompresses to more than {limit} bytes")
-    if not d.eof:
-        raise EOFError("truncated gzip stream (not valid gzip)")
-    return out
+    out = b""
+    while True:  # a .gz file may hold several members, one after another
+        d = zlib.decompressobj(wbits=31)
+        out += d.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise OSError(f"decompresses to more than {limit} bytes")
+        if not d.eof:
+            raise EOFError("truncated gzip stream (not valid gzip)")
+        data = d.unused_data
+        if not data.strip(b"\x00"):
+            return out

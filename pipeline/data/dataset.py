@@ -27,9 +27,16 @@ class DataError(RuntimeError):
     """The data named by a spec cannot be used (no class names, no readable shards...)."""
 
 
-def find_manifest(spec: JobSpec) -> dict | None:
-    """The dataset manifest.json: as named in the spec, else beside or one folder above the first shard."""
-    candidates = [spec.data.manifest] if spec.data.manifest else []
+def find_manifest(spec: JobSpec) -> tuple[str, dict] | None:
+    """(path, content) of the dataset manifest.json: as named in the spec, else beside or one folder above the
+    first shard pattern."""
+    if spec.data.manifest:  # named explicitly: that file or nothing
+        try:
+            with fsspec.open(spec.data.manifest, "rt", encoding="utf-8") as f:
+                return spec.data.manifest, json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"data.manifest {spec.data.manifest}: cannot read ({e})") from None
+    candidates = []
     for patterns in spec.data.splits.values():
         first = patterns[0]
         parent = first.rsplit("/", 1)[0] if "/" in first else "."
@@ -38,7 +45,7 @@ def find_manifest(spec: JobSpec) -> dict | None:
     for path in candidates:
         try:
             with fsspec.open(path, "rt", encoding="utf-8") as f:
-                return json.load(f)
+                return path, json.load(f)
         except (FileNotFoundError, OSError):
             continue
         except json.JSONDecodeError as e:
@@ -49,9 +56,9 @@ def find_manifest(spec: JobSpec) -> dict | None:
 def resolve_classes(spec: JobSpec) -> list[str]:
     if spec.label.classes:
         return list(spec.label.classes)
-    manifest = find_manifest(spec)
-    if manifest and manifest.get("classes"):
-        return [str(c) for c in manifest["classes"]]
+    found = find_manifest(spec)
+    if found and found[1].get("classes"):
+        return [str(c) for c in found[1]["classes"]]
     raise DataError("no class names: set label.classes in the spec, or keep the manifest.json written by "
                     "`mmpipe pack` beside the shards (or name it in data.manifest)")
 
@@ -113,4 +120,80 @@ def validate_splits(spec: JobSpec, splits: list[str] | None = None) -> DataRepor
     report = DataReport(classes)
     for name in splits or list(spec.data.splits):
         report.splits[name] = build_split(spec, name, classes).report(classes)
+    if "train" in report.splits:  # the kept rows just counted are the exact input of rebalancing
+        hist = report.splits["train"].class_histogram
+        report.rebalance = plan_rebalance(spec, classes, [hist.get(c, 0) for c in classes],
+                                          "kept rows of this validate pass").to_dict()
     return report
+
+
+@dataclass
+class RebalancePlan:
+    """What rebalancing will do to one epoch of the train split (reported before training)."""
+    strategy: str
+    classes: list[str]
+    counts: list[int]
+    source: str
+    factors: list[float]
+
+    @property
+    def expected(self) -> list[float]:
+        return [c * f for c, f in zip(self.counts, self.factors)]
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy, "counts_from": self.source,
+                "before": dict(zip(self.classes, self.counts)),
+                "expected_after": {c: round(e, 2) for c, e in zip(self.classes, self.expected)},
+                "factors": {c: round(f, 4) for c, f in zip(self.classes, self.factors)}}
+
+
+def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int] | None = None, source: str = "",
+                   split: str = "train") -> RebalancePlan:
+    """Factors per class from ``counts`` (e.g. a validate pass), else from manifest.json or a label-only pass."""
+    import numpy as np
+
+    from pipeline.data.counts import class_counts
+    from pipeline.data.rebalance import RebalanceError, sampling_factors
+
+    if counts is None:
+        array, source = class_counts(spec, split, classes)
+        counts = array.tolist()
+    try:
+        factors = sampling_factors(np.array(counts), spec.rebalance, classes)
+    except RebalanceError as e:
+        raise DataError(str(e)) from None
+    return RebalancePlan(spec.rebalance.strategy, classes, [int(c) for c in counts], source, factors.tolist())
+
+
+def _rebalance(batch, factors, seed, epoch):
+    from pipeline.data.epoch import current_epoch
+    from pipeline.data.rebalance import rebalance_batch
+
+    return rebalance_batch(batch, factors, seed, current_epoch(epoch))
+
+
+def _augment(batch, augment, modalities, epoch):
+    from pipeline.data.augment.stage import augment_batch
+    from pipeline.data.epoch import current_epoch
+
+    return augment_batch(batch, augment, modalities, current_epoch(epoch))
+
+
+def train_dataset(spec: JobSpec, classes: list[str], plan: RebalancePlan | None = None, epoch=0,
+                  split: str = "train"):
+    """The train split as training reads it: kept rows -> rebalance -> augment. ``epoch``: int or EpochClock.
+
+    Rebalancing runs before augmentation (DESIGN lists them the other way round): undersampled rows then cost no
+    augmentation, and each oversampled copy gets its own random augmentation instead of a duplicate.
+    """
+    import numpy as np
+
+    ds = build_split(spec, split, classes).kept()
+    if spec.rebalance.strategy != "none":
+        plan = plan or plan_rebalance(spec, classes, split=split)
+        ds = ds.map_batches(_rebalance, batch_format="numpy", fn_kwargs={
+            "factors": np.array(plan.factors), "seed": spec.rebalance.seed, "epoch": epoch})
+    if spec.augment.enabled and (spec.augment.image or spec.augment.text or spec.augment.audio):
+        ds = ds.map_batches(_augment, batch_format="numpy", fn_kwargs={
+            "augment": spec.augment, "modalities": spec.modalities, "epoch": epoch})
+    return ds

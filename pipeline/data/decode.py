@@ -12,7 +12,12 @@ import warnings
 
 import numpy as np
 import soundfile as sf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Raster formats we decode. Others PIL knows (EPS runs Ghostscript, for one) are refused whatever the extension.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Characters that make a text look non-empty without any content.
+_INVISIBLE = dict.fromkeys(map(ord, "\x00\u200b\u200c\u200d\u2060\ufeff"), None)
 
 
 class Rejected(Exception):
@@ -28,7 +33,7 @@ def decode_image(data: bytes, min_side: int, max_pixels: int, draft_size: tuple[
     """Bytes -> uint8 ``(H, W, 3)`` RGB. ``draft_size`` (W, H) lets JPEG decode at a reduced scale, never below it."""
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own bomb guard, at our limit, for formats sized only on load
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         w, h = img.size
     except Image.DecompressionBombError as e:
         raise Rejected("image_too_large", str(e)[:200]) from None
@@ -45,12 +50,23 @@ def decode_image(data: bytes, min_side: int, max_pixels: int, draft_size: tuple[
             img.draft("RGB", draft_size)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            rgb = img.convert("RGB")  # forces the full decode: truncated data fails here
+            img.load()  # the full decode: truncated data fails here
+            img = ImageOps.exif_transpose(img) or img
+            rgb = _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Rejected("image_too_large", str(e)[:200]) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise Rejected("image_undecodable", str(e)[:200]) from None
     return np.asarray(rgb)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, scaling 16-bit and float images to 8 bits (PIL's own convert clips them to white)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 def decode_text(data: bytes, max_chars: int) -> str:
@@ -59,7 +75,7 @@ def decode_text(data: bytes, max_chars: int) -> str:
     except UnicodeDecodeError as e:
         raise Rejected("text_invalid_utf8", f"byte {e.start}: {e.reason}") from None
     text = text.lstrip("\ufeff")
-    if not text.strip():
+    if not text.translate(_INVISIBLE).strip():
         raise Rejected("text_empty")
     if len(text) > max_chars:
         raise Rejected("text_too_long", f"{len(text)} characters > max_text_chars {max_chars}")

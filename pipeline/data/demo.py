@@ -143,7 +143,8 @@ def bad_samples(split: str, rng: np.random.Generator, template: Sample) -> list[
         members = {**base.members, **{k: v for k, v in change.items() if v is not None}}
         for k in [k for k, v in change.items() if v is None]:
             members.pop(k, None)
-        return Sample(base.key, members, base.label)
+        # a changed label member is not that class any more: keep it out of the manifest's histogram
+        return Sample(base.key, members, None if "cls" in change else base.label)
 
     wav = _encode_audio(make_audio(0, rng))
     cases = [

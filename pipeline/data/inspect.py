@@ -90,5 +90,9 @@ def scan(path: str) -> dict:
 def inspect_path(path: str) -> dict:
     manifest = Path(path) / "manifest.json" if "://" not in path else None
     if manifest is not None and manifest.is_file():
-        return from_manifest(json.loads(manifest.read_text(encoding="utf-8")))
+        try:
+            return from_manifest(json.loads(manifest.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ShardError(f"{manifest}: not a readable dataset manifest ({e}); "
+                             "inspect the shards instead: mmpipe inspect 'DIR/*/*.tar'") from None
     return scan(path)

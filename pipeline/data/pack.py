@@ -12,15 +12,19 @@ skipped and reported with its line number and reason; it never stops the run.
 from __future__ import annotations
 
 import csv
+import re
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.data.contract import base_extension
 from pipeline.data.shardwriter import Sample, ShardWriter
+from pipeline.spec import LabelSpec, ModalitiesSpec
 
 MEDIA_COLUMNS = ("image", "audio", "text_path")
+_INTEGER = re.compile(r"-?[0-9]+")
 KNOWN_COLUMNS = {"key", "split", "image", "text", "text_path", "audio", "label", "meta"}
 
 
@@ -32,6 +36,13 @@ class ManifestError(ValueError):
 class PackResult:
     manifest: dict
     skipped: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_member_extensions() -> set[str]:
+    mods, label = ModalitiesSpec(), LabelSpec()
+    return {e for role in mods.enabled() for e in getattr(mods, role).extensions} | \
+        set(mods.meta_extensions) | set(label.extensions)
 
 
 def read_rows(path: Path) -> list[tuple[int, dict]]:
@@ -45,7 +56,12 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "label" not in reader.fieldnames:
             raise ManifestError(f"{path}: CSV header must name a 'label' column (got {reader.fieldnames})")
-        return [(reader.line_num, {k: v for k, v in row.items() if k is not None}) for row in reader]
+        rows = []
+        for row in reader:
+            extra = row.pop(None, None)  # cells beyond the header
+            rows.append((reader.line_num, {"__error__": f"{len(extra)} more cell(s) than the header has"}
+                         if extra else row))
+        return rows
     if suffix in (".jsonl", ".ndjson"):
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -62,9 +78,15 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
 def natural_classes(labels: list[str]) -> list[str]:
     """Class names in a stable order: numerically when all are integers, else alphabetically."""
     unique = set(labels)
-    if all(s.lstrip("-").isdigit() for s in unique):
+    if all(_INTEGER.fullmatch(s) for s in unique):
         return sorted(unique, key=int)
     return sorted(unique)
+
+
+def cell(row: dict, column: str) -> str:
+    """A manifest cell as text; absent and null are empty, 0 is "0"."""
+    value = row.get(column)
+    return "" if value is None else str(value).strip()
 
 
 class RowSkipped(Exception):
@@ -75,7 +97,7 @@ def _read_media(base: Path, value: str, column: str) -> tuple[bytes, str]:
     path = base / value
     ext = "".join(path.suffixes[-2:]).lower().lstrip(".") if path.suffix.lower() == ".gz" else \
         path.suffix.lower().lstrip(".")
-    if not ext:
+    if not ext or ext == "gz":
         raise RowSkipped(f"{column} file {value!r} has no extension (it decides the member type)")
     try:
         return path.read_bytes(), ext
@@ -89,17 +111,23 @@ def row_to_sample(row: dict, line: int, base: Path, classes: list[str]) -> tuple
     """(split, Sample) for one manifest row; raises RowSkipped with the reason."""
     if "__error__" in row:
         raise RowSkipped(row["__error__"])
-    label = str(row.get("label") or "").strip()
+    label = cell(row, "label")
     if not label:
         raise RowSkipped("label is empty")
-    if label not in classes:
-        raise RowSkipped(f"label {label!r} is not one of --classes")
+    if label in classes:
+        index = classes.index(label)
+    elif _INTEGER.fullmatch(label) and 0 <= int(label) < len(classes):
+        index = int(label)
+    else:
+        raise RowSkipped(f"label {label!r} is neither a class name nor an index of {classes}")
     members: dict[str, bytes] = {}
     for column in MEDIA_COLUMNS:
-        if row.get(column):
-            data, ext = _read_media(base, str(row[column]), column)
-            members[ext if column != "text_path" else "txt"] = data
-    if row.get("text"):
+        if cell(row, column):
+            data, ext = _read_media(base, cell(row, column), column)
+            if column == "text_path":
+                ext = "txt.gz" if ext.endswith(".gz") else "txt"
+            members[ext] = data
+    if cell(row, "text"):
         members["txt"] = str(row["text"]).encode("utf-8")
     if not members:
         raise RowSkipped("no image, text, text_path or audio")
@@ -109,10 +137,8 @@ def row_to_sample(row: dict, line: int, base: Path, classes: list[str]) -> tuple
         meta.update(extra)
     if meta:
         members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
-    index = classes.index(label)
     members["cls"] = str(index).encode()
-    key = str(row.get("key") or f"{line:08d}")
-    return str(row.get("split") or "train"), Sample(key, members, index)
+    return cell(row, "split") or "train", Sample(cell(row, "key") or f"{line:08d}", members, index)
 
 
 def _json_object(text: str) -> dict:
@@ -131,18 +157,25 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
     manifest = Path(manifest)
     rows = read_rows(manifest)
     if classes is None:
-        classes = natural_classes([str(r.get("label") or "").strip() for _, r in rows
-                                   if str(r.get("label") or "").strip()])
+        classes = natural_classes([cell(r, "label") for _, r in rows if cell(r, "label")])
     if len(classes) < 2:
         raise ManifestError(f"{manifest}: need at least 2 classes, found {classes}")
     writer = ShardWriter(out_dir, max_shard_bytes, max_shard_samples, overwrite=overwrite)
     skipped: list[dict] = []
+    unusual: dict[str, int] = {}
+    known = default_member_extensions()
     for line, row in tqdm(rows, desc="packing", unit="row", disable=not progress):
         try:
             split, sample = row_to_sample(row, line, manifest.parent, classes)
             writer.write(split, sample)
         except (RowSkipped, ValueError) as e:
             skipped.append({"line": line, "reason": str(e)})
+            continue
+        for ext in sample.members:
+            if base_extension(ext) not in known:
+                unusual[ext] = unusual.get(ext, 0) + 1
     writer.close()
-    result = writer.write_manifest(classes, source=str(manifest), skipped=skipped)
-    return PackResult(result, skipped)
+    warnings = [f"{n} sample(s) have .{ext} members, which no modality reads by default; add the extension to "
+                "the spec's modalities.<role>.extensions or convert the files" for ext, n in sorted(unusual.items())]
+    result = writer.write_manifest(classes, source=str(manifest), skipped=skipped, warnings=warnings)
+    return PackResult(result, skipped, warnings)

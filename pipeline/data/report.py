@@ -77,9 +77,11 @@ def _reason_order(reason: str) -> tuple[int, str]:
 class DataReport:
     classes: list[str]
     splits: dict[str, SplitReport] = field(default_factory=dict)
+    rebalance: dict | None = None  # RebalancePlan.to_dict() for the train split
 
     def to_dict(self) -> dict:
-        return {"classes": self.classes, "splits": {n: s.to_dict() for n, s in self.splits.items()}}
+        return {"classes": self.classes, "splits": {n: s.to_dict() for n, s in self.splits.items()},
+                "rebalance": self.rebalance}
 
     def write_json(self, path: str | Path) -> None:
         from pipeline.io import atomic_write_text
@@ -106,6 +108,15 @@ class DataReport:
         for m in roles:
             summary.add_row(f"{m} present", *(f"{self.splits[n].coverage().get(m, 0):.1%}" for n in names))
         console.print(summary)
+        if self.rebalance and self.rebalance["strategy"] != "none":
+            table = Table(title=f"Train classes per epoch, rebalance: {self.rebalance['strategy']}",
+                          title_justify="left")
+            for col in ("class", "before", "expected after", "factor"):
+                table.add_column(col, justify="left" if col == "class" else "right")
+            for c in self.classes:
+                table.add_row(c, str(self.rebalance["before"][c]), f"{self.rebalance['expected_after'][c]:.1f}",
+                              f"{self.rebalance['factors'][c]:.3f}")
+            console.print(table)
         for n in names:
             for bad in self.splits[n].bad_shards:
                 console.print(f"[red]bad shard[/] ({n}) {bad['path']}: {bad['error']}")

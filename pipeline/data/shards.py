@@ -70,6 +70,8 @@ def _walk_members(tar: tarfile.TarFile, path: str) -> int:
         key, ext = split_member_name(info.name)
         if key is None:
             continue
+        if ext.startswith("__"):
+            raise ValueError(f"member {info.name!r}: extensions starting with '__' are reserved")
         if key != current:
             if key in seen:
                 raise ValueError(f"members of sample {key!r} are not contiguous (at {info.name!r}); "
@@ -82,6 +84,16 @@ def _walk_members(tar: tarfile.TarFile, path: str) -> int:
     return len(seen)
 
 
+def _check_only_zeros_after(f, offset: int, size: int) -> None:
+    """tarfile stops quietly at a corrupt header; what follows the last member must be end-of-archive zeros."""
+    f.seek(offset)
+    while chunk := f.read(1 << 20):
+        if chunk.strip(b"\x00"):
+            raise tarfile.ReadError(f"unreadable tar header at byte {offset}; {size - offset} bytes after it "
+                                    "would be lost")
+        offset += len(chunk)
+
+
 def check_shard(path: str) -> ShardCheck:
     """Open and walk one shard. Plain tars are walked by headers (seeks); compressed ones are fully decompressed."""
     try:
@@ -89,7 +101,10 @@ def check_shard(path: str) -> ShardCheck:
         size = fs.size(fpath)
         with fs.open(fpath, "rb") as f:
             if is_compressed(path):
-                with tarfile.open(fileobj=f, mode="r|*") as tar:
+                if f.read(2) != b"\x1f\x8b":
+                    raise tarfile.ReadError("named as gzip-compressed but is not gzip (rename it .tar)")
+                f.seek(0)
+                with tarfile.open(fileobj=f, mode="r|gz") as tar:
                     samples = _walk_members(tar, path)
             else:
                 with tarfile.open(fileobj=f, mode="r:") as tar:
@@ -98,6 +113,7 @@ def check_shard(path: str) -> ShardCheck:
                     if last is not None and last.offset_data + last.size > size:
                         raise tarfile.ReadError(f"truncated: member {last.name!r} needs "
                                                 f"{last.offset_data + last.size} bytes, file has {size}")
+                    _check_only_zeros_after(f, tar.offset, size)
     except (OSError, EOFError, tarfile.TarError, ValueError) as e:
         return ShardCheck(path, error=f"{type(e).__name__}: {e}"[:300])
     return ShardCheck(path, samples=samples, bytes=size)

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pipeline.data.contract import base_extension
 from pipeline.io import atomic_write_text
 
 MANIFEST_FORMAT = "mmpipe-shards/1"
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass
@@ -95,6 +97,8 @@ class ShardWriter:
         self._keys: dict[str, set[str]] = {}
 
     def write(self, split: str, sample: Sample) -> None:
+        if not SPLIT_NAME.fullmatch(split):
+            raise ValueError(f"split name {split!r}: use letters, digits, '_' and '-' (it names a folder)")
         keys = self._keys.setdefault(split, set())
         if sample.key in keys:
             raise ValueError(f"duplicate sample key {sample.key!r} in split {split!r}")

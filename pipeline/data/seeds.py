@@ -1,0 +1,36 @@
+"""Per-row seeds: a stable 64-bit hash of (seed, epoch, key, copy, salt), the same in every process and run."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from contextlib import contextmanager
+
+import numpy as np
+
+
+def row_seeds(keys, copies, seed: int, epoch: int, salt: str) -> np.ndarray:
+    """uint64 seeds, one per row. ``copies`` tells apart repeats of one sample made by oversampling."""
+    out = np.empty(len(keys), dtype=np.uint64)
+    for i, (key, copy) in enumerate(zip(keys, copies)):
+        digest = hashlib.blake2b(f"{seed}\x1f{epoch}\x1f{key}\x1f{copy}\x1f{salt}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little")
+    return out
+
+
+def uniforms(seeds: np.ndarray) -> np.ndarray:
+    """Uniform [0, 1) floats derived from the seeds (53 high bits)."""
+    return (seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+@contextmanager
+def global_rng(seed: int):
+    """Seed Python's and NumPy's global generators (nlpaug and audiomentations draw from them), then restore."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)

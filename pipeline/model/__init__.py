@@ -1,0 +1,1 @@
+"""Model side: encoders, fusion registry, classifier, losses."""

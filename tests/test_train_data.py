@@ -1,0 +1,76 @@
+"""The train split as training will read it (Ray): rebalance + augment, class counts, epochs, val/test untouched."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.data.counts import class_counts
+from pipeline.data.dataset import DataError, build_split, plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.epoch import EpochClock
+from pipeline.data.rebalance import tolerance
+from pipeline.spec import load_spec
+
+pytestmark = pytest.mark.ray
+
+AUGMENT = ["augment.image=[{name: HorizontalFlip, p: 0.5}, {name: ColorJitter, p: 0.5}]",
+           "augment.audio=[{name: Gain, p: 0.5}]", "augment.text=[{name: RandomCharAug, p: 0.5}]"]
+
+
+def test_counts_from_manifest_match_a_label_pass(ray_session, demo_dir, tmp_path):
+    spec = load_spec(demo_dir / "spec.yaml")
+    classes = resolve_classes(spec)
+    from_manifest, source = class_counts(spec, "train", classes)
+    assert source == "manifest.json"
+    # a spec reading only some of the shards cannot use the manifest's counts
+    first = sorted((demo_dir / "train").glob("*.tar"))[0]
+    partial = load_spec(demo_dir / "spec.yaml", [f"data.splits.train={first}"])
+    counts, source = class_counts(partial, "train", classes)
+    assert source == "label pass" and counts.sum() < from_manifest.sum()
+    (tmp_path / "train").mkdir()
+    for shard in (demo_dir / "train").glob("*.tar"):
+        shutil.copy(shard, tmp_path / "train" / shard.name)
+    copied = load_spec(demo_dir / "spec.yaml", [f"data.splits.train={tmp_path}/train/*.tar"])
+    counts, source = class_counts(copied, "train", classes)
+    assert source == "label pass" and counts.tolist() == from_manifest.tolist()
+    named = load_spec(demo_dir / "spec.yaml", [f"data.manifest={tmp_path}/none.json"])
+    with pytest.raises(DataError, match="data.manifest"):
+        class_counts(named, "train", classes)
+
+
+def test_seeded_epoch_histogram_matches_the_plan(ray_session, demo_dir):
+    spec = load_spec(demo_dir / "spec.yaml", ["rebalance.strategy=sqrt", "rebalance.seed=3"])
+    classes = resolve_classes(spec)
+    kept = build_split(spec, "train", classes).report(classes).class_histogram
+    plan = plan_rebalance(spec, classes, [kept.get(c, 0) for c in classes], "test")
+    labels = np.concatenate([b["label"] for b in train_dataset(spec, classes, plan).select_columns(["label"])
+                             .iter_batches(batch_format="numpy")])
+    realised = np.bincount(labels, minlength=len(classes))
+    for c, (got, want, f) in enumerate(zip(realised, plan.expected, plan.factors)):
+        assert abs(got - want) <= tolerance(want, f), (classes[c], got, want)
+    assert realised[-1] > kept[classes[-1]]  # the rarest class was oversampled
+
+
+def test_epoch_clock_changes_augmentation_and_val_is_untouched(ray_session, demo_dir):
+    spec = load_spec(demo_dir / "spec.yaml", AUGMENT)
+    plain = load_spec(demo_dir / "spec.yaml")
+    classes = resolve_classes(spec)
+    clock = EpochClock(0)
+    ds = train_dataset(spec, classes, epoch=clock).select_columns(["__key__", "image", "audio", "text"])
+
+    def read():
+        rows = ds.to_pandas().sort_values("__key__")
+        return np.stack(rows["image"].to_numpy()), np.stack(rows["audio"].to_numpy())
+
+    e0, e0_again = read(), read()
+    clock.set(1)
+    e1 = read()
+    assert np.array_equal(e0[0], e0_again[0]) and np.array_equal(e0[1], e0_again[1])
+    assert not np.array_equal(e0[0], e1[0]) and not np.array_equal(e0[1], e1[1])
+
+    def val(s):
+        return build_split(s, "val", classes).kept().select_columns(["__key__", "image", "audio", "text"]) \
+            .to_pandas().sort_values("__key__")
+    a, b = val(spec), val(plain)
+    for col in ("image", "audio", "text"):
+        assert np.array_equal(np.stack(a[col].to_numpy()), np.stack(b[col].to_numpy())), col
