@@ -8,6 +8,7 @@ they are validated exactly like the file.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -356,8 +357,16 @@ def _transform_problems(spec: JobSpec) -> list[tuple[str, str]]:
     """Augmentation transforms are built and tried once here, so a bad name or parameter fails at load time."""
     if not spec.augment.enabled or not (spec.augment.image or spec.augment.text or spec.augment.audio):
         return []
+    return _checked(spec.augment.model_dump_json(), spec.modalities.model_dump_json())
+
+
+@functools.lru_cache(maxsize=32)
+def _checked(augment_json: str, modalities_json: str) -> list[tuple[str, str]]:
+    # Trying transforms costs seconds (library imports); the same sections need trying once per process.
     from pipeline.data.augment.stage import check_transforms
 
+    spec = JobSpec(augment=AugmentSpec.model_validate_json(augment_json),
+                   modalities=ModalitiesSpec.model_validate_json(modalities_json))
     return check_transforms(spec)
 
 

@@ -66,3 +66,27 @@ def test_output_folder_with_a_dataset_is_not_mixed_into(tmp_path):
     manifest = json.loads((d / "manifest.json").read_text())
     on_disk = sorted(p.relative_to(d).as_posix() for p in d.rglob("*.tar"))
     assert on_disk == sorted(s["path"] for split in manifest["splits"].values() for s in split["shards"])
+
+
+@pytest.mark.ray
+def test_preview_augment_writes_sheet_and_texts(ray_session, demo_dir, tmp_path):
+    result = runner.invoke(app, ["preview-augment", str(demo_dir / "spec.yaml"), "--n", "3", "--out", str(tmp_path),
+                                 "--set", "augment.text=[{name: RandomCharAug, p: 1.0, params: {action: swap}}]"])
+    assert result.exit_code == 0, result.output
+    png = (tmp_path / "augment_preview.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+    texts = json.loads((tmp_path / "augment_preview.json").read_text(encoding="utf-8"))
+    assert len(texts) == 3 and any(t["before"] != t["after"] for t in texts if t["before"])
+
+
+@pytest.mark.ray
+def test_validate_writes_class_distribution_plot(ray_session, demo_dir, tmp_path):
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["validate", str(demo_dir / "spec.yaml"), "--out", str(out), "--split", "train"])
+    assert result.exit_code == 0, result.output
+    assert "rebalance: sqrt" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["rebalance"]["strategy"] == "sqrt"
+    assert sum(report["rebalance"]["expected_after"].values()) == pytest.approx(
+        sum(report["rebalance"]["before"].values()), rel=1e-6)
+    assert (tmp_path / "r_classes.png").read_bytes()[:4] == b"\x89PNG"

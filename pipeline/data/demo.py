@@ -199,6 +199,7 @@ def write_demo(out_dir: str | Path, seed: int = 0, scale: float = 1.0, samples_p
 def demo_spec_yaml(out_dir: Path) -> str:
     return f"""\
 # The demo job. Validate the data:   mmpipe validate {out_dir}/spec.yaml
+# See augmentation:                  mmpipe preview-augment {out_dir}/spec.yaml --out {out_dir}/preview
 # Shard paths are relative to this file, so the folder can be moved.
 name: demo
 data:
@@ -216,4 +217,11 @@ label:
 clean:
   dedupe: true
   on_bad_shard: skip
+# Train split only: rebalance the long tail, then augment each modality.
+rebalance:
+  strategy: sqrt
+augment:
+  image: [{{name: HorizontalFlip, p: 0.5}}, {{name: ColorJitter, p: 0.3}}]
+  text: [{{name: RandomCharAug, p: 0.2, params: {{action: swap}}}}]
+  audio: [{{name: Gain, p: 0.5}}, {{name: AddGaussianNoise, p: 0.3, params: {{max_amplitude: 0.05}}}}]
 """

@@ -1,0 +1,138 @@
+"""Samples/s of the train-split data path on the demo data: align only, + rebalance, + rebalance + augment.
+
+Configurations run interleaved (A B C A B C ...) after one warm-up pass each, on one local Ray instance; the
+median of the timed passes is printed with ratios to "align only". Also the same stages as plain functions in
+this one process, without Ray, for reference.
+
+    python benchmarks/augment_throughput.py [--repeats 3] [--scale 1.0] [--cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.augment.stage import augment_batch
+from pipeline.data.config import StageConfig
+from pipeline.data.contract import split_member_name
+from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.demo import write_demo
+from pipeline.data.rebalance import rebalance_batch
+from pipeline.data.stages import prepare_batch
+from pipeline.spec import load_spec
+
+AUGMENT = [
+    "augment.image=[{name: HorizontalFlip, p: 0.5}, {name: RandomResizedCrop, p: 0.5, params: {scale: [0.6, 1.0]}},"
+    " {name: ColorJitter, p: 0.5}, {name: CoarseDropout, p: 0.3}]",
+    "augment.text=[{name: KeyboardAug, p: 0.5}, {name: RandomWordAug, p: 0.5, params: {action: swap}}]",
+    "augment.audio=[{name: AddGaussianNoise, p: 0.5}, {name: Gain, p: 0.5}, {name: Shift, p: 0.5}]",
+]
+CONFIGS = {
+    "align only": [],
+    "align + rebalance(sqrt)": ["rebalance.strategy=sqrt"],
+    "align + rebalance(sqrt) + augment": ["rebalance.strategy=sqrt", *AUGMENT],
+}
+COLUMNS = ["image", "text", "audio", "label"]
+
+
+def ray_pass(spec, classes, plan) -> tuple[int, float]:
+    start = time.perf_counter()
+    rows = 0
+    for batch in train_dataset(spec, classes, plan).select_columns(COLUMNS).iter_batches(
+            batch_size=64, batch_format="numpy"):
+        rows += len(batch["label"])
+    return rows, time.perf_counter() - start
+
+
+def raw_batches(shards: list[Path], size: int = 128):
+    """Raw member batches read with tarfile in this process (what read_webdataset hands the stages)."""
+    import tarfile
+
+    samples: list[dict] = []
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            current: dict = {}
+            for info in tar:
+                key, ext = split_member_name(info.name)
+                if current and current["__key__"] != key:
+                    samples.append(current)
+                    current = {}
+                current.setdefault("__key__", key)
+                current["__url__"] = str(shard)
+                current[ext] = tar.extractfile(info).read()
+            if current:
+                samples.append(current)
+    for i in range(0, len(samples), size):
+        chunk = samples[i:i + size]
+        columns = {c for s in chunk for c in s}
+        batch = {}
+        for c in columns:
+            col = np.empty(len(chunk), dtype=object)
+            col[:] = [s.get(c) for s in chunk]
+            batch[c] = col
+        yield batch
+
+
+def local_pass(spec, classes, plan, shards) -> tuple[int, float]:
+    cfg = StageConfig.from_spec(spec, classes)
+    start = time.perf_counter()
+    rows = 0
+    for raw in raw_batches(shards):
+        batch = prepare_batch(raw, cfg)
+        kept = batch["drop_reason"] == ""
+        batch = {k: v[kept] for k, v in batch.items()}
+        if spec.rebalance.strategy != "none":
+            batch = rebalance_batch(batch, np.array(plan.factors), spec.rebalance.seed, 0)
+        batch = augment_batch(batch, spec.augment, spec.modalities, 0)
+        rows += len(batch["label"])
+    return rows, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--cpus", type=int, default=2)
+    args = ap.parse_args()
+
+    import ray
+
+    data = Path(tempfile.mkdtemp(prefix="mmpipe-bench-"))
+    write_demo(data, seed=0, scale=args.scale)
+    specs = {name: load_spec(data / "spec.yaml", sets) for name, sets in CONFIGS.items()}
+    classes = resolve_classes(specs["align only"])
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    plans = {name: plan_rebalance(s, classes) for name, s in specs.items()}
+    shards = sorted((data / "train").glob("*.tar"))
+
+    for name, spec in specs.items():  # warm-up: worker processes import the augmentation libraries once
+        ray_pass(spec, classes, plans[name])
+    timings: dict[str, list[float]] = {name: [] for name in specs}
+    rows: dict[str, int] = {}
+    for _ in range(args.repeats):
+        for name, spec in specs.items():
+            n, seconds = ray_pass(spec, classes, plans[name])
+            rows[name] = n
+            timings[name].append(n / seconds)
+    local = {name: local_pass(spec, classes, plans[name], shards) for name, spec in specs.items()}
+
+    print(f"machine: {platform.machine()}, {args.cpus} CPUs for Ray, Python {platform.python_version()}")
+    print(f"data: demo --scale {args.scale}, train split ({sum(1 for _ in shards)} shards)")
+    base = statistics.median(timings["align only"])
+    print(f"{'configuration':38} {'rows/epoch':>10} {'Ray samples/s':>14} {'ratio':>6} {'1-process, no Ray':>18}")
+    for name in specs:
+        med = statistics.median(timings[name])
+        n, seconds = local[name]
+        print(f"{name:38} {rows[name]:>10} {med:>14.0f} {med / base:>6.2f} {n / seconds:>18.0f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
