@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -193,6 +194,70 @@ def preview_augment(
              for k, b, a in zip(before["__key__"], before.get("text_raw", []), after.get("text_raw", []))]
     atomic_write_text(out / "augment_preview.json", json.dumps(texts, indent=2, ensure_ascii=False))
     console.print(f"wrote {png} and {out / 'augment_preview.json'}")
+
+
+@app.command()
+def train(
+    spec: Path = typer.Argument(..., help="Job spec YAML"),
+    set_: Optional[list[str]] = SetOption,
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<spec name>); re-running the "
+                                                  "same directory resumes from its latest checkpoint"),
+) -> None:
+    """Train the spec's model on Ray Train, evaluate on test, and write the run's artifacts."""
+    job = _load(spec, set_)
+    _train_and_summarise(job, out or Path("runs") / job.name)
+
+
+def _train_and_summarise(job, run_dir: Path) -> None:
+    from pipeline.data.dataset import DataError
+    from pipeline.data.shards import ShardError
+    from pipeline.ray_runtime import ensure_ray
+    from pipeline.train.trainer import TrainError, run_training
+
+    ensure_ray()
+    try:
+        result = run_training(job, run_dir)
+    except (DataError, ShardError, TrainError) as e:
+        _fail(str(e), code=1)
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    m, classes = result.metrics, result.metrics["classes"]
+    split = "test" if "test.accuracy" in m else "val"
+    table = Table(title=f"{split} metrics (best epoch {m['best_epoch'] + 1} of {m['epochs_run']})",
+                  title_justify="left")
+    for col in ("metric", "value"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "loss"):
+        value = m.get(f"{split}.{name}")
+        table.add_row(name, "n/a" if value is None else f"{value:.3f}")
+    console.print(table)
+    per_class = Table(title="per class", title_justify="left")
+    for col in ("class", "precision", "recall"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for c in classes:
+        per_class.add_row(c, f"{m[f'{split}.precision.{c}']:.3f}", f"{m[f'{split}.recall.{c}']:.3f}")
+    console.print(per_class)
+    console.print(f"run directory: {result.run_dir} (best.pt, metrics.json, epochs.csv, curves.png, "
+                  "confusion.png, data_report.json, spec.yaml)")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo data (OUT/data) and run (OUT/run)"),
+    seed: int = typer.Option(0, help="Seed of the demo data"),
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Make the demo dataset, train the default fusion model on it, evaluate, and print a summary."""
+    from pipeline.data.demo import write_demo
+
+    data = out / "data"
+    write_demo(data, seed=seed, overwrite=True)
+    console.print(f"demo data written to {data}")
+    job = _load(data / "spec.yaml", set_)
+    shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run, not a resume of an earlier demo
+    _train_and_summarise(job, out / "run")
 
 
 @app.command("show-spec")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -15,3 +16,12 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs = dict(include_dashboard=False, num_cpus=num_cpus) if not address else {}
     ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+    data_progress(sys.stderr.isatty())
+
+
+def data_progress(show: bool) -> None:
+    """Ray Data progress bars on a terminal only; its per-dataset INFO lines never (they flood logs and CI)."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = show
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -201,10 +201,15 @@ class RebalanceSpec(Strict):
 
 class ModelSpec(Strict):
     fusion: Literal[FUSIONS] = "concat"  # type: ignore[valid-type]
-    hidden: int = Field(128, ge=4)
+    hidden: int = Field(64, ge=4)
     dropout: float = Field(0.1, ge=0, lt=1)
-    modality_dropout: float = Field(0.0, ge=0, lt=1)
-    pretrained: str | None = None
+    modality_dropout: float = Field(0.0, ge=0, lt=1, description="hide each modality with this probability "
+                                                                  "while training (never all of a sample's)")
+    image_width: int = Field(16, ge=4, description="channels of the first image CNN stage")
+    audio_width: int = Field(16, ge=4, description="channels of the first audio CNN stage")
+    text_encoder: Literal["transformer", "gru"] = "transformer"
+    pretrained: str | None = Field(None, description="a local checkpoint (best.pt) whose matching weights are "
+                                                     "loaded before training")
 
 
 class TrainSpec(Strict):

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Droid Sans Fallback")
+
+
 def _pyplot():
     import matplotlib
 
@@ -15,8 +18,10 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     # Fall back to CJK-capable fonts where installed (e.g. Debian's fonts-noto-cjk); DejaVu has no Han glyphs.
-    plt.rcParams["font.family"] = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei",
-                                   "Droid Sans Fallback"]
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    plt.rcParams["font.family"] = ["DejaVu Sans"] + [f for f in CJK_FONTS if f in installed]
 
     return plt
 

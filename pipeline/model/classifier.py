@@ -1,0 +1,62 @@
+"""The model: per-modality encoders -> fusion -> logits, with optional modality dropout while training."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.model.encoders import AudioEncoder, ImageEncoder, TextEncoder
+from pipeline.model.fusion import UNIMODAL, build_fusion
+from pipeline.spec import JobSpec
+
+
+def model_modalities(spec: JobSpec) -> list[str]:
+    """The modalities the model uses: the enabled ones, or the single one of a unimodal baseline."""
+    only = UNIMODAL.get(spec.model.fusion)
+    if only:
+        if only not in spec.modalities.enabled():
+            raise ValueError(f"model.fusion={spec.model.fusion} needs modalities.{only}, which is disabled")
+        return [only]
+    return spec.modalities.enabled()
+
+
+class MultimodalClassifier(nn.Module):
+    def __init__(self, spec: JobSpec, num_classes: int):
+        super().__init__()
+        h, mods = spec.model.hidden, spec.modalities
+        self.modalities = model_modalities(spec)
+        encoders = {}
+        if "image" in self.modalities:
+            encoders["image"] = ImageEncoder(h, spec.model.image_width)
+        if "text" in self.modalities:
+            encoders["text"] = TextEncoder(h, mods.text.vocab_size, mods.text.max_tokens, spec.model.text_encoder)
+        if "audio" in self.modalities:
+            encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, width=spec.model.audio_width)
+        self.encoders = nn.ModuleDict(encoders)
+        fusion = "concat" if spec.model.fusion in UNIMODAL else spec.model.fusion
+        self.fusion = build_fusion(fusion, self.modalities, h, num_classes, spec.model.dropout)
+        self.modality_dropout = spec.model.modality_dropout
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        present = {m: batch[f"present_{m}"].bool() for m in self.modalities}
+        if self.training and self.modality_dropout > 0 and len(self.modalities) > 1:
+            present = self._drop_modalities(present)
+        features = {m: self.encoders[m](batch[m]) for m in self.modalities}
+        return self.fusion(features, present)
+
+    def _drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Hide each present modality with probability p, never all of a sample's modalities."""
+        stacked = torch.stack([present[m] for m in self.modalities], 1)                  # (B, M)
+        keep = torch.rand(stacked.shape, device=stacked.device) >= self.modality_dropout
+        dropped = stacked & keep
+        # where everything was hidden, keep one of the sample's present modalities, chosen at random
+        pick = torch.rand(stacked.shape, device=stacked.device).masked_fill(~stacked, -1.0).argmax(1)
+        rescue = torch.nn.functional.one_hot(pick, len(self.modalities)).bool() & stacked
+        empty = (dropped.sum(1) == 0).unsqueeze(1)
+        dropped = torch.where(empty, rescue, dropped)
+        return {m: dropped[:, i] for i, m in enumerate(self.modalities)}
+
+
+def input_columns(spec: JobSpec) -> list[str]:
+    mods = model_modalities(spec)
+    return [*mods, *(f"present_{m}" for m in mods), "label"]

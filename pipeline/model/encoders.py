@@ -1,0 +1,101 @@
+"""Per-modality encoders, trainable from scratch with no download. Each maps its aligned input to (B, hidden).
+
+    image  uint8 (B, H, W, 3)  -> small residual CNN
+    text   int64 (B, L)        -> embedding + transformer encoder (or GRU), masked mean over tokens
+    audio  float32 (B, N)      -> log-mel spectrogram computed in torch -> 2-D CNN
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+def _cnn(c_in: int, width: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        ResidualBlock(width, width, 2), ResidualBlock(width, 2 * width, 2), ResidualBlock(2 * width, 4 * width, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, hidden))
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, hidden: int, width: int = 16):
+        super().__init__()
+        self.net = _cnn(3, width, hidden)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 255.0  # (B, H, W, 3) uint8 -> (B, 3, H, W) in [0, 1]
+        return self.net((x - 0.5) / 0.25)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, hidden: int, vocab_size: int, max_tokens: int, kind: str = "transformer", layers: int = 2):
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Embedding(vocab_size, hidden, padding_idx=0)
+        if kind == "gru":
+            self.rnn = nn.GRU(hidden, hidden // 2, batch_first=True, bidirectional=True)
+        else:
+            self.position = nn.Parameter(torch.zeros(1, max_tokens, hidden))
+            layer = nn.TransformerEncoderLayer(hidden, nhead=4 if hidden % 4 == 0 else 1,
+                                               dim_feedforward=2 * hidden, batch_first=True, dropout=0.1)
+            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pad = tokens == 0                                    # (B, L)
+        x = self.embed(tokens)                               # (B, L, H)
+        if self.kind == "gru":
+            x, _ = self.rnn(x)
+        else:
+            # An all-padding row (text absent) would make attention NaN: let it attend to position 0.
+            safe = pad.clone()
+            safe[:, 0] = False
+            x = self.encoder(x + self.position[:, : x.shape[1]], src_key_padding_mask=safe)
+        keep = (~pad).unsqueeze(-1).float()
+        return (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """(n_fft // 2 + 1, n_mels) triangular filters on the HTK mel scale."""
+    def to_mel(f):
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    mels = torch.linspace(to_mel(0.0), to_mel(sample_rate / 2), n_mels + 2)
+    hz = 700.0 * (10 ** (mels / 2595.0) - 1.0)
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = hz[:-2, None], hz[1:-1, None], hz[2:, None]
+    up = (freqs[None] - lower) / (centre - lower).clamp(min=1e-6)
+    down = (upper - freqs[None]) / (upper - centre).clamp(min=1e-6)
+    return torch.clamp(torch.minimum(up, down), min=0.0).T
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, hidden: int, sample_rate: int, n_mels: int = 40, width: int = 16):
+        super().__init__()
+        self.n_fft = 512 if sample_rate > 12000 else 256
+        self.hop = self.n_fft // 4
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.register_buffer("mel", mel_filterbank(self.n_fft, n_mels, sample_rate), persistent=False)
+        self.net = _cnn(1, width, hidden)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, return_complex=True)
+        power = spec.abs().pow(2).transpose(1, 2)            # (B, frames, freqs)
+        logmel = torch.log(power @ self.mel + 1e-6)          # (B, frames, mels)
+        logmel = (logmel - logmel.mean(dim=(1, 2), keepdim=True)) / (logmel.std(dim=(1, 2), keepdim=True) + 1e-5)
+        return self.net(logmel.unsqueeze(1))                 # (B, 1, frames, mels) -> (B, hidden)

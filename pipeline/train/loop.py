@@ -1,0 +1,200 @@
+"""train_loop(config): what every Ray Train worker runs, readable top to bottom. Shared by ``mmpipe train`` and Tune.
+
+setup (model, optimizer, schedule, loss; resume from the latest checkpoint) -> per epoch: advance the EpochClock,
+train on this rank's shard of the train split, validate over every val row (each rank a disjoint part, metrics
+all-reduced), checkpoint from rank 0, early-stop on the chosen metric.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipeline.model.classifier import MultimodalClassifier, input_columns
+from pipeline.model.losses import make_loss
+from pipeline.spec import JobSpec, TrainSpec
+from pipeline.train.metrics import Accumulator
+
+STATE_FILE = "state.pt"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model, with or without DDP around it (DDP exists only with more than one worker)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def make_optimizer(t: TrainSpec, params) -> torch.optim.Optimizer:
+    o, wd = t.optimizer, t.weight_decay
+    if o == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, weight_decay=wd)
+    if o in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=o == "nesterov", weight_decay=wd)
+    if o == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=wd)
+    if o == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=wd)
+    if o == "nadam":
+        return torch.optim.NAdam(params, lr=t.lr, weight_decay=wd)
+    if o == "adadelta":
+        return torch.optim.Adadelta(params, lr=t.lr, weight_decay=wd)
+    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=wd)
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def metric_mode(name: str) -> str:
+    return "min" if name.endswith("loss") else "max"
+
+
+def improved(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _to_batch(batch: dict, columns: list[str], device) -> dict:
+    return {c: batch[c].to(device, non_blocking=True) for c in columns}
+
+
+def train_loop(config: dict) -> None:
+    # ---- setup
+    spec = JobSpec.model_validate(config["spec"])
+    classes: list[str] = config["classes"]
+    t = spec.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_bf16 = device.type == "cuda"
+    torch.manual_seed(t.seed + rank)
+
+    model = MultimodalClassifier(spec, len(classes))
+    if spec.model.pretrained:
+        load_weights(model, spec.model.pretrained)
+    model = ray.train.torch.prepare_model(model)  # DDP (gradients all-reduced in backward) + device
+    optimizer = make_optimizer(t, model.parameters())
+    steps_per_epoch = max(1, int(config["rows_per_epoch"] // (world * t.batch_size)))
+    scheduler = warmup_cosine(optimizer, int(t.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch)
+    loss_fn = make_loss(t.loss, config["counts_seen"], beta=t.class_balanced_beta, gamma=t.focal_gamma,
+                        tau=t.logit_tau)
+    columns = input_columns(spec)
+    metric, mode = t.early_stopping_metric, metric_mode(t.early_stopping_metric)
+
+    start_epoch, best, stale, history = 0, None, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # a restarted worker group, or a re-run of the same run directory
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_data = ray.train.get_dataset_shard("val")
+    failure = config.get("inject_failure")
+
+    for epoch in range(start_epoch, t.epochs):
+        if failure and epoch == failure["epoch"] and rank == world - 1 and not os.path.exists(failure["marker"]):
+            Path(failure["marker"]).touch()
+            raise RuntimeError(f"injected worker failure at epoch {epoch} (testing recovery)")
+        if rank == 0:
+            config["epoch_clock"].set(epoch)  # augmentation and rebalancing draw per epoch
+        _barrier()
+
+        # ---- train on this rank's shard; equal row counts per rank and drop_last keep the ranks in step
+        model.train()
+        train_acc = Accumulator(len(classes))
+        for batch in train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
+                                                    local_shuffle_buffer_size=4 * t.batch_size,
+                                                    local_shuffle_seed=t.seed + epoch):
+            batch = _to_batch(batch, columns, device)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
+                logits = model(batch)                                  # (B, C)
+                loss = loss_fn(logits, batch["label"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            train_acc.add(logits.detach(), batch["label"], loss.item() * len(batch["label"]))
+
+        # ---- validate: every val row once across the ranks (batch i goes to rank i % world)
+        model.eval()
+        val_acc = Accumulator(len(classes))
+        with torch.no_grad():
+            for i, batch in enumerate(val_data.iter_torch_batches(batch_size=t.batch_size, drop_last=False)):
+                if i % world != rank:
+                    continue
+                batch = _to_batch(batch, columns, device)
+                with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
+                    logits = unwrap(model)(batch)  # no DDP collectives in eval: ranks see different batch counts
+                    loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum")
+                val_acc.add(logits, batch["label"], loss.item())
+        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+        metrics.update(_scalars(train_acc.all_reduce().compute(classes, "train")))
+        val_metrics = val_acc.all_reduce().compute(classes, "val")
+        metrics.update(_scalars(val_metrics))
+
+        value = metrics.get(metric, float("nan"))
+        if improved(value, best, mode):
+            best, stale = value, 0
+        else:
+            stale += 1
+        metrics["best." + metric] = best
+        history.append(metrics)
+        stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
+
+        # ---- checkpoint from rank 0; every rank reports
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "stale": stale,
+                            "history": history, "spec": config["spec"], "classes": classes,
+                            "val_confusion": val_metrics["val.confusion"]}, Path(d) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+                print(f"epoch {epoch + 1}/{t.epochs}: train loss {metrics['train.loss']:.3f} "
+                      f"acc {metrics['train.accuracy']:.3f} | val loss {metrics['val.loss']:.3f} "
+                      f"acc {metrics['val.accuracy']:.3f} macro-F1 {metrics['val.macro_f1']:.3f}", flush=True)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if stop:
+            if rank == 0:
+                print(f"early stopping: {metric} has not improved for {stale} epochs", flush=True)
+            break
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def load_weights(model: torch.nn.Module, path: str) -> None:
+    """Load matching tensors from a best.pt / state.pt file (weights only; nothing is unpickled)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    weights = state.get("model", state)
+    own = model.state_dict()
+    usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"{path}: no weights match this model")
+    model.load_state_dict(usable, strict=False)

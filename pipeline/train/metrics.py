@@ -1,0 +1,93 @@
+"""Classification metrics that are correct across ranks.
+
+Each rank accumulates a confusion matrix (counts) and its rows' class probabilities; ``all_reduce`` sums the
+counts and gathers the probabilities, and every metric is computed from those totals — never an average of
+per-rank averages. Definitions follow scikit-learn (tests compare against it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Accumulator:
+    num_classes: int
+    confusion: np.ndarray = None  # (C, C): rows true class, columns predicted
+    loss_sum: float = 0.0
+    rows: int = 0
+    probs: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.confusion is None:
+            self.confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss_sum: float) -> None:
+        probs = torch.softmax(logits.float(), dim=1).detach().cpu().numpy()
+        y = labels.detach().cpu().numpy()
+        np.add.at(self.confusion, (y, probs.argmax(1)), 1)
+        self.loss_sum += float(loss_sum)
+        self.rows += len(y)
+        self.probs.append(probs)
+        self.labels.append(y)
+
+    def all_reduce(self) -> "Accumulator":
+        """Totals over every rank (a no-op without torch.distributed)."""
+        probs = np.concatenate(self.probs) if self.probs else np.zeros((0, self.num_classes), np.float32)
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return Accumulator(self.num_classes, self.confusion.copy(), self.loss_sum, self.rows, [probs], [labels])
+        counts = torch.tensor(np.append(self.confusion.ravel(), [self.rows]), dtype=torch.float64)
+        loss = torch.tensor([self.loss_sum], dtype=torch.float64)
+        torch.distributed.all_reduce(counts)
+        torch.distributed.all_reduce(loss)
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, (probs, labels))
+        c = self.num_classes
+        return Accumulator(c, counts[:-1].numpy().astype(np.int64).reshape(c, c), float(loss.item()),
+                           int(counts[-1].item()), [g[0] for g in gathered], [g[1] for g in gathered])
+
+    def compute(self, classes: list[str], prefix: str) -> dict:
+        return classification_metrics(self.confusion, np.concatenate(self.probs) if self.probs else None,
+                                      np.concatenate(self.labels) if self.labels else None, classes, prefix,
+                                      loss=self.loss_sum / max(self.rows, 1))
+
+
+def classification_metrics(confusion: np.ndarray, probs: np.ndarray | None, labels: np.ndarray | None,
+                           classes: list[str], prefix: str, loss: float | None = None) -> dict:
+    cm = confusion.astype(np.float64)
+    true, pred, hit = cm.sum(1), cm.sum(0), np.diag(cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(true > 0, hit / true, 0.0)
+        precision = np.where(pred > 0, hit / pred, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    seen = true > 0
+    out = {
+        f"{prefix}.accuracy": float(hit.sum() / max(cm.sum(), 1)),
+        f"{prefix}.balanced_accuracy": float(recall[seen].mean()) if seen.any() else 0.0,
+        f"{prefix}.macro_f1": float(f1[seen | (pred > 0)].mean()) if (seen | (pred > 0)).any() else 0.0,
+        f"{prefix}.auc": macro_auc(probs, labels, len(classes)),
+        f"{prefix}.rows": int(cm.sum()),
+    }
+    if loss is not None:
+        out[f"{prefix}.loss"] = float(loss)
+    for i, c in enumerate(classes):
+        out[f"{prefix}.precision.{c}"] = float(precision[i])
+        out[f"{prefix}.recall.{c}"] = float(recall[i])
+    out[f"{prefix}.confusion"] = confusion.astype(int).tolist()
+    return out
+
+
+def macro_auc(probs: np.ndarray | None, labels: np.ndarray | None, num_classes: int) -> float:
+    """Macro one-vs-rest ROC-AUC over the classes present in ``labels`` (NaN when fewer than two are)."""
+    from sklearn.metrics import roc_auc_score
+
+    if probs is None or labels is None or len(np.unique(labels)) < 2:
+        return float("nan")
+    present = np.unique(labels)
+    scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
+    return float(np.mean(scores))

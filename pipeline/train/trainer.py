@@ -1,0 +1,155 @@
+"""Driver side of training: data report, rebalance plan, TorchTrainer, then test evaluation and artifacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
+from pipeline.data.epoch import EpochClock
+from pipeline.io import atomic_write_text
+from pipeline.model.classifier import MultimodalClassifier, input_columns
+from pipeline.ray_runtime import data_progress
+from pipeline.spec import JobSpec, dump_spec
+from pipeline.train.artifacts import write_artifacts
+from pipeline.train.loop import STATE_FILE, metric_mode, train_loop
+from pipeline.train.metrics import Accumulator
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict          # test metrics (and the best epoch's validation metrics)
+    best_checkpoint: Path  # run_dir / best.pt
+
+
+def worker_resources(spec: JobSpec) -> dict:
+    """CPUs per worker, fitted so Ray Data keeps at least one CPU (else the pipeline starves and training hangs)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 1.0)
+    budget = max(total - 1.0, total / 2)
+    want = spec.scaling.cpus_per_worker * spec.scaling.num_workers
+    cpus = spec.scaling.cpus_per_worker
+    if want > budget:
+        cpus = budget / spec.scaling.num_workers
+        log.warning("scaling: %d workers x %.2f CPU would leave Ray Data under one of %.0f CPUs; using %.2f CPU "
+                    "per worker", spec.scaling.num_workers, spec.scaling.cpus_per_worker, total, cpus)
+    resources = {"CPU": cpus}
+    if spec.scaling.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
+def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str], prefix: str) -> dict:
+    """Every row of ``dataset`` through ``model`` on the driver."""
+    columns = input_columns(spec)
+    acc = Accumulator(len(classes))
+    model.eval()
+    with torch.no_grad():
+        for batch in dataset.select_columns(columns).iter_torch_batches(batch_size=256, drop_last=False):
+            logits = model(batch)
+            loss = torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum")
+            acc.add(logits, batch["label"], loss.item())
+    return acc.compute(classes, prefix)
+
+
+def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
+                 name: str = "train") -> TrainResult:
+    import ray.train
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        if split not in spec.data.splits:
+            raise TrainError(f"training needs data.splits.{split}")
+    classes = resolve_classes(spec)
+    atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
+
+    # One pass over the data: the data report, and the exact kept class counts for rebalancing.
+    report = validate_splits(spec)
+    hist = report.splits["train"].class_histogram
+    plan = plan_rebalance(spec, classes, [hist.get(c, 0) for c in classes], "kept rows (data report)")
+    report.rebalance = plan.to_dict()
+    report.write_json(run_dir / "data_report.json")
+    report.print()
+
+    data_progress(False)  # datasets below run inside the training workers: bars there interleave with the log
+    clock = EpochClock(0)
+    columns = input_columns(spec)
+    datasets = {"train": train_dataset(spec, classes, plan, epoch=clock).select_columns(columns),
+                "val": build_split(spec, "val", classes).kept().select_columns(columns)}
+    metric = spec.train.early_stopping_metric
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "classes": classes, "epoch_clock": clock,
+                           "rows_per_epoch": float(sum(plan.expected)), "counts_seen": plan.expected,
+                           "inject_failure": inject_failure},
+        scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
+                                     resources_per_worker=worker_resources(spec)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val is read whole by each rank
+        run_config=RunConfig(
+            name=name, storage_path=str(run_dir / "ray"),
+            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                               checkpoint_score_order=metric_mode(metric))))
+    result = trainer.fit()
+    if result.error:
+        raise TrainError(f"training failed: {result.error}")
+    return finish(spec, classes, run_dir, result)
+
+
+def _load_state(checkpoint) -> dict:
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def finish(spec: JobSpec, classes: list[str], run_dir: Path, result) -> TrainResult:
+    """Best checkpoint -> best.pt, test evaluation, metrics.json and plots."""
+    if result.checkpoint is None:
+        raise TrainError("training reported no checkpoint")
+    latest = _load_state(result.checkpoint)
+    best_ckpt = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
+    best = _load_state(best_ckpt)
+    model = MultimodalClassifier(spec, len(classes))
+    model.load_state_dict(best["model"])
+    best_epoch = best["history"][-1]
+    test = {}
+    if "test" in spec.data.splits:
+        test = evaluate(model, build_split(spec, "test", classes).kept(), spec, classes, "test")
+    metrics = {**{k: v for k, v in best_epoch.items()}, **test, "best_epoch": best["epoch"],
+               "epochs_run": latest["epoch"] + 1, "classes": classes}
+    torch.save({"model": best["model"], "classes": classes, "spec": best["spec"], "epoch": best["epoch"],
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}},
+               run_dir / ".best.pt.tmp")
+    shutil.move(run_dir / ".best.pt.tmp", run_dir / "best.pt")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False))
+    write_artifacts(run_dir, latest["history"], classes,
+                    np.array(test.get("test.confusion", best["val_confusion"])),
+                    "test" if test else "val")
+    return TrainResult(run_dir, metrics, run_dir / "best.pt")
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and (np.isnan(obj) or np.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj

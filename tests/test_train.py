@@ -1,0 +1,84 @@
+"""Training on Ray Train: a real 2-worker CPU DDP run, recovery from a worker failure, metrics, GPU (skips)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score, recall_score, \
+    roc_auc_score
+
+from pipeline.spec import load_spec
+from pipeline.train.metrics import Accumulator
+
+FAST = ["train.epochs=6", "train.batch_size=16", "train.lr=0.003", "model.hidden=32"]
+
+
+def test_metrics_equal_scikit_learn_on_fixed_predictions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    logits = torch.randn(300, 4) + 1.5 * torch.nn.functional.one_hot(torch.tensor(y), 4)
+    acc = Accumulator(4)
+    for part in np.array_split(np.arange(300), 3):  # as if from three ranks / batches
+        acc.add(logits[part], torch.tensor(y[part]), 0.0)
+    m = acc.all_reduce().compute(list("abcd"), "test")
+    pred, probs = logits.argmax(1).numpy(), torch.softmax(logits, 1).numpy()
+    assert m["test.accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["test.balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["test.macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["test.auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    for i, c in enumerate("abcd"):
+        assert m[f"test.precision.{c}"] == pytest.approx(precision_score(y, pred, labels=[i], average="macro"))
+        assert m[f"test.recall.{c}"] == pytest.approx(recall_score(y, pred, labels=[i], average="macro"))
+    assert np.array_equal(np.array(m["test.confusion"]).sum(1), np.bincount(y, minlength=4))
+
+
+@pytest.mark.ray
+def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, tmp_path):
+    from pipeline.train.trainer import run_training
+
+    spec = load_spec(demo_dir / "spec.yaml", FAST + ["model.fusion=gated", "train.loss=logit_adjusted"])
+    result = run_training(spec, tmp_path / "run")
+    m = result.metrics
+    assert m["test.macro_f1"] > 0.5, m  # chance is ~0.17 for 6 classes
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert m["val.rows"] == report["splits"]["val"]["rows_kept"]  # every validation row counted once
+    assert m["test.rows"] == report["splits"]["test"]["rows_kept"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("test.accuracy", "test.balanced_accuracy", "test.macro_f1", "test.auc", "test.confusion",
+                "test.recall.meadow"):
+        assert key in saved
+    rows = list(csv.DictReader((tmp_path / "run" / "epochs.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(6))
+    for name in ("curves.png", "confusion.png", "spec.yaml"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert best["classes"] == m["classes"] and "fusion.gate.weight" in best["model"]
+
+
+@pytest.mark.ray
+def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path):
+    from pipeline.train.trainer import run_training
+
+    spec = load_spec(demo_dir / "spec.yaml", FAST + ["scaling.max_failures=1", "train.epochs=2",
+                                                      "augment.enabled=false"])
+    marker = tmp_path / "failed-once"
+    result = run_training(spec, tmp_path / "run", inject_failure={"epoch": 1, "marker": str(marker)})
+    assert marker.exists()  # the failure happened
+    assert result.metrics["epochs_run"] == 2
+    rows = list(csv.DictReader((tmp_path / "run" / "epochs.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]  # epoch 0 resumed from its checkpoint, not repeated
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_forward_backward():
+    from tests.test_model import batch, make
+
+    model = make("attention").cuda()
+    b = {k: v.cuda() for k, v in batch(("image", "text", "audio"), n=8).items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(b)
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
