@@ -202,10 +202,14 @@ def train(
     set_: Optional[list[str]] = SetOption,
     out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<spec name>); re-running the "
                                                   "same directory resumes from its latest checkpoint"),
+    fresh: bool = typer.Option(False, help="Discard the run directory's earlier training state first"),
 ) -> None:
     """Train the spec's model on Ray Train, evaluate on test, and write the run's artifacts."""
     job = _load(spec, set_)
-    _train_and_summarise(job, out or Path("runs") / job.name)
+    run_dir = out or Path("runs") / job.name
+    if fresh:
+        shutil.rmtree(run_dir / "ray", ignore_errors=True)
+    _train_and_summarise(job, run_dir)
 
 
 def _train_and_summarise(job, run_dir: Path) -> None:
@@ -225,22 +229,22 @@ def _train_and_summarise(job, run_dir: Path) -> None:
 def _print_summary(result) -> None:
     m, classes = result.metrics, result.metrics["classes"]
     split = "test" if "test.accuracy" in m else "val"
-    table = Table(title=f"{split} metrics (best epoch {m['best_epoch'] + 1} of {m['epochs_run']})",
-                  title_justify="left")
+    console.print(f"[bold]{split} metrics[/] of the best epoch ({m['best_epoch'] + 1} of {m['epochs_run']})")
+    table = Table()
     for col in ("metric", "value"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "loss"):
         value = m.get(f"{split}.{name}")
         table.add_row(name, "n/a" if value is None else f"{value:.3f}")
     console.print(table)
-    per_class = Table(title="per class", title_justify="left")
+    per_class = Table()
     for col in ("class", "precision", "recall"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for c in classes:
         per_class.add_row(c, f"{m[f'{split}.precision.{c}']:.3f}", f"{m[f'{split}.recall.{c}']:.3f}")
     console.print(per_class)
     console.print(f"run directory: {result.run_dir} (best.pt, metrics.json, epochs.csv, curves.png, "
-                  "confusion.png, data_report.json, spec.yaml)")
+                  "confusion.png, data_report.json, spec.yaml)", soft_wrap=True)
 
 
 @app.command()

@@ -14,7 +14,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(include_dashboard=False, num_cpus=num_cpus) if not address else {}
+    # The dashboard (bound to 127.0.0.1) serves the state API, which Ray Train's placement-group cleaner polls.
+    kwargs = dict(include_dashboard=True, num_cpus=num_cpus) if not address else {}
     ray.init(address=address, logging_level=logging.WARNING, **kwargs)
     data_progress(sys.stderr.isatty())
 

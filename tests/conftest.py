@@ -15,7 +15,7 @@ from pipeline.data.demo import write_demo
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR")  # state API for Ray Train
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

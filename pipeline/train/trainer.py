@@ -114,6 +114,14 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     return finish(spec, classes, run_dir, result)
 
 
+def best_checkpoint(result, metric: str):
+    """The kept checkpoint with the best value of ``metric`` (NaN never wins), else the latest."""
+    sign = 1 if metric_mode(metric) == "max" else -1
+    scored = [(sign * m[metric], c) for c, m in (result.best_checkpoints or [])
+              if metric in m and m[metric] == m[metric]]
+    return max(scored, key=lambda sc: sc[0])[1] if scored else result.checkpoint
+
+
 def _load_state(checkpoint) -> dict:
     with checkpoint.as_directory() as d:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
@@ -124,8 +132,7 @@ def finish(spec: JobSpec, classes: list[str], run_dir: Path, result) -> TrainRes
     if result.checkpoint is None:
         raise TrainError("training reported no checkpoint")
     latest = _load_state(result.checkpoint)
-    best_ckpt = result.best_checkpoints[0][0] if result.best_checkpoints else result.checkpoint
-    best = _load_state(best_ckpt)
+    best = _load_state(best_checkpoint(result, spec.train.early_stopping_metric))
     model = MultimodalClassifier(spec, len(classes))
     model.load_state_dict(best["model"])
     best_epoch = best["history"][-1]
