@@ -264,6 +264,26 @@ def demo(
     _train_and_summarise(job, out / "run")
 
 
+@app.command("prepare-digits")
+def prepare_digits(
+    recordings: Path = typer.Argument(..., help="Folder of FSDD-style recordings {digit}_{speaker}_{index}.wav"),
+    out_dir: Path = typer.Argument(..., help="Folder for images/ and manifest.csv (then: mmpipe pack)"),
+    split: str = typer.Option("index", help="index: takes 0-4 test, 5-9 val; speaker: hold out speakers"),
+    test_speaker: Optional[str] = typer.Option(None, help="With --split speaker: the held-out test speaker"),
+    text_informative: float = typer.Option(0.4, min=0.0, max=1.0, help="Share of captions naming the digit"),
+) -> None:
+    """Real-data example: pair spoken digits with handwritten digits of the same class (writes a pack manifest)."""
+    from pipeline.examples.av_digits import PrepareError, prepare
+
+    if split not in ("index", "speaker"):
+        _fail(f"--split must be index or speaker, got {split!r}")
+    try:
+        manifest = prepare(recordings, out_dir, split, test_speaker, text_informative)
+    except PrepareError as e:
+        _fail(str(e))
+    console.print(f"wrote {manifest}; next: mmpipe pack {manifest} SHARDS_DIR", soft_wrap=True)
+
+
 @app.command("show-spec")
 def show_spec(spec: Path = typer.Argument(..., help="Job spec YAML"), set_: Optional[list[str]] = SetOption) -> None:
     """Print the spec with every default filled in and overrides applied (the resolved spec)."""
