@@ -248,6 +248,40 @@ def _print_summary(result) -> None:
 
 
 @app.command()
+def tune(
+    spec: Path = typer.Argument(..., help="Job spec YAML with a tune.search_space"),
+    set_: Optional[list[str]] = SetOption,
+    out: Optional[Path] = typer.Option(None, help="Experiment folder (default: runs/<spec name>-tune); running "
+                                                  "again with the same folder continues the experiment"),
+) -> None:
+    """Search fusion and optimizer settings with Ray Tune; export the best configuration as a job spec."""
+    job = _load(spec, set_)
+    from pipeline.data.dataset import DataError
+    from pipeline.data.shards import ShardError
+    from pipeline.ray_runtime import ensure_ray
+    from pipeline.tune.runner import TuneError, run_tune
+
+    try:
+        resolve_classes_first(job)
+        ensure_ray()
+        result = run_tune(job, out or Path("runs") / f"{job.name}-tune")
+    except (DataError, ShardError, TuneError) as e:
+        _fail(str(e), code=1)
+    console.print(f"{result.trials} trials; best {job.tune.metric} = {result.best_metric:.4f} with "
+                  f"{result.best_config}", soft_wrap=True)
+    console.print(f"best spec: {result.best_spec_path} (run it: mmpipe train {result.best_spec_path})\n"
+                  f"best checkpoint: {result.best_checkpoint}\nresults: {result.out_dir}/trials.csv, "
+                  "trials_curves.png, best_by_choice.png", soft_wrap=True)
+
+
+def resolve_classes_first(job) -> None:
+    """Configuration problems (no class names) surface before Ray starts."""
+    from pipeline.data.dataset import resolve_classes
+
+    resolve_classes(job)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo data (OUT/data) and run (OUT/run)"),
     seed: int = typer.Option(0, help="Seed of the demo data"),

@@ -212,6 +212,16 @@ class ModelSpec(Strict):
                                                      "loaded before training")
 
 
+METRIC_NAMES = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "auc")
+
+
+def _metric_name(v: str) -> str:
+    split, _, name = v.partition(".")
+    if split not in ("train", "val") or name not in METRIC_NAMES:
+        raise ValueError(f"must be train.<name> or val.<name> with name one of {', '.join(METRIC_NAMES)}")
+    return v
+
+
 class TrainSpec(Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -228,6 +238,7 @@ class TrainSpec(Strict):
     logit_tau: float = Field(1.0, ge=0, description="logit adjustment strength (x log class prior)")
     early_stopping_metric: str = "val.macro_f1"
     early_stopping_patience: int | None = Field(None, ge=1)
+    _metric = field_validator("early_stopping_metric")(_metric_name)
     seed: int = 0
 
 
@@ -239,12 +250,18 @@ class ScalingSpec(Strict):
 
 
 class TuneSpec(Strict):
-    num_samples: int = Field(4, ge=1)
+    """Ray Tune search; see pipeline/tune/space.py for the search_space format."""
+    num_samples: int = Field(4, ge=1, description="samples of the space (each grid combination this many times)")
     metric: str = "val.macro_f1"
     mode: Literal["max", "min"] = "max"
     scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung")
     search_alg: Literal["random", "optuna"] = "random"
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as leave Ray Data a CPU")
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial")
     search_space: dict[str, Any] = Field(default_factory=dict)
+    _metric = field_validator("metric")(_metric_name)
 
 
 class ScheduleSpec(Strict):
@@ -375,12 +392,20 @@ def _checked(augment_json: str, modalities_json: str) -> list[tuple[str, str]]:
     return check_transforms(spec)
 
 
-def spec_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None) -> JobSpec:
+def _validated(raw: dict[str, Any], source: str) -> JobSpec:
     try:
-        spec = JobSpec.model_validate(raw)
+        return JobSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(format_errors(err, source)) from None
+
+
+def spec_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None) -> JobSpec:
+    spec = _validated(raw, source)
     problems = _transform_problems(spec)
+    if spec.tune.search_space:
+        from pipeline.tune.space import problems as space_problems
+
+        problems += space_problems(raw, spec.tune.search_space, lambda r: _validated(r, source))
     if problems:
         raise SpecError("\n".join([f"{source}: {len(problems)} problem(s) in the job spec:"] +
                                    [f"  - {path}: {msg}" for path, msg in problems]))

@@ -88,3 +88,15 @@ def test_warn_when_resampling_and_reweighting_are_stacked():
     assert spec_warnings(spec_from_dict({"rebalance": {"strategy": "oversample"},
                                          "train": {"loss": "logit_adjusted"}})) == []
     assert spec_warnings(spec_from_dict({"train": {"loss": "weighted_ce"}})) == []
+
+
+def test_same_key_in_different_shards_draws_independently():
+    keys = np.array(["000001"] * 200, dtype=object)
+    urls = np.array([f"/data/shard-{i:03d}.tar" for i in range(200)], dtype=object)
+    out = rebalance_batch({"__key__": keys, "__url__": urls, "label": np.zeros(200, dtype=np.int64)},
+                          np.array([0.5]), 0, 0)
+    assert 60 < len(out["label"]) < 140  # not all kept or all dropped together
+    moved = rebalance_batch({"__key__": keys, "__url__": np.array([u.replace("/data", "/elsewhere") for u in urls],
+                                                                  dtype=object),
+                             "label": np.zeros(200, dtype=np.int64)}, np.array([0.5]), 0, 0)
+    assert len(moved["label"]) == len(out["label"])  # moving the folder does not change the draws

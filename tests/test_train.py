@@ -82,3 +82,34 @@ def test_cuda_bf16_forward_backward():
     assert logits.dtype == torch.bfloat16
     logits.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    from pipeline.spec import dump_spec, spec_from_dict
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    old = spec_from_dict({"train": {"lr": 0.01, "epochs": 2}})
+    (tmp_path / "ray" / "train").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(dump_spec(old))
+    check_resumable(spec_from_dict({"train": {"lr": 0.01, "epochs": 5}}), tmp_path, "train")  # more epochs: fine
+    with pytest.raises(TrainError, match="train.lr"):
+        check_resumable(spec_from_dict({"train": {"lr": 0.02}}), tmp_path, "train")
+    with pytest.raises(TrainError, match="model.fusion"):
+        check_resumable(spec_from_dict({"train": {"lr": 0.01}, "model": {"fusion": "late"}}), tmp_path, "train")
+
+
+def test_metric_names_are_checked():
+    from pipeline.spec import SpecError, spec_from_dict
+
+    with pytest.raises(SpecError, match="train.early_stopping_metric: Value error, must be train.<name> or val"):
+        spec_from_dict({"train": {"early_stopping_metric": "val.f1"}})
+    with pytest.raises(SpecError, match="tune.metric"):
+        spec_from_dict({"tune": {"metric": "macro_f1"}})
+
+
+@pytest.mark.ray
+def test_too_few_rows_for_a_step_is_refused(ray_session, demo_dir, tmp_path):
+    from pipeline.train.trainer import TrainError, run_training
+
+    with pytest.raises(TrainError, match="fewer than train.batch_size=4096"):
+        run_training(load_spec(demo_dir / "spec.yaml", ["train.batch_size=4096"]), tmp_path / "run")

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from pipeline.data.seeds import row_seeds, uniforms
+from pipeline.data.seeds import row_ids, row_seeds, uniforms
 from pipeline.spec import RebalanceSpec
 
 
@@ -68,7 +68,7 @@ def rebalance_batch(batch: dict[str, np.ndarray], factors: np.ndarray, seed: int
     """Repeat or drop rows by their class factor; adds ``copy`` (0, 1, …) so repeats can be augmented apart."""
     f = factors[batch["label"]]
     base = np.floor(f)
-    draws = uniforms(row_seeds(batch["__key__"], np.zeros(len(f), dtype=np.int64), seed, epoch, "rebalance"))
+    draws = uniforms(row_seeds(row_ids(batch), np.zeros(len(f), dtype=np.int64), seed, epoch, "rebalance"))
     repeats = (base + (draws < f - base)).astype(np.int64)
     index = np.repeat(np.arange(len(f)), repeats)
     out = {k: v[index] for k, v in batch.items()}

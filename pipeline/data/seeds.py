@@ -18,6 +18,14 @@ def row_seeds(keys, copies, seed: int, epoch: int, salt: str) -> np.ndarray:
     return out
 
 
+def row_ids(batch: dict[str, np.ndarray]) -> list[str]:
+    """``shard-name/key`` per row: keys often restart in every shard; the folder may move, the name stays."""
+    keys = batch["__key__"]
+    if "__url__" not in batch:
+        return [str(k) for k in keys]
+    return [f"{str(u).rsplit('/', 1)[-1]}/{k}" for u, k in zip(batch["__url__"], keys)]
+
+
 def uniforms(seeds: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) floats derived from the seeds (53 high bits)."""
     return (seeds >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -73,6 +73,12 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _sync_buffers(model: torch.nn.Module) -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in unwrap(model).buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def _to_batch(batch: dict, columns: list[str], device) -> dict:
     return {c: batch[c].to(device, non_blocking=True) for c in columns}
 
@@ -109,6 +115,8 @@ def train_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
+        if state.get("stopped"):
+            start_epoch = t.epochs  # it early-stopped: a re-run must not train on
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
@@ -141,6 +149,7 @@ def train_loop(config: dict) -> None:
             train_acc.add(logits.detach(), batch["label"], loss.item() * len(batch["label"]))
 
         # ---- validate: every val row once across the ranks (batch i goes to rank i % world)
+        _sync_buffers(model)  # BatchNorm running stats diverge per rank after the last step; use rank 0's
         model.eval()
         val_acc = Accumulator(len(classes))
         with torch.no_grad():
@@ -172,7 +181,7 @@ def train_loop(config: dict) -> None:
             if rank == 0:
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "stale": stale,
-                            "history": history, "spec": config["spec"], "classes": classes,
+                            "history": history, "spec": config["spec"], "classes": classes, "stopped": stop,
                             "val_confusion": val_metrics["val.confusion"]}, Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 print(f"epoch {epoch + 1}/{t.epochs}: train loss {metrics['train.loss']:.3f} "

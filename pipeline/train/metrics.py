@@ -54,7 +54,7 @@ class Accumulator:
     def compute(self, classes: list[str], prefix: str) -> dict:
         return classification_metrics(self.confusion, np.concatenate(self.probs) if self.probs else None,
                                       np.concatenate(self.labels) if self.labels else None, classes, prefix,
-                                      loss=self.loss_sum / max(self.rows, 1))
+                                      loss=self.loss_sum / self.rows if self.rows else float("nan"))
 
 
 def classification_metrics(confusion: np.ndarray, probs: np.ndarray | None, labels: np.ndarray | None,

@@ -35,12 +35,15 @@ class TrainResult:
     best_checkpoint: Path  # run_dir / best.pt
 
 
-def worker_resources(spec: JobSpec) -> dict:
-    """CPUs per worker, fitted so Ray Data keeps at least one CPU (else the pipeline starves and training hangs)."""
+def worker_resources(spec: JobSpec, share: int = 1, overhead: float = 0.0) -> dict:
+    """CPUs per worker, fitted so Ray Data keeps at least one whole CPU (its tasks ask for one; with less free the
+    pipeline starves and training hangs). ``share``: trainings running side by side (Tune trials), ``overhead``:
+    CPUs held by anything else (the trials' own functions)."""
     import ray
 
     total = ray.cluster_resources().get("CPU", 1.0)
-    budget = max(total - 1.0, total / 2)
+    free = total - 1.0 - overhead
+    budget = (free if free > 0 else total / 2) / share  # a one-CPU machine can only share
     want = spec.scaling.cpus_per_worker * spec.scaling.num_workers
     cpus = spec.scaling.cpus_per_worker
     if want > budget:
@@ -51,6 +54,23 @@ def worker_resources(spec: JobSpec) -> dict:
     if spec.scaling.use_gpu:
         resources["GPU"] = 1
     return resources
+
+
+def check_resumable(spec: JobSpec, run_dir: Path, name: str) -> None:
+    """A run directory with training state resumes; refuse when the model or optimisation settings changed, which
+    the restored weights and optimizer state would silently override or fail to load."""
+    import yaml
+
+    previous = run_dir / "spec.yaml"
+    if not (run_dir / "ray" / name).exists() or not previous.exists():
+        return
+    old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
+    new = spec.model_dump(mode="json")
+    changed = [f"model.{k}" for k in new["model"] if old.get("model", {}).get(k) != new["model"][k]]
+    changed += [f"train.{k}" for k in new["train"] if k != "epochs" and old.get("train", {}).get(k) != new["train"][k]]
+    if changed:
+        raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); it would resume "
+                         "with the old ones. Use another --out, or --fresh to discard it.")
 
 
 def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str], prefix: str) -> dict:
@@ -78,6 +98,7 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
         if split not in spec.data.splits:
             raise TrainError(f"training needs data.splits.{split}")
     classes = resolve_classes(spec)
+    check_resumable(spec, run_dir, name)
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
 
     # One pass over the data: the data report, and the exact kept class counts for rebalancing.
@@ -87,6 +108,11 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     report.rebalance = plan.to_dict()
     report.write_json(run_dir / "data_report.json")
     report.print()
+    per_rank = sum(plan.expected) / spec.scaling.num_workers
+    if per_rank < spec.train.batch_size:
+        raise TrainError(f"an epoch gives each of the {spec.scaling.num_workers} workers about {per_rank:.0f} "
+                         f"training rows, fewer than train.batch_size={spec.train.batch_size}: no step would run. "
+                         "Lower train.batch_size or scaling.num_workers, or rebalance less aggressively.")
 
     data_progress(False)  # datasets below run inside the training workers: bars there interleave with the log
     clock = EpochClock(0)

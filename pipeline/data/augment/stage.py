@@ -19,7 +19,7 @@ from pipeline.data.augment import audio as audio_aug
 from pipeline.data.augment import image as image_aug
 from pipeline.data.augment import text as text_aug
 from pipeline.data.augment.build import TransformError
-from pipeline.data.seeds import row_seeds
+from pipeline.data.seeds import row_ids, row_seeds
 from pipeline.data.tokenize import encode_batch
 from pipeline.spec import AugmentSpec, JobSpec, ModalitiesSpec
 
@@ -57,9 +57,9 @@ def augment_batch(batch: dict[str, np.ndarray], augment: AugmentSpec, modalities
     aug = _cached(augment.model_dump_json(), modalities.model_dump_json())
     if not aug.active:
         return batch
-    keys = batch["__key__"]
-    copies = batch["copy"] if "copy" in batch else np.zeros(len(keys), dtype=np.int64)
-    seeds = row_seeds(keys, copies, augment.seed, epoch, "augment")
+    ids = row_ids(batch)
+    copies = batch["copy"] if "copy" in batch else np.zeros(len(ids), dtype=np.int64)
+    seeds = row_seeds(ids, copies, augment.seed, epoch, "augment")
     out = dict(batch)
     if aug.image:
         images = batch["image"].copy()

@@ -1,0 +1,184 @@
+"""``mmpipe tune``: Ray Tune over the spec's search space, with the Train V2 pattern.
+
+Each trial is a function that builds a TorchTrainer (the same ``train_loop`` as ``mmpipe train``) with
+``TuneReportCallback`` and calls ``fit()``; its Train run is named from the trial id, so a restarted trial
+resumes its own run. Work shared by all trials is done once on the driver: the data report and class counts,
+and the cleaned, aligned validation set (materialised once in the object store and handed to every trial).
+Re-running the same ``tune`` with the same output folder continues the experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
+from pipeline.data.epoch import EpochClock
+from pipeline.io import atomic_write_text
+from pipeline.model.classifier import input_columns
+from pipeline.ray_runtime import data_progress
+from pipeline.spec import JobSpec, dump_spec
+from pipeline.train.loop import train_loop
+from pipeline.tune.space import apply, to_param_space
+
+log = logging.getLogger(__name__)
+EXPERIMENT = "tune"
+
+
+class TuneError(RuntimeError):
+    pass
+
+
+@dataclass
+class TuneResult:
+    out_dir: Path
+    best_config: dict
+    best_metric: float
+    best_spec_path: Path
+    best_checkpoint: str | None
+    trials: int
+
+
+def trial_spec(base: dict, config: dict) -> JobSpec:
+    return JobSpec.model_validate(apply(base, config))
+
+
+def per_trial_cpus(spec: JobSpec) -> float:
+    return spec.scaling.num_workers * spec.scaling.cpus_per_worker
+
+
+def concurrent_trials(spec: JobSpec, total_cpus: float) -> int:
+    """Trials that fit beside one CPU kept free for Ray Data (never fewer than one)."""
+    if spec.tune.max_concurrent_trials:
+        return spec.tune.max_concurrent_trials
+    return max(1, int(math.floor((total_cpus - 1.0 - TRIAL_CPU) / per_trial_cpus(spec))))
+
+
+TRIAL_CPU = 0.01  # the trial function only waits on fit(); its Train workers hold the CPUs (0 is refused)
+
+
+def _trainable(config: dict, base: dict, classes: list[str], counts: list[int], val, storage: str,
+               concurrent: int) -> None:
+    """One trial: a TorchTrainer over this trial's spec, reporting every epoch to Tune."""
+    from ray import tune
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.train.trainer import worker_resources
+
+    spec = trial_spec(base, config)
+    plan = plan_rebalance(spec, classes, counts, "shared counts")
+    clock = EpochClock(0)
+    columns = input_columns(spec)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "classes": classes, "epoch_clock": clock,
+                           "rows_per_epoch": float(sum(plan.expected)), "counts_seen": plan.expected},
+        scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
+                                     resources_per_worker=worker_resources(spec, concurrent,
+                                                                           TRIAL_CPU * concurrent)),
+        datasets={"train": train_dataset(spec, classes, plan, epoch=clock).select_columns(columns), "val": val},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def _scheduler(spec: JobSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = spec.tune
+    if t.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs, grace_period=t.grace_period,
+                         reduction_factor=t.reduction_factor)
+
+
+def _search_alg(spec: JobSpec):
+    if spec.tune.search_alg == "random":
+        return None  # Tune's default: random sampling (and every grid combination)
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+        import optuna  # noqa: F401
+    except ImportError:
+        raise TuneError("tune.search_alg=optuna needs the optuna package: pip install 'mmpipe[optuna]' "
+                        "(or use tune.search_alg=random)") from None
+    if any("grid" in d for d in spec.tune.search_space.values()):
+        raise TuneError("tune.search_alg=optuna cannot take grid distributions; use choice instead")
+    return OptunaSearch()
+
+
+def run_tune(spec: JobSpec, out_dir: str | Path) -> TuneResult:
+    import ray
+    from ray import tune
+
+    if not spec.tune.search_space:
+        raise TuneError("tune.search_space is empty: nothing to search")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = resolve_classes(spec)
+    base = spec.model_dump(mode="json")
+    search_alg = _search_alg(spec)
+
+    # Shared work, once: the data report (exact kept counts for every trial's rebalancing) and the val set.
+    report = validate_splits(spec, ["train", "val"])
+    hist = report.splits["train"].class_histogram
+    counts = [hist.get(c, 0) for c in classes]
+    report.write_json(out_dir / "data_report.json")
+    data_progress(False)
+    all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} | {"label"})
+    val = build_split(spec, "val", classes).kept().select_columns(all_columns).materialize()
+
+    concurrent = concurrent_trials(spec, ray.cluster_resources().get("CPU", 1.0))
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, base=base, classes=classes, counts=counts, val=val,
+                             storage=str(out_dir / "trials"), concurrent=concurrent),
+        {"CPU": TRIAL_CPU})
+    path = out_dir / EXPERIMENT
+    if tune.Tuner.can_restore(str(path)):
+        log.warning("continuing the tune experiment in %s", path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        t = spec.tune
+        tuner = tune.Tuner(
+            trainable, param_space=to_param_space(t.search_space),
+            tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=_scheduler(spec),
+                                        search_alg=search_alg, num_samples=t.num_samples,
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out_dir),
+                                      failure_config=tune.FailureConfig(max_failures=t.max_failures)))
+    results = tuner.fit()
+    return export(spec, base, results, out_dir)
+
+
+def export(spec: JobSpec, base: dict, results, out_dir: Path) -> TuneResult:
+    """trials.csv, best_spec.yaml (a complete job spec), best checkpoint path, plots."""
+    from pipeline.tune.plots import plot_best_by, plot_trial_curves, trial_best
+
+    t = spec.tune
+    frame = results.get_dataframe()
+    frame.to_csv(out_dir / ".trials.csv.tmp", index=False)
+    (out_dir / ".trials.csv.tmp").replace(out_dir / "trials.csv")
+    ok = [r for r in results if r.metrics and t.metric in r.metrics]
+    if not ok:
+        errors = "; ".join(str(r.error)[:200] for r in results if r.error)
+        raise TuneError(f"no trial reported {t.metric}" + (f" (errors: {errors})" if errors else ""))
+    best = results.get_best_result(metric=t.metric, mode=t.mode, scope="all")
+    best_value = trial_best(best, t.metric, t.mode)
+    best_spec = trial_spec(base, best.config)
+    best_spec_path = out_dir / "best_spec.yaml"
+    header = (f"# Best of {len(frame)} trials ({t.metric} = {best_value:.4f}). Train it with:\n"
+              f"#   mmpipe train {best_spec_path} --out RUN_DIR\n")
+    atomic_write_text(best_spec_path, header + dump_spec(best_spec))
+    checkpoint = best.metrics.get("checkpoint_path") or (best.checkpoint.path if best.checkpoint else None)
+    plot_trial_curves(out_dir / "trials_curves.png", results, t.metric)
+    plot_best_by(out_dir / "best_by_choice.png", results, t.metric, t.mode,
+                 [k for k in ("model.fusion", "train.optimizer") if k in t.search_space])
+    atomic_write_text(out_dir / "best.txt", f"metric: {t.metric} = {best_value}\ncheckpoint: {checkpoint}\n"
+                                            f"config: {best.config}\n")
+    return TuneResult(out_dir, best.config, float(best_value), best_spec_path, checkpoint, len(frame))

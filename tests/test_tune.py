@@ -1,0 +1,55 @@
+"""Ray Tune: search-space validation, resource fitting, and a tiny real search whose best spec trains."""
+
+import pytest
+
+from pipeline.spec import SpecError, load_spec, spec_from_dict
+
+SPACE = "tune.search_space={model.fusion: {grid: [concat, gated]}, train.optimizer: {grid: [adamw, sgd]}}"
+
+
+def test_search_space_errors_name_the_field():
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"tune": {"search_space": {
+            "model.fusion": {"choice": ["concat", "concatt"]}, "train.lr": {"loguniform": [0, 1]},
+            "train.momentum": {"uniform": [0.5]}, "model.size": {"choice": [1]}, "data.splits": {"choice": [1]},
+            "train.batch_size": {"normal": [1, 2]}}}})
+    msg = str(e.value)
+    assert "tune.search_space.model.fusion: value 'concatt' makes an invalid spec: model.fusion" in msg
+    assert "tune.search_space.train.lr: loguniform needs low > 0" in msg
+    assert "tune.search_space.train.momentum: uniform needs [low, high] numbers" in msg
+    assert "tune.search_space.model.size: value 1 makes an invalid spec: model.size: unknown field" in msg
+    assert "tune.search_space.data.splits: the search space may not change" in msg
+    assert "tune.search_space.train.batch_size: unknown distribution 'normal'" in msg
+
+
+def test_trials_leave_ray_data_a_cpu():
+    from pipeline.tune.runner import concurrent_trials
+
+    spec = spec_from_dict({"scaling": {"num_workers": 2, "cpus_per_worker": 0.5}})
+    assert concurrent_trials(spec, 2) == 1
+    assert concurrent_trials(spec, 16) == 14
+    assert concurrent_trials(spec_from_dict({"tune": {"max_concurrent_trials": 3}}), 2) == 3
+
+
+@pytest.mark.ray
+def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_dir, tmp_path):
+    from pipeline.train.trainer import run_training
+    from pipeline.tune.runner import run_tune
+
+    spec = load_spec(demo_dir / "spec.yaml", [SPACE, "tune.num_samples=1", "train.epochs=2", "train.batch_size=16",
+                                               "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false"])
+    result = run_tune(spec, tmp_path / "tune")
+    assert result.trials == 4
+    assert set(result.best_config) == {"model.fusion", "train.optimizer"}
+    csv_text = (tmp_path / "tune" / "trials.csv").read_text()
+    assert csv_text.count("\n") == 5 and "val.macro_f1" in csv_text
+    for name in ("trials_curves.png", "best_by_choice.png", "best_spec.yaml", "data_report.json"):
+        assert (tmp_path / "tune" / name).stat().st_size > 0
+    assert result.best_checkpoint
+    best = load_spec(result.best_spec_path)  # a complete job spec, unchanged
+    assert best.model.fusion == result.best_config["model.fusion"]
+    assert best.train.optimizer == result.best_config["train.optimizer"]
+    trained = run_training(load_spec(result.best_spec_path, ["train.epochs=1"]), tmp_path / "run")
+    assert trained.metrics["epochs_run"] == 1
+    again = run_tune(spec, tmp_path / "tune")  # a finished experiment is continued, not started over
+    assert again.trials == 4 and again.best_config == result.best_config
