@@ -46,6 +46,9 @@ def pack(
     shard_mb: float = typer.Option(256.0, help="Start a new shard past this many MiB"),
     shard_samples: Optional[int] = typer.Option(None, help="…or past this many samples"),
     overwrite: bool = typer.Option(False, help="Replace a dataset already in OUT_DIR"),
+    shuffle_seed: Optional[int] = typer.Option(0, help="Write rows in this seeded random order (shards of one "
+                                                       "class starve training of mixed batches)"),
+    keep_order: bool = typer.Option(False, help="Keep the manifest's row order instead of shuffling"),
 ) -> None:
     """Pack media files listed in a manifest into WebDataset shards per split, with manifest.json."""
     from pipeline.data.pack import ManifestError, pack_manifest
@@ -53,7 +56,7 @@ def pack(
     try:
         result = pack_manifest(manifest, out_dir, [c.strip() for c in classes.split(",")] if classes else None,
                                int(shard_mb * 1024 ** 2), shard_samples, progress=sys.stderr.isatty(),
-                               overwrite=overwrite)
+                               overwrite=overwrite, shuffle_seed=None if keep_order else shuffle_seed)
     except (ManifestError, FileExistsError) as e:
         _fail(str(e))
     for s in result.skipped:

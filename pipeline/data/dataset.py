@@ -89,7 +89,7 @@ class SplitData:
         return report
 
 
-def build_split(spec: JobSpec, split: str, classes: list[str]) -> SplitData:
+def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bool = False) -> SplitData:
     """Check the split's shards and assemble its lazy Ray dataset. Raises ShardError/DataError before any read."""
     import ray
 
@@ -108,7 +108,8 @@ def build_split(spec: JobSpec, split: str, classes: list[str]) -> SplitData:
 
     cfg = StageConfig.from_spec(spec, classes)
     duplicates = RemoteDuplicateIndex() if spec.clean.dedupe else None
-    ds = ray.data.read_webdataset(good, decoder=None, override_num_blocks=len(good))  # one read task per shard
+    ds = ray.data.read_webdataset(good, decoder=None, override_num_blocks=len(good),  # one read task per shard
+                                  shuffle="files" if shuffle_files else None)
     ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg, "duplicates": duplicates},
                         batch_size=PREPARE_BATCH_SIZE, batch_format="numpy")
     return SplitData(split, ds, cfg.enabled, checks)
@@ -188,7 +189,7 @@ def train_dataset(spec: JobSpec, classes: list[str], plan: RebalancePlan | None 
     """
     import numpy as np
 
-    ds = build_split(spec, split, classes).kept()
+    ds = build_split(spec, split, classes, shuffle_files=True).kept()  # shard order differs every epoch
     if spec.rebalance.strategy != "none":
         plan = plan or plan_rebalance(spec, classes, split=split)
         ds = ds.map_batches(_rebalance, batch_format="numpy", fn_kwargs={

@@ -12,6 +12,7 @@ skipped and reported with its line number and reason; it never stops the run.
 from __future__ import annotations
 
 import csv
+import random
 import re
 import json
 from dataclasses import dataclass, field
@@ -153,9 +154,13 @@ def _json_object(text: str) -> dict:
 
 def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] | None = None,
                   max_shard_bytes: int = 256 * 1024 ** 2, max_shard_samples: int | None = None,
-                  progress: bool = True, overwrite: bool = False) -> PackResult:
+                  progress: bool = True, overwrite: bool = False, shuffle_seed: int | None = 0) -> PackResult:
+    """``shuffle_seed``: rows are written in a seeded random order (None keeps the manifest's order). Manifests
+    are often sorted by class, and a shard holding one class makes every streamed batch nearly single-class."""
     manifest = Path(manifest)
     rows = read_rows(manifest)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
     if classes is None:
         classes = natural_classes([cell(r, "label") for _, r in rows if cell(r, "label")])
     if len(classes) < 2:
@@ -164,7 +169,7 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
     skipped: list[dict] = []
     unusual: dict[str, int] = {}
     known = default_member_extensions()
-    for line, row in tqdm(rows, desc="packing", unit="row", disable=not progress):
+    for line, row in tqdm(rows, desc="packing", unit="row", disable=not progress):  # skipped: by line number
         try:
             split, sample = row_to_sample(row, line, manifest.parent, classes)
             writer.write(split, sample)
@@ -175,6 +180,7 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
             if base_extension(ext) not in known:
                 unusual[ext] = unusual.get(ext, 0) + 1
     writer.close()
+    skipped.sort(key=lambda s: s["line"])
     warnings = [f"{n} sample(s) have .{ext} members, which no modality reads by default; add the extension to "
                 "the spec's modalities.<role>.extensions or convert the files" for ext, n in sorted(unusual.items())]
     result = writer.write_manifest(classes, source=str(manifest), skipped=skipped, warnings=warnings)

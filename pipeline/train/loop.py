@@ -134,7 +134,7 @@ def train_loop(config: dict) -> None:
         model.train()
         train_acc = Accumulator(len(classes))
         for batch in train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
-                                                    local_shuffle_buffer_size=4 * t.batch_size,
+                                                    local_shuffle_buffer_size=max(1024, 8 * t.batch_size),
                                                     local_shuffle_seed=t.seed + epoch):
             batch = _to_batch(batch, columns, device)
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
