@@ -53,3 +53,20 @@ def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_di
     assert trained.metrics["epochs_run"] == 1
     again = run_tune(spec, tmp_path / "tune")  # a finished experiment is continued, not started over
     assert again.trials == 4 and again.best_config == result.best_config
+
+
+def test_optuna_needs_its_extra_and_no_grid():
+    from pipeline.tune.runner import TuneError, _search_alg
+
+    spec = spec_from_dict({"tune": {"search_alg": "optuna",
+                                    "search_space": {"train.lr": {"loguniform": [0.001, 0.01]}}}})
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        with pytest.raises(TuneError, match=r"pip install 'mmpipe\[optuna\]'"):
+            _search_alg(spec)
+    else:
+        assert _search_alg(spec) is not None
+        grid = spec_from_dict({"tune": {"search_alg": "optuna", "search_space": {"model.fusion": {"grid": ["sum"]}}}})
+        with pytest.raises(TuneError, match="grid"):
+            _search_alg(grid)
