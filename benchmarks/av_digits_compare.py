@@ -42,7 +42,7 @@ def main() -> None:
                      "test.balanced_accuracy": m["test.balanced_accuracy"], "best_epoch": m["best_epoch"] + 1,
                      "seconds": round(time.time() - start)})
         (args.runs / "compare.json").write_text(json.dumps(rows, indent=2))
-    print(f"| model | test accuracy | test macro-F1 | best epoch | seconds |")
+    print("| model | test accuracy | test macro-F1 | best epoch | seconds |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['test.accuracy']:.3f} | {r['test.macro_f1']:.3f} | {r['best_epoch']} | "

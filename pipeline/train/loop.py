@@ -13,7 +13,6 @@ import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch

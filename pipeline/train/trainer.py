@@ -88,7 +88,6 @@ def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str],
 
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
                  name: str = "train") -> TrainResult:
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
