@@ -72,3 +72,17 @@ def test_unknown_fusion_suggests():
 def test_text_gru_encoder():
     model = make("sum", text_encoder="gru")
     model(batch(("text",))).sum().backward()
+
+
+def test_pretrained_weights_load_from_a_local_file(tmp_path):
+    from pipeline.train.loop import load_weights
+
+    source = make("concat")
+    torch.save({"model": source.state_dict(), "classes": ["a"]}, tmp_path / "best.pt")
+    target = make("late")  # another fusion: only the matching (encoder) weights are taken
+    torch.nn.init.zeros_(target.encoders["image"].net[0].weight)
+    load_weights(target, str(tmp_path / "best.pt"))
+    assert torch.equal(target.encoders["image"].net[0].weight, source.encoders["image"].net[0].weight)
+    torch.save({"model": {"unrelated": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no weights match"):
+        load_weights(target, str(tmp_path / "other.pt"))
