@@ -99,7 +99,7 @@ def validate(
 ) -> None:
     """Run read → clean → align over every split and print the data report."""
     job = _load(spec, set_)
-    from pipeline.data.dataset import DataError, resolve_classes, validate_splits
+    from pipeline.data.dataset import DataError, validate_splits
     from pipeline.data.plots import plot_class_distribution
     from pipeline.data.shards import ShardError
     from pipeline.ray_runtime import ensure_ray
@@ -107,7 +107,7 @@ def validate(
     if not job.data.splits:
         _fail(f"{spec}: data.splits lists no splits to validate")
     try:
-        resolve_classes(job)  # configuration problems surface before Ray starts
+        resolve_classes_first(job)
     except DataError as e:
         _fail(str(e))
     ensure_ray()

@@ -86,10 +86,31 @@ def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str],
     return acc.compute(classes, prefix)
 
 
+def build_trainer(spec: JobSpec, classes: list[str], plan, val, resources: dict, run_config,
+                  inject_failure: dict | None = None):
+    """The TorchTrainer for one training of ``spec`` (``mmpipe train`` and every Tune trial): the train split
+    streams rebalanced and augmented per epoch (an EpochClock the loop advances); ``val`` is read whole by each
+    rank."""
+    from ray.train import DataConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    clock = EpochClock(0)
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "classes": classes, "epoch_clock": clock,
+                           "rows_per_epoch": float(sum(plan.expected)), "counts_seen": plan.expected,
+                           "inject_failure": inject_failure},
+        scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
+                                     resources_per_worker=resources),
+        datasets={"train": train_dataset(spec, classes, plan, epoch=clock).select_columns(input_columns(spec)),
+                  "val": val},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=run_config)
+
+
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
                  name: str = "train") -> TrainResult:
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,25 +135,14 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
                          "Lower train.batch_size or scaling.num_workers, or rebalance less aggressively.")
 
     data_progress(False)  # datasets below run inside the training workers: bars there interleave with the log
-    clock = EpochClock(0)
-    columns = input_columns(spec)
-    datasets = {"train": train_dataset(spec, classes, plan, epoch=clock).select_columns(columns),
-                "val": build_split(spec, "val", classes).kept().select_columns(columns)}
+    val = build_split(spec, "val", classes).kept().select_columns(input_columns(spec))
     metric = spec.train.early_stopping_metric
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "classes": classes, "epoch_clock": clock,
-                           "rows_per_epoch": float(sum(plan.expected)), "counts_seen": plan.expected,
-                           "inject_failure": inject_failure},
-        scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
-                                     resources_per_worker=worker_resources(spec)),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),  # val is read whole by each rank
-        run_config=RunConfig(
-            name=name, storage_path=str(run_dir / "ray"),
-            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                               checkpoint_score_order=metric_mode(metric))))
+    trainer = build_trainer(spec, classes, plan, val, worker_resources(spec), RunConfig(
+        name=name, storage_path=str(run_dir / "ray"),
+        failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
+                                           checkpoint_score_order=metric_mode(metric))),
+        inject_failure=inject_failure)
     result = trainer.fit()
     if result.error:
         raise TrainError(f"training failed: {result.error}")

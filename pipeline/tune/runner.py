@@ -14,13 +14,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
-from pipeline.data.epoch import EpochClock
+from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, validate_splits
 from pipeline.io import atomic_write_text
-from pipeline.model.classifier import input_columns
 from pipeline.ray_runtime import data_progress
 from pipeline.spec import JobSpec, dump_spec
-from pipeline.train.loop import train_loop
 from pipeline.tune.space import apply, to_param_space
 
 log = logging.getLogger(__name__)
@@ -63,30 +60,18 @@ def _trainable(config: dict, base: dict, classes: list[str], counts: list[int], 
                concurrent: int) -> None:
     """One trial: a TorchTrainer over this trial's spec, reporting every epoch to Tune."""
     from ray import tune
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train.trainer import worker_resources
+    from pipeline.train.trainer import build_trainer, worker_resources
 
     spec = trial_spec(base, config)
     plan = plan_rebalance(spec, classes, counts, "shared counts")
-    clock = EpochClock(0)
-    columns = input_columns(spec)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "classes": classes, "epoch_clock": clock,
-                           "rows_per_epoch": float(sum(plan.expected)), "counts_seen": plan.expected},
-        scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
-                                     resources_per_worker=worker_resources(spec, concurrent,
-                                                                           TRIAL_CPU * concurrent)),
-        datasets={"train": train_dataset(spec, classes, plan, epoch=clock).select_columns(columns), "val": val},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             callbacks=[TuneReportCallback()]))
-    trainer.fit()
+    build_trainer(spec, classes, plan, val, worker_resources(spec, concurrent, TRIAL_CPU * concurrent),
+                  RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
+                            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+                            checkpoint_config=CheckpointConfig(num_to_keep=1),
+                            callbacks=[TuneReportCallback()])).fit()
 
 
 def _scheduler(spec: JobSpec):
