@@ -15,7 +15,8 @@ from pipeline.data.demo import write_demo
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR")  # state API for Ray Train
+    # address="local": never attach to a `ray start` cluster that happens to run on this machine (cluster tests).
+    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="ERROR")  # state API: Ray Train
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
