@@ -329,5 +329,9 @@ def show_spec(spec: Path = typer.Argument(..., help="Job spec YAML"), set_: Opti
     console.print(dump_spec(_load(spec, set_)), highlight=False, markup=False)
 
 
+# ---------------------------------------------------------------- command groups, one module each
+# (each module defines register(app) adding its commands; keep one line per module here)
+
+
 if __name__ == "__main__":
     app()
