@@ -269,6 +269,67 @@ class ScheduleSpec(Strict):
     timezone: str = "UTC"
 
 
+# ---------------------------------------------------------------- workflows, registry, prediction, submission
+
+STEPS = ("validate-data", "tune", "train", "evaluate", "register", "promote", "predict")
+
+
+class WorkflowSpec(Strict):
+    """What ``mmpipe run`` does, in this order. Default: validate-data, train, evaluate, plus register and promote
+    when registry.uri is set."""
+    steps: list[Literal[STEPS]] | None = None  # type: ignore[valid-type]
+    run_dir: str | None = Field(None, description="local folder or fsspec URI; default runs/<name>. Relative "
+                                                  "paths are resolved against the spec file's folder")
+
+    @field_validator("steps")
+    @classmethod
+    def _ordered_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("lists no steps")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a step is listed twice: {v}")
+        if v != sorted(v, key=STEPS.index):
+            raise ValueError(f"steps run in the order {', '.join(STEPS)}; got {', '.join(v)}")
+        return v
+
+
+class RegistrySpec(Strict):
+    """Where trained models are versioned, and when a new one replaces the champion."""
+    uri: str | None = Field(None, description="local folder or fsspec URI of the registry (one model line)")
+    holdout: str = Field("test", description="the split both challenger and champion are scored on")
+    metric: Literal[METRIC_NAMES] = Field("macro_f1", description="holdout metric that decides promotion")  # type: ignore[valid-type]
+    min_improvement: float = Field(0.0, ge=0, description="promote only when the challenger beats the champion "
+                                                          "by more than this")
+
+
+class PredictSpec(Strict):
+    """Batch inference (``mmpipe predict`` and the workflow's predict step)."""
+    model: str | None = Field(None, description="REGISTRY[:VERSION|@ALIAS], e.g. runs/registry@champion")
+    shards: list[str] = Field(default_factory=list, description="shard paths, globs or URIs to predict")
+    out: str | None = Field(None, description="output .parquet file")
+    batch_size: int = Field(256, ge=1)
+    actors: int = Field(1, ge=1, description="model replicas (Ray Data actor pool), each loads the model once")
+    use_gpu: bool = False
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class SubmitSpec(Strict):
+    """How ``mmpipe submit`` runs this spec on a Ray cluster."""
+    address: str | None = Field(None, description="dashboard URL, e.g. http://127.0.0.1:8265 (or RAY_ADDRESS)")
+    entrypoint_num_cpus: float = Field(0.0, ge=0, description="CPUs held by the driver (it mostly waits)")
+    entrypoint_num_gpus: float = Field(0.0, ge=0)
+    entrypoint_memory_mb: int | None = Field(None, ge=1)
+    env_vars: dict[str, str] = Field(default_factory=dict, description="set in the job (never put secrets here: "
+                                                                       "job metadata is visible to dashboard users)")
+    excludes: list[str] = Field(default_factory=list, description="more paths left out of the uploaded code")
+
+
 class JobSpec(Strict):
     name: str = "mmpipe"
     seed: int = 0
@@ -284,6 +345,31 @@ class JobSpec(Strict):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     tune: TuneSpec = Field(default_factory=TuneSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    workflow: WorkflowSpec = Field(default_factory=WorkflowSpec)
+    registry: RegistrySpec = Field(default_factory=RegistrySpec)
+    predict: PredictSpec = Field(default_factory=PredictSpec)
+    submit: SubmitSpec = Field(default_factory=SubmitSpec)
+
+    def steps(self) -> list[str]:
+        """The workflow's steps, defaults filled in."""
+        if self.workflow.steps is not None:
+            return list(self.workflow.steps)
+        return ["validate-data", "train", "evaluate"] + (["register", "promote"] if self.registry.uri else [])
+
+    @model_validator(mode="after")
+    def _steps_have_what_they_need(self) -> "JobSpec":
+        steps = self.steps()
+        needs = {"tune": (self.tune.search_space, "tune.search_space"),
+                 "register": (self.registry.uri, "registry.uri"), "promote": (self.registry.uri, "registry.uri"),
+                 "predict": (self.predict.model and self.predict.shards and self.predict.out,
+                             "predict.model, predict.shards and predict.out")}
+        for step, (have, what) in needs.items():
+            if step in steps and not have:
+                raise ValueError(f"workflow step {step!r} needs {what}")
+        for later, earlier in (("evaluate", "train"), ("register", "evaluate"), ("promote", "register")):
+            if later in steps and earlier not in steps:
+                raise ValueError(f"workflow step {later!r} needs step {earlier!r} before it")
+        return self
 
     @model_validator(mode="after")
     def _label_members_not_claimed(self) -> "JobSpec":
@@ -372,6 +458,13 @@ def _resolve_local_paths(spec: JobSpec, base: Path) -> JobSpec:
     spec.data.splits = {k: [resolve(p) for p in v] for k, v in spec.data.splits.items()}
     if spec.data.manifest:
         spec.data.manifest = resolve(spec.data.manifest)
+    for section, name in (("workflow", "run_dir"), ("registry", "uri"), ("predict", "out")):
+        value = getattr(getattr(spec, section), name)
+        if value:
+            setattr(getattr(spec, section), name, resolve(value))
+    spec.predict.shards = [resolve(p) for p in spec.predict.shards]
+    if spec.predict.model:
+        spec.predict.model = resolve(spec.predict.model)
     return spec
 
 
