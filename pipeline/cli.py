@@ -331,6 +331,10 @@ def show_spec(spec: Path = typer.Argument(..., help="Job spec YAML"), set_: Opti
 
 # ---------------------------------------------------------------- command groups, one module each
 # (each module defines register(app) adding its commands; keep one line per module here)
+from pipeline.workflow.cli import register as _register_workflow  # noqa: E402
+_register_workflow(app)
+from pipeline.cluster.cli import register as _register_cluster  # noqa: E402
+_register_cluster(app)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     # The dashboard (bound to 127.0.0.1) serves the state API, which Ray Train's placement-group cleaner polls.
     kwargs = dict(include_dashboard=True, num_cpus=num_cpus) if not address else {}
-    ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+    # No address: a local instance of our own ("local"), never whichever `ray start` cluster happens to run on
+    # this machine (Ray's default). RAY_ADDRESS=auto attaches to that cluster on purpose; Ray sets RAY_ADDRESS
+    # for job drivers, so submitted runs join their cluster.
+    ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
     data_progress(sys.stderr.isatty())
 
 

@@ -113,7 +113,12 @@ def _clean_row(i: int, members: dict[str, list[Member]], meta_members: list[Memb
                cfg: StageConfig) -> tuple[dict, int, list[bytes | None]]:
     """Decoded values, label index and the content parts to hash, for row ``i``; raises Rejected."""
     meta = parse_meta(meta_members[i])
-    label = parse_label(label_value(label_members[i], meta, cfg), cfg.classes, cfg.label.format)
+    try:
+        label = parse_label(label_value(label_members[i], meta, cfg), cfg.classes, cfg.label.format)
+    except Rejected:
+        if cfg.labels_required:
+            raise
+        label = -1
     row = {role: members[role][i] for role in cfg.enabled}
     for role, member in row.items():
         if getattr(cfg.modalities, role).required and not member.present:

@@ -14,10 +14,12 @@ class StageConfig:
     clean: CleanSpec
     align: AlignSpec
     classes: tuple[str, ...]
+    labels_required: bool = True  # False for prediction: unlabelled samples are kept with label -1
 
     @classmethod
-    def from_spec(cls, spec: JobSpec, classes: list[str] | tuple[str, ...]) -> "StageConfig":
-        return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes))
+    def from_spec(cls, spec: JobSpec, classes: list[str] | tuple[str, ...], labels_required: bool = True
+                  ) -> "StageConfig":
+        return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes), labels_required)
 
     @property
     def enabled(self) -> list[str]:

@@ -88,8 +88,10 @@ class SplitData:
         return report
 
 
-def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bool = False) -> SplitData:
-    """Check the split's shards and assemble its lazy Ray dataset. Raises ShardError/DataError before any read."""
+def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bool = False,
+                labels_required: bool = True) -> SplitData:
+    """Check the split's shards and assemble its lazy Ray dataset. Raises ShardError/DataError before any read.
+    ``labels_required=False`` (prediction) keeps unlabelled samples, with label -1."""
     import ray
 
     if split not in spec.data.splits:
@@ -105,7 +107,7 @@ def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bo
     if not good:
         raise ShardError(f"split {split!r}: none of its {len(checks)} shard(s) is readable")
 
-    cfg = StageConfig.from_spec(spec, classes)
+    cfg = StageConfig.from_spec(spec, classes, labels_required)
     duplicates = RemoteDuplicateIndex() if spec.clean.dedupe else None
     ds = ray.data.read_webdataset(good, decoder=None, override_num_blocks=len(good),  # one read task per shard
                                   shuffle="files" if shuffle_files else None)

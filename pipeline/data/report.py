@@ -45,6 +45,8 @@ class SplitReport:
                 examples.append({"key": str(batch[KEY_COLUMN][i]), "shard": str(batch[URL_COLUMN][i]),
                                  "detail": str(batch["drop_detail"][i])})
         for label, count in Counter(batch["label"][kept].tolist()).items():
+            if label < 0:  # unlabelled (prediction input)
+                continue
             name = self.classes[label]
             self.class_histogram[name] = self.class_histogram.get(name, 0) + count
         for col in batch:

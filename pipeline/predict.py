@@ -1,0 +1,139 @@
+"""Batch inference: shards -> clean -> align -> model (a Ray Data actor pool, the model loaded once per actor) ->
+one Parquet file with a row for every input sample.
+
+Samples the data stages reject are not skipped: they get a row with ``status`` = the drop reason (as in the data
+report) and no prediction, and they are counted in the prediction report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.data.contract import KEY_COLUMN, URL_COLUMN
+from pipeline.data.report import SplitReport
+from pipeline.workflow.registry import ModelRef, Registry
+
+log = logging.getLogger(__name__)
+SPLIT = "predict"
+
+
+class PredictError(RuntimeError):
+    pass
+
+
+@dataclass
+class PredictResult:
+    out: str
+    version: int
+    rows: int
+    predicted: int
+    report: SplitReport
+
+
+class Predictor:
+    """One replica of the model (a Ray Data actor): built once, then fed aligned batches."""
+
+    def __init__(self, model_file: bytes, use_gpu: bool):
+        import io
+
+        import torch
+
+        from pipeline.model.classifier import MultimodalClassifier, input_columns
+        from pipeline.spec import spec_from_dict
+
+        state = torch.load(io.BytesIO(model_file), map_location="cpu", weights_only=True)
+        spec = spec_from_dict(state["spec"])
+        self.classes = list(state["classes"])
+        self.columns = [c for c in input_columns(spec) if c != "label"]
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = MultimodalClassifier(spec, len(self.classes))
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device).eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        n = len(batch[KEY_COLUMN])
+        kept = np.array([not r for r in batch["drop_reason"]], dtype=bool)
+        probs = np.full((n, len(self.classes)), np.nan, dtype=np.float32)
+        if kept.any():
+            inputs = {c: torch.as_tensor(batch[c][kept]).to(self.device) for c in self.columns}
+            with torch.no_grad():
+                probs[kept] = torch.softmax(self.model(inputs).float(), dim=1).cpu().numpy()
+        index = np.where(kept, np.nan_to_num(probs, nan=-1.0).argmax(1), -1).astype(np.int64)
+        out = {"key": batch[KEY_COLUMN], "shard": batch[URL_COLUMN],
+               "status": np.array([r or "ok" for r in batch["drop_reason"]], dtype=object),
+               "detail": batch["drop_detail"], "label_index": batch["label"], "pred_index": index,
+               "pred_class": np.array([self.classes[i] if i >= 0 else None for i in index], dtype=object)}
+        for j, name in enumerate(self.classes):
+            out[f"prob_{name}"] = probs[:, j]
+        return out
+
+
+def predict(model: str, shards: list[str], out: str, batch_size: int = 256, actors: int = 1,
+            use_gpu: bool = False, dedupe: bool = False) -> PredictResult:
+    """Predict every sample of ``shards`` with ``model`` (REGISTRY[:VERSION|@ALIAS]) into ``out`` (.parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from pipeline.data.dataset import build_split
+
+    if not out.endswith(".parquet"):
+        raise PredictError(f"--out {out}: the output is one Parquet file; name it *.parquet")
+    ref = ModelRef.parse(model)
+    registry = Registry(ref.registry)
+    version = registry.resolve(ref)
+    loaded = registry.load(version)  # a corrupt version fails here, on the driver, with its name
+    spec = loaded.spec.model_copy(deep=True)
+    spec.data.splits = {SPLIT: list(shards)}
+    spec.clean.dedupe = dedupe  # every sample gets a prediction unless asked otherwise
+    split = build_split(spec, SPLIT, loaded.classes, labels_required=False)
+    report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks),
+                         bad_shards=[{"path": c.path, "error": c.error} for c in split.bad_shards])
+
+    ds = split.dataset.map_batches(
+        Predictor, fn_constructor_kwargs={"model_file": registry.model_bytes(version), "use_gpu": use_gpu},
+        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="numpy",
+        num_gpus=1 if use_gpu else 0)
+
+    # Streamed into one Parquet file (memory stays at a few batches), written aside and renamed when complete.
+    local_out = Path(out) if storage.is_local(out) else Path(f".{Path(out).name}.part")
+    tmp = local_out.with_name(f".{local_out.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows, predicted = None, 0, 0
+    try:
+        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"], "label": batch["label_index"],
+                              "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
+                                                      dtype=object),
+                              "drop_detail": batch["detail"]})
+            table = pa.table({k: (v.tolist() if v.dtype == object else v) for k, v in batch.items()})
+            table = table.append_column("model_version", pa.array([version] * len(batch["key"]), pa.int64()))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows += len(batch["key"])
+            predicted += int((batch["pred_index"] >= 0).sum())
+        if writer is None:
+            raise PredictError(f"no samples in {', '.join(shards)}")
+        writer.close()
+        writer = None
+        if storage.is_local(out):
+            tmp.replace(local_out)
+        else:
+            storage.write_bytes(out, tmp.read_bytes())
+            tmp.unlink()
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    report_uri = out[: -len(".parquet")] + ".report.json"
+    storage.write_json(report_uri, {"model": str(ref), "version": version, "rows": rows, "predicted": predicted,
+                                    "report": report.to_dict()})
+    return PredictResult(out, version, rows, predicted, report)

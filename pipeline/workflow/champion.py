@@ -1,0 +1,24 @@
+"""Champion/challenger: promote a new model only when it beats the current one on the same holdout."""
+
+from __future__ import annotations
+
+import math
+
+from pipeline.train.loop import metric_mode
+
+
+def decide(metric: str, challenger: float, champion: float | None, min_improvement: float) -> dict:
+    """The promotion decision with both scores. ``metric`` is a holdout metric name (e.g. ``macro_f1``); ``loss``
+    improves downwards. No champion yet: promote. A NaN challenger score never wins."""
+    base = {"metric": metric, "challenger": challenger, "champion": champion, "min_improvement": min_improvement}
+    if challenger is None or math.isnan(challenger):
+        return {**base, "promote": False, "reason": f"challenger has no {metric} score"}
+    if champion is None or math.isnan(champion):
+        return {**base, "promote": True, "reason": "no champion yet" if champion is None else
+                f"champion has no {metric} score"}
+    gain = challenger - champion if metric_mode(metric) == "max" else champion - challenger
+    promote = gain > min_improvement
+    verb = "beats" if promote else "does not beat"
+    return {**base, "promote": promote, "improvement": gain,
+            "reason": f"challenger {verb} champion by more than {min_improvement:g} on {metric} "
+                      f"({challenger:.4f} vs {champion:.4f})"}

@@ -1,0 +1,111 @@
+"""``mmpipe run``: a spec's steps in order, in a run directory, resuming at the first incomplete step.
+
+A step is skipped when an earlier attempt completed it with the same inputs (its spec slice and the outputs of the
+steps it reads); otherwise it runs again, and so does everything that reads its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import uuid
+from datetime import datetime, timezone
+from typing import Callable
+
+from pipeline.spec import JobSpec
+from pipeline.workflow.rundir import RunDir, fingerprint
+from pipeline.workflow.steps import STEPS, StepContext, step_inputs
+
+
+class WorkflowFailed(RuntimeError):
+    def __init__(self, step: str, error: str, run: dict):
+        super().__init__(f"step {step} failed: {error}")
+        self.step, self.error, self.run = step, error, run
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def default_run_dir(spec: JobSpec) -> str:
+    return spec.workflow.run_dir or f"runs/{spec.name}"
+
+
+def _outcome(ctx: StepContext) -> dict:
+    """What a scheduler or a person wants to know first: which version, and was it promoted, and why."""
+    register, promote = ctx.results.get("register", {}), ctx.results.get("promote", {})
+    decision = None
+    if "promote" in ctx.results:
+        decision = json.loads((ctx.outputs("promote") / "decision.json").read_text(encoding="utf-8"))
+    return {"registry": ctx.spec.registry.uri, "version": register.get("version"),
+            "promoted": promote.get("promoted"), "decision": decision}
+
+
+def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the workflow; returns run.json's content. Raises WorkflowFailed after recording it."""
+    run = RunDir(run_dir or default_run_dir(spec))
+    previous = run.read_run() or {}
+    record = {"name": spec.name, "run_id": previous.get("run_id") or uuid.uuid4().hex,
+              "spec_sha256": fingerprint(spec.model_dump(mode="json")), "status": "running",
+              "started": _now(), "ended": None, "attempt": previous.get("attempt", 0) + 1,
+              "steps": [], "outcome": None}
+    ctx = StepContext(spec, run, record["run_id"], say)
+    upstream: dict[str, str] = {}  # step -> fingerprint of its outputs
+    steps = spec.steps()
+    run.write_run(record)
+    for number, step in enumerate(steps, 1):
+        inputs = step_inputs(spec, step, upstream)
+        inputs_sha = fingerprint(inputs)
+        done = run.completed(step, inputs_sha)
+        if done:
+            say(f"[{number}/{len(steps)}] {step}: done in an earlier attempt, skipped")
+            upstream[step], ctx.results[step] = done["outputs_sha256"], done.get("summary", {})
+            record["steps"].append({**_brief(done), "status": "skipped (done earlier)"})
+            run.write_run(record)
+            continue
+        say(f"[{number}/{len(steps)}] {step} …")
+        manifest = {"name": step, "status": "running", "started": _now(), "ended": None, "seconds": None,
+                    "inputs": inputs, "inputs_sha256": inputs_sha, "outputs": None, "error": None}
+        run.write_manifest(step, manifest)
+        record["steps"].append(_brief(manifest))
+        run.write_run(record)
+        start = time.monotonic()
+        try:
+            ws = run.workspace(step)
+            summary = STEPS[step](ctx, ws) or {}
+            outputs = sorted(str(p.relative_to(ws)) for p in ws.rglob("*") if p.is_file()
+                             and p.relative_to(ws).parts[0] != "ray")
+            upstream[step] = run.commit(step, ws)
+        except BaseException as e:  # recorded, then raised: an interrupted step is marked, not lost
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            manifest.update(status="failed" if isinstance(e, Exception) else "interrupted", ended=_now(),
+                            seconds=round(time.monotonic() - start, 1), error=error,
+                            traceback=traceback.format_exc(limit=8))
+            run.write_manifest(step, manifest)
+            record["steps"][-1] = _brief(manifest)
+            record.update(status=manifest["status"], ended=_now(), outcome=_outcome(ctx))
+            run.write_run(record)
+            if isinstance(e, Exception):
+                raise WorkflowFailed(step, error, record) from e
+            raise
+        ctx.results[step] = summary
+        manifest.update(status="succeeded", ended=_now(), seconds=round(time.monotonic() - start, 1),
+                        outputs=outputs, outputs_sha256=upstream[step], summary=summary)
+        run.write_manifest(step, manifest)
+        record["steps"][-1] = _brief(manifest)
+        run.write_run(record)
+        say(f"[{number}/{len(steps)}] {step}: done in {manifest['seconds']:.1f} s {_short(summary)}")
+    record.update(status="succeeded", ended=_now(), outcome=_outcome(ctx))
+    run.write_run(record)
+    return record
+
+
+def _brief(manifest: dict) -> dict:
+    return {k: manifest.get(k) for k in ("name", "status", "started", "ended", "seconds", "error")}
+
+
+def _short(summary: dict) -> str:
+    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
+                     if not isinstance(v, (dict, list)))
+    return f"({text[:200]})" if text else ""

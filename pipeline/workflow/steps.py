@@ -1,0 +1,228 @@
+"""The workflow's steps. Each writes its outputs into a fresh folder ``ws`` and returns a small summary for its
+manifest; what a step reads of the spec is declared in ``INPUTS`` so that a re-run reuses a step only when
+nothing it depends on changed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from pipeline.io import atomic_write_text
+from pipeline.spec import JobSpec, load_spec
+from pipeline.workflow.champion import decide
+from pipeline.workflow.registry import Registry
+from pipeline.workflow.rundir import RunDir, fingerprint
+
+
+class WorkflowError(RuntimeError):
+    """A step that cannot go on; the message says why."""
+
+
+@dataclass
+class StepContext:
+    spec: JobSpec
+    run: RunDir
+    run_id: str
+    say: Callable[[str], None] = print
+    results: dict = field(default_factory=dict)  # step -> summary, of this and earlier attempts
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.spec.registry.uri)
+
+    def outputs(self, step: str) -> Path:
+        return self.run.outputs(step)
+
+
+# ---------------------------------------------------------------- what each step depends on
+
+_DATA = ("data", "modalities", "label", "clean", "align")
+_TRAINING = _DATA + ("augment", "rebalance", "model", "train", "scaling", "seed")
+
+
+def _sections(spec: JobSpec, names) -> dict:
+    dumped = spec.model_dump(mode="json")
+    return {n: dumped[n] for n in names}
+
+
+INPUTS: dict[str, tuple[Callable[[JobSpec], dict], tuple[str, ...]]] = {
+    # step: (spec slice it reads, earlier steps whose outputs it reads)
+    "validate-data": (lambda s: _sections(s, _DATA + ("rebalance",)), ()),
+    "tune": (lambda s: _sections(s, _TRAINING + ("tune",)), ()),
+    "train": (lambda s: _sections(s, _TRAINING), ("tune", "validate-data")),
+    "evaluate": (lambda s: {"holdout": s.registry.holdout, **_sections(s, _DATA)}, ("train",)),
+    "register": (lambda s: {"registry": s.registry.uri}, ("train", "evaluate", "validate-data")),
+    "promote": (lambda s: {"registry": s.model_dump(mode="json")["registry"]}, ("register", "evaluate")),
+    "predict": (lambda s: {"predict": s.model_dump(mode="json")["predict"]}, ("promote",)),
+}
+
+
+def step_inputs(spec: JobSpec, step: str, upstream: dict[str, str]) -> dict:
+    """The step's inputs: its spec slice and the output fingerprints of the earlier steps it reads."""
+    slice_of, reads = INPUTS[step]
+    return {"spec": fingerprint(slice_of(spec)), **{f"{s}.outputs": upstream[s] for s in reads if s in upstream}}
+
+
+# ---------------------------------------------------------------- the steps
+
+def validate_data(ctx: StepContext, ws: Path) -> dict:
+    from pipeline.data.dataset import validate_splits
+    from pipeline.data.fingerprint import data_fingerprint
+
+    report = validate_splits(ctx.spec)
+    report.write_json(ws / "data_report.json")
+    data = data_fingerprint(ctx.spec)
+    atomic_write_text(ws / "data.json", json.dumps(data, indent=2))
+    empty = [name for name, s in report.splits.items() if s.rows_kept == 0]
+    if empty:
+        raise WorkflowError(f"no usable rows in split(s) {', '.join(empty)} (see {ws.name}/data_report.json)")
+    return {"rows_kept": {n: s.rows_kept for n, s in report.splits.items()},
+            "dropped": {n: sum(s.dropped.values()) for n, s in report.splits.items()}, **data}
+
+
+def tune(ctx: StepContext, ws: Path) -> dict:
+    from pipeline.tune.runner import run_tune
+
+    result = run_tune(ctx.spec, ws)
+    return {"trials": result.trials, "best_metric": result.best_metric, "best_config": result.best_config}
+
+
+def _training_spec(ctx: StepContext) -> JobSpec:
+    """The spec to train: Tune's best when this workflow tuned, else the run's own."""
+    if "tune" in ctx.spec.steps():
+        return load_spec(ctx.outputs("tune") / "best_spec.yaml")
+    return ctx.spec
+
+
+def train(ctx: StepContext, ws: Path) -> dict:
+    from pipeline.train.trainer import run_training
+
+    result = run_training(_training_spec(ctx), ws)
+    keep = ("best_epoch", "epochs_run", "val.macro_f1", "val.accuracy")
+    return {k: result.metrics[k] for k in keep if k in result.metrics}
+
+
+def load_checkpoint(path: Path):
+    """(model, spec, classes) from a best.pt written by training."""
+    import torch
+
+    from pipeline.model.classifier import MultimodalClassifier
+    from pipeline.spec import spec_from_dict
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    spec = spec_from_dict(state["spec"], source=str(path))
+    model = MultimodalClassifier(spec, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), spec, list(state["classes"])
+
+
+def score(model, model_spec: JobSpec, data_spec: JobSpec, split: str, classes: list[str]) -> dict:
+    """``model`` (trained with ``model_spec``'s modalities and alignment) on ``data_spec``'s ``split``."""
+    from pipeline.data.dataset import build_split
+    from pipeline.train.trainer import evaluate
+
+    if split not in data_spec.data.splits:
+        raise WorkflowError(f"the holdout split {split!r} (registry.holdout) is not in data.splits "
+                            f"(have: {', '.join(data_spec.data.splits) or 'none'})")
+    spec = model_spec.model_copy(deep=True)
+    spec.data = data_spec.data.model_copy(deep=True)
+    return evaluate(model, build_split(spec, split, classes).kept(), spec, classes, split)
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def evaluate_step(ctx: StepContext, ws: Path) -> dict:
+    model, model_spec, classes = load_checkpoint(ctx.outputs("train") / "best.pt")
+    split = ctx.spec.registry.holdout
+    metrics = score(model, model_spec, ctx.spec, split, classes)
+    atomic_write_text(ws / "evaluation.json", json.dumps({"split": split, "classes": classes,
+                                                          "metrics": _scalars(metrics),
+                                                          "confusion": metrics[f"{split}.confusion"]}, indent=2))
+    return {k: v for k, v in _scalars(metrics).items() if k.count(".") == 1}
+
+
+def code_version() -> str:
+    version = metadata.version("mmpipe")
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if commit:
+            version += f"+g{commit}" + (".dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def register(ctx: StepContext, ws: Path) -> dict:
+    train_dir = ctx.outputs("train")
+    evaluation = json.loads((ctx.outputs("evaluate") / "evaluation.json").read_text(encoding="utf-8"))
+    data = json.loads((ctx.outputs("validate-data") / "data.json").read_text(encoding="utf-8")) \
+        if "validate-data" in ctx.spec.steps() else {}
+    trained_spec = (train_dir / "spec.yaml").read_text(encoding="utf-8")
+    meta = {"name": ctx.spec.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "spec_sha256": fingerprint(trained_spec), "data": data, "holdout": evaluation["split"],
+            "metrics": evaluation["metrics"], "classes": evaluation["classes"], "code_version": code_version(),
+            "run_dir": ctx.run.uri}
+    version = ctx.registry.register((train_dir / "best.pt").read_bytes(), trained_spec, meta, ctx.run_id)
+    atomic_write_text(ws / "register.json", json.dumps({"registry": ctx.registry.uri, "version": version}))
+    return {"registry": ctx.registry.uri, "version": version}
+
+
+def promote(ctx: StepContext, ws: Path) -> dict:
+    registry, reg = ctx.registry, ctx.spec.registry
+    version = json.loads((ctx.outputs("register") / "register.json").read_text())["version"]
+    evaluation = json.loads((ctx.outputs("evaluate") / "evaluation.json").read_text(encoding="utf-8"))
+    key = f"{reg.holdout}.{reg.metric}"
+    champion = registry.alias("champion")
+    if champion == version:  # promoted by an earlier attempt of this run that stopped before its manifest
+        decision = registry.decision(version) or {"promote": True, "reason": "already champion"}
+    else:
+        champion_score = None
+        if champion is not None:
+            ctx.say(f"scoring champion version {champion} on {reg.holdout}")
+            loaded = registry.load(champion)
+            if loaded.classes != evaluation["classes"]:
+                raise WorkflowError(f"champion version {champion} has classes {loaded.classes}, the new model "
+                                    f"{evaluation['classes']}: not comparable. Promote by hand if intended: "
+                                    f"mmpipe registry promote {registry.uri} {version}")
+            champion_score = _scalars(score(loaded.model, loaded.spec, ctx.spec, reg.holdout,
+                                            loaded.classes)).get(key)
+        decision = decide(reg.metric, evaluation["metrics"].get(key), champion_score, reg.min_improvement)
+        decision.update({"challenger_version": version, "champion_version": champion, "split": reg.holdout,
+                         "run_dir": ctx.run.uri,
+                         "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        registry.record_decision(version, decision)
+        if decision["promote"]:
+            registry.set_alias("champion", version, expected=champion, reason=decision["reason"],
+                               scores={"challenger": decision["challenger"], "champion": decision["champion"]})
+    atomic_write_text(ws / "decision.json", json.dumps(decision, indent=2))
+    return {"promoted": bool(decision["promote"]), "version": version, "reason": decision["reason"]}
+
+
+def predict_step(ctx: StepContext, ws: Path) -> dict:
+    from pipeline.predict import predict
+
+    p = ctx.spec.predict
+    result = predict(p.model, p.shards, p.out, p.batch_size, p.actors, p.use_gpu)
+    atomic_write_text(ws / "predict_report.json", json.dumps(
+        {"out": result.out, "version": result.version, "rows": result.rows, "predicted": result.predicted,
+         "report": result.report.to_dict()}, indent=2, ensure_ascii=False))
+    return {"out": result.out, "version": result.version, "rows": result.rows, "predicted": result.predicted}
+
+
+STEPS: dict[str, Callable[[StepContext, Path], dict]] = {
+    "validate-data": validate_data, "tune": tune, "train": train, "evaluate": evaluate_step,
+    "register": register, "promote": promote, "predict": predict_step,
+}
