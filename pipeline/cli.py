@@ -335,6 +335,8 @@ from pipeline.workflow.cli import register as _register_workflow  # noqa: E402
 _register_workflow(app)
 from pipeline.cluster.cli import register as _register_cluster  # noqa: E402
 _register_cluster(app)
+from pipeline.schedule.cli import register as _register_schedule  # noqa: E402
+_register_schedule(app)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,324 @@
+"""``mmpipe schedule …``: recurring runs of a job spec (thin: parse, validate, call the store and the scheduler)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sqlite3
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.schedule import store as store_mod
+from pipeline.schedule.policy import CONCURRENCY, MISSED, TRIGGERS
+
+group = typer.Typer(help="Recurring runs of a job spec on a cron schedule (local or on a Ray cluster).",
+                    no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+StateOption = typer.Option(None, "--state", envvar=store_mod.ENV_VAR, show_envvar=True,
+                           help="Schedule state file (SQLite; on a local disk). Default: ~/.mmpipe/schedule.db")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="schedule")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _open(state: Optional[Path]):
+    try:
+        return store_mod.Store(state)
+    except (OSError, RuntimeError, sqlite3.Error) as e:
+        _fail(f"schedule state {state or store_mod.default_path()}: {e}")
+
+
+def _get(store, name: str):
+    try:
+        return store.get(name)
+    except store_mod.NoSuchSchedule as e:
+        _fail(str(e))
+
+
+def _choice(value: str, choices: tuple[str, ...], flag: str) -> str:
+    if value not in choices:
+        _fail(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
+def _local(t: datetime | None, tz: str) -> str:
+    if t is None:
+        return "-"
+    from pipeline.schedule.cron import parse_timezone
+
+    return t.astimezone(parse_timezone(tz)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+
+
+@group.command()
+def add(
+    name: str = typer.Argument(..., help="Schedule name (letters, digits, . _ -); names the runs folder too"),
+    spec: Path = typer.Option(..., "--spec", help="Job spec to run, e.g. jobs/retrain.yaml (stored absolute)"),
+    cron: Optional[str] = typer.Option(None, help="Cron expression, e.g. '0 3 * * *' (default: the spec's "
+                                                  "schedule.cron)"),
+    tz: Optional[str] = typer.Option(None, "--timezone", help="IANA time zone of the cron expression (default: "
+                                                              "the spec's schedule.timezone, UTC)"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override for every run: --set train.epochs=5 "
+                                                                 "(repeatable)"),
+    address: Optional[str] = typer.Option(None, help="Ray dashboard URL: submit each run to this cluster "
+                                                     "(default: run locally as a subprocess)"),
+    concurrency: str = typer.Option("forbid", help="A due time while a run is active: forbid (skip it), allow, "
+                                                   "replace (stop the active run)"),
+    missed: str = typer.Option("skip", help="Due times passed while no scheduler ran: skip, or run_once "
+                                            "(one catch-up run)"),
+    trigger: str = typer.Option("always", help="always, or data-changed (fire only when the data's manifest or "
+                                               "shard listing changed since the last successful run)"),
+    retries: int = typer.Option(2, min=0, help="Extra attempts when a run cannot be started or its process/job "
+                                               "vanished (backoff 30 s, 1 min, 2 min, …)"),
+    grace: int = typer.Option(600, min=0, help="Seconds after its due time a run still counts as on time "
+                                               "(later: --missed decides)"),
+    runs_dir: Optional[str] = typer.Option(None, help="Runs go to RUNS_DIR/NAME/<due UTC>/run (default: "
+                                                      "'runs' beside the state file; a URI for cluster runs)"),
+    paused: bool = typer.Option(False, help="Add it paused (resume later)"),
+    state: Optional[Path] = StateOption,
+) -> None:
+    """Add a schedule. Its first run is the first due time after now."""
+    from pipeline.schedule.cron import CronError, check_cron
+    from pipeline.spec import SpecError, load_spec
+
+    if not _NAME.match(name):
+        _fail(f"schedule name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    for value, choices, flag in ((concurrency, CONCURRENCY, "--concurrency"), (missed, MISSED, "--missed"),
+                                 (trigger, TRIGGERS, "--trigger")):
+        _choice(value, choices, flag)
+    spec_path = spec.expanduser().resolve()
+    try:
+        job = load_spec(spec_path, sets or [])
+    except SpecError as e:
+        _fail(str(e))
+    cron = cron or job.schedule.cron
+    if not cron:
+        _fail(f"no --cron given and {spec} has no schedule.cron")
+    tz = tz or job.schedule.timezone
+    try:
+        check_cron(cron, tz)
+    except CronError as e:
+        _fail(str(e))
+    if trigger == "data-changed":
+        from pipeline.schedule.trigger import TriggerError, fingerprint
+
+        try:
+            fingerprint(job)
+        except TriggerError as e:  # data may arrive later: say so now rather than at 3 am
+            err.print(f"[yellow]warning:[/] trigger=data-changed: {e}", highlight=False, soft_wrap=True)
+    store = _open(state)
+    if runs_dir is None:
+        runs_dir = str(store.path.parent / "runs")
+    elif "://" not in runs_dir:
+        runs_dir = str(Path(runs_dir).expanduser().resolve())
+    now = _now()
+    sched = store_mod.Schedule(
+        name=name, spec=str(spec_path), overrides=list(sets or []), cron=cron, timezone=tz, address=address,
+        concurrency=concurrency, missed=missed, trigger=trigger, retries=retries, grace_s=grace,
+        runs_dir=runs_dir, cwd=os.getcwd(), paused=paused, cursor=now, created=now, updated=now)
+    try:
+        store.add(sched)
+    except store_mod.ScheduleExists as e:
+        _fail(str(e))
+    console.print(f"added schedule {name}: {cron} ({tz}), next run {_next(sched)}; state {store.path}",
+                  highlight=False)
+
+
+def _next(sched) -> str:
+    from pipeline.schedule.cron import next_due, parse_timezone
+
+    if sched.paused:
+        return "- (paused)"
+    return _local(next_due(sched.cron, parse_timezone(sched.timezone), max(sched.cursor, _now())), sched.timezone)
+
+
+@group.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON"), state: Optional[Path] = StateOption) -> None:
+    """All schedules with their next due time and last run."""
+    store = _open(state)
+    rows = []
+    for s in store.schedules():
+        last = store.runs(s.name, limit=1)
+        rows.append((s, last[0] if last else None))
+    if as_json:
+        print(json.dumps([{"name": s.name, "cron": s.cron, "timezone": s.timezone, "paused": s.paused,
+                           "next": _next(s), "last": last.as_dict() if last else None} for s, last in rows], indent=1))
+        return
+    table = Table("name", "cron", "next", "target", "policies", "last run")
+    for s, last in rows:
+        table.add_row(s.name, f"{s.cron} ({s.timezone})", _next(s), s.address or "local",
+                      f"{s.concurrency}/{s.missed}/{s.trigger}",
+                      f"#{last.id} {last.status} ({_local(last.due, s.timezone)})" if last else "-")
+    console.print(table)
+
+
+@group.command()
+def show(name: str, as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+         state: Optional[Path] = StateOption) -> None:
+    """One schedule: its settings, next due times and active runs."""
+    from pipeline.schedule.cron import iter_due, parse_timezone
+
+    store = _open(state)
+    s = _get(store, name)
+    it = iter_due(s.cron, parse_timezone(s.timezone), max(s.cursor, _now()))
+    upcoming = [next(it) for _ in range(3)]
+    active = store.active(name)
+    if as_json:
+        d = {k: (store_mod.iso(v) if isinstance(v, datetime) else v) for k, v in vars(s).items()}
+        d.update(next=[store_mod.iso(t) for t in upcoming], active=[r.as_dict() for r in active])
+        print(json.dumps(d, indent=1))
+        return
+    for key in ("spec", "overrides", "cron", "timezone", "address", "concurrency", "missed", "trigger", "retries",
+                "grace_s", "runs_dir", "cwd", "paused"):
+        console.print(f"{key:12} {getattr(s, key)}", highlight=False)
+    console.print(f"{'next':12} " + ("(paused) " if s.paused else "") +
+                  ", ".join(_local(t, s.timezone) for t in upcoming), highlight=False)
+    for r in active:
+        console.print(f"{'active':12} #{r.id} due {_local(r.due, s.timezone)} {r.status} attempt {r.attempts} "
+                      f"{'pid ' + str(r.pid) if r.pid else r.job_id or ''} {r.run_dir or ''}", highlight=False)
+
+
+@group.command()
+def pause(name: str, state: Optional[Path] = StateOption) -> None:
+    """Stop firing new runs (active runs go on)."""
+    store = _open(state)
+    _get(store, name)
+    store.set_paused(name, True, _now())
+    console.print(f"paused {name}")
+
+
+@group.command()
+def resume(name: str, state: Optional[Path] = StateOption) -> None:
+    """Fire again, from the next due time after now (due times during the pause are not caught up)."""
+    store = _open(state)
+    _get(store, name)
+    store.set_paused(name, False, _now())
+    console.print(f"resumed {name}: next run {_next(store.get(name))}", highlight=False)
+
+
+@group.command()
+def remove(name: str, force: bool = typer.Option(False, help="Remove even with active runs (they go on, "
+                                                                 "untracked)"),
+           state: Optional[Path] = StateOption) -> None:
+    """Delete a schedule and its run history (run folders on disk are kept)."""
+    store = _open(state)
+    _get(store, name)
+    active = store.active(name)
+    if active and not force:
+        _fail(f"schedule {name} has {len(active)} active run(s) ({', '.join(f'#{r.id} {r.status}' for r in active)}); "
+              "wait for them, or pass --force")
+    store.remove(name)
+    console.print(f"removed {name}")
+
+
+@group.command()
+def history(name: str, limit: int = typer.Option(20, min=1, help="Newest runs first, this many"),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+            state: Optional[Path] = StateOption) -> None:
+    """A schedule's runs: due time, status, registered version, promotion decision, reason or error."""
+    store = _open(state)
+    s = _get(store, name)
+    runs = store.runs(name, limit=limit)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in runs], indent=1))
+        return
+    table = Table("#", "due", "status", "started", "ended", "try", "pid/job", "version", "promoted", "note")
+    for r in runs:
+        table.add_row(str(r.id), _local(r.due, s.timezone), r.status, _local(r.started, s.timezone),
+                      _local(r.ended, s.timezone), str(r.attempts), str(r.pid or r.job_id or "-"),
+                      "-" if r.version is None else str(r.version),
+                      "-" if r.promoted is None else ("yes" if r.promoted else "no"),
+                      r.error or r.reason or "")
+    console.print(table)
+
+
+@group.command()
+def tick(names: Optional[list[str]] = typer.Argument(None, help="Only these schedules (default: all)"),
+         force: bool = typer.Option(False, help="Fire due times even when the data trigger says unchanged"),
+         state: Optional[Path] = StateOption) -> None:
+    """One pass: record finished runs, fire what is due. For system cron / systemd timers (every minute)."""
+    from pipeline.schedule.scheduler import Scheduler
+
+    _logging()
+    store = _open(state)
+    try:
+        result = Scheduler(store).tick(force=force, names=names or None)
+    except store_mod.NoSuchSchedule as e:
+        _fail(str(e))
+    if not result.acquired:
+        h = result.holder
+        err.print(f"another scheduler ({h.host}, pid {h.pid}) holds the lease until {store_mod.iso(h.expires)}; "
+                  "this pass did nothing", highlight=False)
+
+
+@group.command()
+def serve(poll: float = typer.Option(15.0, min=1.0, help="Seconds between passes (runs are polled this often)"),
+          state: Optional[Path] = StateOption) -> None:
+    """Run passes until Ctrl-C / SIGTERM. Runs started go on after it stops; the next scheduler picks them up."""
+    from pipeline.schedule.scheduler import Scheduler
+
+    _logging()
+    store = _open(state)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("mmpipe.schedule").info("%s: stopping after this pass", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    logging.getLogger("mmpipe.schedule").info("serving %s (%d schedule(s))", store.path, len(store.schedules()))
+    Scheduler(store).serve(stop, poll_s=poll)
+    logging.getLogger("mmpipe.schedule").info("stopped")
+
+
+@group.command()
+def export(name: str,
+           fmt: str = typer.Option(..., "--format", help="kuberay (RayCronJob) or k8s-cronjob (CronJob creating a "
+                                                         "RayJob)"),
+           image: Optional[str] = typer.Option(None, help="Container image with mmpipe and the spec "
+                                                          "(default: mmpipe:<version>)"),
+           spec_path: Optional[str] = typer.Option(None, help="The spec's path inside the image (default: relative "
+                                                              "to where the schedule was added)"),
+           runs_dir: Optional[str] = typer.Option(None, help="Run folder root as the cluster sees it (default: the "
+                                                             "schedule's)"),
+           out: Optional[Path] = typer.Option(None, help="Write here instead of stdout"),
+           state: Optional[Path] = StateOption) -> None:
+    """Kubernetes manifest(s) for a schedule: KubeRay RayCronJob, or a batch/v1 CronJob that creates a RayJob."""
+    from pipeline.io import atomic_write_text
+    from pipeline.schedule.export import FORMATS, export as render
+
+    _choice(fmt, FORMATS, "--format")
+    store = _open(state)
+    text = render(_get(store, name), fmt, image=image, spec_path=spec_path, runs_dir=runs_dir)
+    if out:
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")
+    else:
+        print(text, end="")
