@@ -21,10 +21,14 @@ def _stamp(path: str) -> list:
     return [path, info.get("size"), str(changed)]
 
 
+def shard_listing(patterns: list[str]) -> list[list]:
+    """[path, size, changed] of every shard the patterns name."""
+    return [_stamp(p) for p in expand_shards(patterns)]
+
+
 def data_fingerprint(spec: JobSpec, splits: list[str] | None = None) -> dict:
     """{"manifest_sha256", "shards_sha256", "shards"} over ``splits`` (default: all of data.splits)."""
-    listing = {name: [_stamp(p) for p in expand_shards(spec.data.splits[name])]
-               for name in (splits or sorted(spec.data.splits))}
+    listing = {name: shard_listing(spec.data.splits[name]) for name in (splits or sorted(spec.data.splits))}
     found = find_manifest(spec)
     manifest_sha = hashlib.sha256(json.dumps(found[1], sort_keys=True).encode()).hexdigest() if found else None
     return {"manifest_sha256": manifest_sha,

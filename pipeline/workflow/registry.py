@@ -120,7 +120,10 @@ class Registry:
         for n in _numbers(storage.listdir(self._path("claims")), ".json"):
             meta_uri = self._path("versions", _name(n), "meta.json")
             if storage.exists(meta_uri):
-                out.append(self._read_json(meta_uri, f"version {n}"))
+                try:
+                    out.append(self._read_json(meta_uri, f"version {n}"))
+                except RegistryError as e:  # one bad entry must not hide the others
+                    out.append({"version": n, "status": f"corrupt: {e}"})
             else:
                 out.append({"version": n, "status": "incomplete (registration did not finish)"})
         return out

@@ -51,15 +51,39 @@ def _sections(spec: JobSpec, names) -> dict:
     return {n: dumped[n] for n in names}
 
 
+def _data_inputs(spec: JobSpec) -> dict:
+    """The data sections and what the shards are now: new or changed shards under the same globs count."""
+    from pipeline.data.fingerprint import data_fingerprint
+
+    return {**_sections(spec, _DATA + ("rebalance",)), "fingerprint": data_fingerprint(spec)}
+
+
+def _predict_inputs(spec: JobSpec) -> dict:
+    """The predict section, the version the model reference points at now, and the shards as they are now."""
+    from pipeline.data.fingerprint import shard_listing
+    from pipeline.workflow.registry import ModelRef, RegistryError
+
+    try:
+        ref = ModelRef.parse(spec.predict.model)
+        version = Registry(ref.registry).resolve(ref)
+    except RegistryError as e:
+        version = f"unresolved: {e}"  # the step itself reports it
+    try:
+        shards = shard_listing(spec.predict.shards)
+    except Exception as e:  # noqa: BLE001 - the step reports missing shards properly
+        shards = f"unlisted: {e}"
+    return {"predict": spec.model_dump(mode="json")["predict"], "version": version, "shards": shards}
+
+
 INPUTS: dict[str, tuple[Callable[[JobSpec], dict], tuple[str, ...]]] = {
     # step: (spec slice it reads, earlier steps whose outputs it reads)
-    "validate-data": (lambda s: _sections(s, _DATA + ("rebalance",)), ()),
+    "validate-data": (_data_inputs, ()),
     "tune": (lambda s: _sections(s, _TRAINING + ("tune",)), ()),
     "train": (lambda s: _sections(s, _TRAINING), ("tune", "validate-data")),
     "evaluate": (lambda s: {"holdout": s.registry.holdout, **_sections(s, _DATA)}, ("train",)),
     "register": (lambda s: {"registry": s.registry.uri}, ("train", "evaluate", "validate-data")),
     "promote": (lambda s: {"registry": s.model_dump(mode="json")["registry"]}, ("register", "evaluate")),
-    "predict": (lambda s: {"predict": s.model_dump(mode="json")["predict"]}, ("promote",)),
+    "predict": (_predict_inputs, ("promote",)),
 }
 
 

@@ -1,0 +1,209 @@
+"""The model registry (real files, real torch checkpoints, real concurrent processes) and the promotion rule."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.model.classifier import MultimodalClassifier
+from pipeline.spec import spec_from_dict
+from pipeline.workflow.champion import decide
+from pipeline.workflow.registry import ModelRef, PromotionConflict, Registry, RegistryError
+
+CLASSES = ["sun", "moon", "river"]
+RAW = {"name": "tiny", "modalities": {"image": {"size": [16, 16]}, "text": None, "audio": None},
+       "label": {"classes": CLASSES}, "model": {"hidden": 8, "image_width": 4}}
+
+
+def checkpoint(seed: int = 0) -> bytes:
+    """A best.pt as training writes it: weights, classes, the resolved spec."""
+    torch.manual_seed(seed)
+    spec = spec_from_dict(RAW)
+    model = MultimodalClassifier(spec, len(CLASSES))
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "classes": CLASSES, "spec": spec.model_dump(mode="json"),
+                "epoch": 0, "metrics": {}}, buf)
+    return buf.getvalue()
+
+
+def add(reg: Registry, run_id: str, score: float = 0.5) -> int:
+    return reg.register(checkpoint(), "name: tiny\n", {"metrics": {"test.macro_f1": score}, "holdout": "test"},
+                        run_id)
+
+
+def test_versions_are_numbered_and_registration_is_idempotent_per_run(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    assert add(reg, "run-a") == 1
+    assert add(reg, "run-b") == 2
+    assert add(reg, "run-a") == 1  # a resumed run gets its version back, not a new one
+    metas = reg.versions()
+    assert [m["version"] for m in metas] == [1, 2]
+    assert metas[0]["run_id"] == "run-a" and len(metas[0]["model_sha256"]) == 64
+
+
+def test_a_loaded_version_predicts_like_the_saved_model(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    version = add(reg, "run-a")
+    loaded = reg.load(version)
+    state = torch.load(io.BytesIO(checkpoint()), weights_only=True)
+    original = MultimodalClassifier(spec_from_dict(RAW), 3)
+    original.load_state_dict(state["model"])
+    original.eval()
+    batch = {"image": torch.randint(0, 255, (2, 16, 16, 3), dtype=torch.uint8),
+             "present_image": torch.ones(2, dtype=torch.bool)}
+    assert torch.equal(loaded.model(batch), original(batch))
+    assert loaded.classes == CLASSES
+
+
+def test_promote_rollback_and_alias_history(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    v1, v2, v3 = (add(reg, f"run-{i}") for i in range(3))
+    assert reg.alias("champion") is None
+    reg.set_alias("champion", v1, expected=None)
+    reg.set_alias("champion", v2, expected=v1)
+    reg.set_alias("champion", v3, expected=v2)
+    assert reg.resolve(ModelRef.parse(f"{reg.uri}@champion")) == v3
+    entry = reg.rollback("champion")
+    assert (entry["previous"], entry["version"]) == (v3, v2)
+    assert reg.alias("champion") == v2
+    reg.rollback("champion", to=v1)
+    assert reg.alias("champion") == v1
+    assert [e["version"] for e in reg.alias_events("champion")] == [v1, v2, v3, v2, v1]
+
+
+def test_promotion_decided_against_a_stale_champion_is_refused(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    v1, v2, v3 = (add(reg, f"run-{i}") for i in range(3))
+    reg.set_alias("champion", v1, expected=None)
+    reg.set_alias("champion", v2, expected=v1)  # someone else promoted v2 meanwhile
+    with pytest.raises(PromotionConflict, match="moved to version 2"):
+        reg.set_alias("champion", v3, expected=v1)
+    assert reg.alias("champion") == v2
+
+
+def _promote(uri: str, version: int, start, results) -> None:
+    reg = Registry(uri)
+    current = reg.alias("champion")
+    start.wait()  # both decide against the same champion, then race
+    try:
+        reg.set_alias("champion", version, expected=current)
+        results.put(("won", version))
+    except PromotionConflict:
+        results.put(("lost", version))
+
+
+def test_two_concurrent_promotions_cannot_both_win(tmp_path):
+    uri = str(tmp_path / "reg")
+    reg = Registry(uri)
+    reg.set_alias("champion", add(reg, "run-0"), expected=None)
+    ctx = mp.get_context("spawn")
+    for round_ in range(3):
+        base = reg.alias("champion")
+        challengers = [add(reg, f"run-{round_}-{i}") for i in range(2)]
+        start, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_promote, args=(uri, v, start, results)) for v in challengers]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        outcome = sorted(results.get(timeout=5) for _ in procs)
+        assert [o[0] for o in outcome] == ["lost", "won"]
+        winner = [v for status, v in outcome if status == "won"][0]
+        assert reg.alias("champion") == winner
+        events = reg.alias_events("champion")
+        assert events[-1]["previous"] == base  # one clean step in the history, nothing half-written
+
+
+def test_corrupt_entries_give_clear_errors(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    v1, v2, v3 = (add(reg, f"run-{i}") for i in range(3))
+    model = tmp_path / "reg" / "versions" / "000001" / "model.pt"
+    model.write_bytes(model.read_bytes()[:100])
+    with pytest.raises(RegistryError, match=r"version 1: .*model.pt is corrupt"):
+        reg.load(v1)
+    (tmp_path / "reg" / "versions" / "000002" / "meta.json").write_text("{not json")
+    with pytest.raises(RegistryError, match=r"version 2: .*meta.json is corrupt"):
+        reg.load(v2)
+    # bytes that match the recorded hash but are not an mmpipe checkpoint: still one clear line
+    meta_path = tmp_path / "reg" / "versions" / "000003" / "meta.json"
+    garbage = b"PK\x03\x04 definitely not a checkpoint"
+    (tmp_path / "reg" / "versions" / "000003" / "model.pt").write_bytes(garbage)
+    import hashlib
+
+    meta = json.loads(meta_path.read_text())
+    meta["model_sha256"] = hashlib.sha256(garbage).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RegistryError, match=r"version 3: model.pt cannot be loaded"):
+        reg.load(v3)
+    with pytest.raises(RegistryError, match="no complete version 9"):
+        reg.load(9)
+
+
+def test_incomplete_registration_is_listed_not_served(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    add(reg, "run-a")
+    add(reg, "run-b")
+    shutil.rmtree(tmp_path / "reg" / "versions" / "000002")  # crashed before meta.json
+    assert reg.versions()[1]["status"].startswith("incomplete")
+    with pytest.raises(RegistryError, match="no complete version 2"):
+        reg.set_alias("champion", 2)
+
+
+def test_model_refs():
+    assert ModelRef.parse("runs/reg") == ModelRef("runs/reg", alias="champion")
+    assert ModelRef.parse("runs/reg:3") == ModelRef("runs/reg", version=3)
+    assert ModelRef.parse("s3://b/reg@staging") == ModelRef("s3://b/reg", alias="staging")
+
+
+@pytest.mark.parametrize("metric, challenger, champion, margin, promote", [
+    ("macro_f1", 0.80, None, 0.0, True),        # no champion yet
+    ("macro_f1", 0.80, 0.70, 0.05, True),       # better by more than the margin
+    ("macro_f1", 0.72, 0.70, 0.05, False),      # better, but not by the margin
+    ("macro_f1", 0.60, 0.70, 0.0, False),
+    ("loss", 0.40, 0.50, 0.0, True),            # loss improves downwards
+    ("loss", 0.55, 0.50, 0.0, False),
+    ("macro_f1", float("nan"), 0.5, 0.0, False),
+])
+def test_champion_challenger_decision(metric, challenger, champion, margin, promote):
+    d = decide(metric, challenger, champion, margin)
+    assert d["promote"] is promote
+    assert d["challenger"] == challenger or challenger != challenger
+    assert d["champion"] == champion and d["reason"]
+
+
+def test_registry_cli(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    v1, v2 = add(reg, "run-a", 0.5), add(reg, "run-b", 0.6)
+    runner = CliRunner()
+    r = runner.invoke(app, ["registry", "promote", reg.uri, str(v1)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["registry", "promote", reg.uri, str(v2)])
+    assert "1 → 2" in r.output
+    r = runner.invoke(app, ["registry", "list", reg.uri])
+    assert r.exit_code == 0 and "champion" in r.output
+    r = runner.invoke(app, ["registry", "rollback", reg.uri])
+    assert r.exit_code == 0 and reg.alias("champion") == v1
+    r = runner.invoke(app, ["registry", "show", f"{reg.uri}@champion"])
+    assert r.exit_code == 0 and '"run_id": "run-a"' in r.output
+    r = runner.invoke(app, ["registry", "list", str(tmp_path / "nothing")])
+    assert r.exit_code != 0 and "no registry there" in r.output
+    r = runner.invoke(app, ["registry", "show", f"{reg.uri}:7"])
+    assert r.exit_code == 1 and "no complete version 7" in r.output
+
+
+def test_memory_uri_registry():
+    """Any fsspec filesystem: the same operations on memory://."""
+    reg = Registry("memory://mmpipe-test-registry")
+    v1, v2 = add(reg, "run-a"), add(reg, "run-b")
+    reg.set_alias("champion", v1, expected=None)
+    with pytest.raises(PromotionConflict):
+        reg.set_alias("champion", v2, expected=None)
+    reg.set_alias("champion", v2, expected=v1)
+    assert reg.load(reg.alias("champion")).classes == CLASSES
