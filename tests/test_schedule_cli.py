@@ -1,0 +1,162 @@
+"""``mmpipe schedule`` commands end to end through the CLI (state file from --state and MMPIPE_SCHEDULE_DB), and the
+Kubernetes manifests that ``export`` writes, parsed back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.schedule.store import Store
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def spec(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    p = tmp_path / "jobs" / "retrain.yaml"
+    p.write_text("name: r\ndata:\n  splits:\n    train: ../data/*.tar\nlabel:\n  classes: [a, b]\n"
+                 "schedule:\n  cron: '15 4 * * *'\n  timezone: Europe/Berlin\n")
+    return p
+
+
+def cli(*args, env=None):
+    result = runner.invoke(app, ["schedule", *args], env=env)
+    return result.exit_code, result.output
+
+
+def test_add_defaults_from_the_spec_and_stores_the_spec_absolute(tmp_path, spec, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "s.db"
+    code, out = cli("add", "nightly", "--spec", "jobs/retrain.yaml", "--set", "train.epochs=1", "--state", str(db))
+    assert code == 0, out
+    s = Store(db).get("nightly")
+    assert (s.cron, s.timezone, s.spec, s.overrides) == ("15 4 * * *", "Europe/Berlin", str(spec), ["train.epochs=1"])
+    assert (s.concurrency, s.missed, s.trigger, s.retries) == ("forbid", "skip", "always", 2)
+    assert s.runs_dir == str(tmp_path / "runs")
+
+
+def test_state_location_from_the_environment(tmp_path, spec):
+    db = tmp_path / "env" / "state.db"
+    code, out = cli("add", "n", "--spec", str(spec), "--cron", "0 3 * * *", env={"MMPIPE_SCHEDULE_DB": str(db)})
+    assert code == 0, out
+    assert db.exists() and Store(db).get("n").cron == "0 3 * * *"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cron", "0 3 * *"], "expected 5"),
+    (["--cron", "0 3 * * *", "--timezone", "Europe/Berln"], "did you mean Europe/Berlin"),
+    (["--concurrency", "queue"], "--concurrency 'queue': choose one of forbid, allow, replace"),
+    (["--missed", "all"], "--missed 'all'"),
+    (["--trigger", "weekly"], "--trigger 'weekly'"),
+])
+def test_add_rejects_bad_settings_with_a_clear_message(tmp_path, spec, args, message):
+    code, out = cli("add", "n", "--spec", str(spec), *args, "--state", str(tmp_path / "s.db"))
+    assert code == 2 and message in " ".join(out.split())
+
+
+def test_add_rejects_a_bad_spec_a_bad_name_and_a_duplicate(tmp_path, spec):
+    db = str(tmp_path / "s.db")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: zero}\n")
+    code, out = cli("add", "n", "--spec", str(bad), "--cron", "0 3 * * *", "--state", db)
+    assert code == 2 and "train.epochs" in out
+    code, out = cli("add", "../n", "--spec", str(spec), "--state", db)
+    assert code == 2 and "schedule name '../n'" in out
+    assert cli("add", "n", "--spec", str(spec), "--state", db)[0] == 0
+    code, out = cli("add", "n", "--spec", str(spec), "--state", db)
+    assert code == 2 and "exists already" in out
+
+
+def test_list_show_pause_resume_history_remove(tmp_path, spec):
+    db = str(tmp_path / "s.db")
+    assert cli("add", "n", "--spec", str(spec), "--state", db)[0] == 0
+    code, out = cli("list", "--json", "--state", db)
+    [row] = json.loads(out)
+    assert code == 0 and row["name"] == "n" and row["last"] is None
+    code, out = cli("show", "n", "--json", "--state", db)
+    shown = json.loads(out)
+    assert len(shown["next"]) == 3 and shown["concurrency"] == "forbid"
+    assert cli("pause", "n", "--state", db)[0] == 0 and Store(db).get("n").paused
+    assert "(paused)" in cli("show", "n", "--state", db)[1]
+    assert cli("resume", "n", "--state", db)[0] == 0 and not Store(db).get("n").paused
+    code, out = cli("history", "n", "--json", "--state", db)
+    assert code == 0 and json.loads(out) == []
+    code, out = cli("show", "nope", "--state", db)
+    assert code == 2 and "no schedule named 'nope'" in out
+    assert cli("remove", "n", "--state", db)[0] == 0
+    assert json.loads(cli("list", "--json", "--state", db)[1]) == []
+
+
+def test_tick_with_nothing_due_does_nothing(tmp_path, spec):
+    db = str(tmp_path / "s.db")
+    assert cli("add", "n", "--spec", str(spec), "--state", db)[0] == 0
+    code, out = cli("tick", "--state", db)
+    assert code == 0 and Store(db).runs("n") == []
+    code, out = cli("tick", "other", "--state", db)
+    assert code == 2 and "no schedule named 'other'" in out
+
+
+# ---------------------------------------------------------------- export
+
+def _exported(tmp_path, spec, fmt, *add_args):
+    db = str(tmp_path / "s.db")
+    code, out = cli("add", "Nightly_Retrain", "--spec", str(spec), "--set", "train.epochs=1", "--runs-dir",
+                    "s3://bucket/runs", "--state", db, *add_args)
+    assert code == 0, out
+    target = tmp_path / f"{fmt}.yaml"
+    code, out = cli("export", "Nightly_Retrain", "--format", fmt, "--image", "reg/mmpipe:1", "--out", str(target),
+                    "--state", db)
+    assert code == 0, out
+    return target.read_text(), list(yaml.safe_load_all(target.read_text()))
+
+
+def test_export_kuberay_raycronjob(tmp_path, spec, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text, [doc] = _exported(tmp_path, spec, "kuberay", "--concurrency", "forbid")
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayCronJob")
+    assert doc["metadata"]["name"] == "nightly-retrain"
+    s = doc["spec"]
+    assert (s["schedule"], s["timeZone"], s["suspend"]) == ("15 4 * * *", "Europe/Berlin", False)
+    job = s["jobTemplate"]  # a RayJob spec, directly (no nested "spec:")
+    assert job["entrypoint"].startswith("mmpipe run jobs/retrain.yaml --run-dir \"s3://bucket/runs/Nightly_Retrain/")
+    assert "--set train.epochs=1" in job["entrypoint"]
+    cluster = job["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == "reg/mmpipe:1"
+    assert cluster["workerGroupSpecs"][0]["groupName"] and cluster["rayVersion"].startswith("2.")
+    assert "concurrencyPolicy" not in s  # RayCronJob has no such field: say so instead of writing a dead one
+    assert "concurrency=forbid is NOT enforced" in text
+
+
+@pytest.mark.parametrize("policy, k8s", [("forbid", "Forbid"), ("allow", "Allow"), ("replace", "Replace")])
+def test_export_k8s_cronjob_maps_the_concurrency_policy(tmp_path, spec, policy, k8s):
+    _, docs = _exported(tmp_path, spec, "k8s-cronjob", "--concurrency", policy, "--paused")
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"ConfigMap", "ServiceAccount", "Role", "RoleBinding", "CronJob"}
+    cron = kinds["CronJob"]
+    assert cron["apiVersion"] == "batch/v1"
+    s = cron["spec"]
+    assert (s["schedule"], s["timeZone"], s["concurrencyPolicy"], s["suspend"]) == \
+        ("15 4 * * *", "Europe/Berlin", k8s, True)
+    assert s["startingDeadlineSeconds"] == 600  # missed=skip: late runs are not started
+    pod = s["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["serviceAccountName"] == kinds["ServiceAccount"]["metadata"]["name"]
+    assert "kubectl create -f /etc/mmpipe/rayjob.yaml" in pod["containers"][0]["args"][0]
+    assert pod["volumes"][0]["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
+    rayjob = yaml.safe_load(kinds["ConfigMap"]["data"]["rayjob.yaml"])
+    assert (rayjob["apiVersion"], rayjob["kind"]) == ("ray.io/v1", "RayJob")
+    assert rayjob["spec"]["entrypoint"].startswith("mmpipe run ") and "rayClusterSpec" in rayjob["spec"]
+    rule = kinds["Role"]["rules"][0]
+    assert rule["apiGroups"] == ["ray.io"] and "create" in rule["verbs"] and rule["resources"] == ["rayjobs"]
+
+
+def test_export_run_once_has_no_starting_deadline_and_rejects_unknown_formats(tmp_path, spec):
+    _, docs = _exported(tmp_path, spec, "k8s-cronjob", "--missed", "run_once")
+    assert "startingDeadlineSeconds" not in [d for d in docs if d["kind"] == "CronJob"][0]["spec"]
+    code, out = cli("export", "Nightly_Retrain", "--format", "helm", "--state", str(tmp_path / "s.db"))
+    assert code == 2 and "--format 'helm'" in out
