@@ -4,7 +4,6 @@ Kubernetes manifests that ``export`` writes, parsed back."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

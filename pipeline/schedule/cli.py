@@ -159,7 +159,8 @@ def _next(sched) -> str:
 
 
 @group.command("list")
-def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON"), state: Optional[Path] = StateOption) -> None:
+def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+          state: Optional[Path] = StateOption) -> None:
     """All schedules with their next due time and last run."""
     store = _open(state)
     rows = []
@@ -248,14 +249,15 @@ def history(name: str, limit: int = typer.Option(20, min=1, help="Newest runs fi
     if as_json:
         print(json.dumps([r.as_dict() for r in runs], indent=1))
         return
-    table = Table("#", "due", "status", "started", "ended", "try", "pid/job", "version", "promoted", "note")
-    for r in runs:
-        table.add_row(str(r.id), _local(r.due, s.timezone), r.status, _local(r.started, s.timezone),
-                      _local(r.ended, s.timezone), str(r.attempts), str(r.pid or r.job_id or "-"),
-                      "-" if r.version is None else str(r.version),
-                      "-" if r.promoted is None else ("yes" if r.promoted else "no"),
-                      r.error or r.reason or "")
-    console.print(table)
+    from pipeline.schedule.scheduler import describe_outcome
+
+    for r in runs:  # one line per run: readable in a narrow terminal, greppable in a log
+        where = f"pid {r.pid}" if r.pid else f"job {r.job_id}" if r.job_id else ""
+        facts = [f"attempt {r.attempts}" if r.attempts else "", where,
+                 f"ended {_local(r.ended, s.timezone)}" if r.ended else ""]
+        note = describe_outcome(r) if r.status == "succeeded" else (r.error or r.reason or "")
+        console.print(f"#{r.id:<4} {_local(r.due, s.timezone)}  {r.status:<9} {', '.join(f for f in facts if f)}"
+                      + (f"  {note}" if note else ""), highlight=False, soft_wrap=True)
 
 
 @group.command()

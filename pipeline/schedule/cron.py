@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 UTC = timezone.utc
 
@@ -50,7 +50,7 @@ def check_cron(expr: str, tz: str = "UTC") -> None:
     zone = parse_timezone(tz)
     try:  # e.g. "0 0 30 2 *" is well-formed but never comes
         next_due(expr, zone, datetime.now(UTC))
-    except Exception as e:  # croniter raises its own errors for impossible dates
+    except (CroniterError, ValueError) as e:  # e.g. no 30 February within croniter's search horizon
         raise CronError(f"cron expression {expr!r} never fires ({e})") from None
 
 
