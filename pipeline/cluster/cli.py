@@ -85,8 +85,10 @@ def list_(address: Optional[str] = AddressOption) -> None:
     except ClusterError as e:
         _fail(str(e), code=1)
     table = Table()
-    for col in ("job id", "status", "started", "spec", "run dir"):
-        table.add_column(col)
+    table.add_column("job id", no_wrap=True)  # copied into other commands: never cut short
+    table.add_column("status", no_wrap=True)
+    for col in ("started", "spec", "run dir"):
+        table.add_column(col, overflow="fold")
     for job in sorted(found, key=lambda j: j.start_time or 0, reverse=True):
         if job.submission_id is None:  # drivers that attached with ray.init, not submitted jobs
             continue
