@@ -464,6 +464,7 @@ def test_kill_9_of_a_tick_mid_pass_leaves_one_run_and_the_next_tick_finishes_it(
 
 
 def test_kill_9_of_serve_lets_the_next_scheduler_take_over(env):
+    env.clock.now = datetime.now(UTC)  # serve runs on the real clock: nothing of 2024 to catch up on
     env.add()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "schedule", "serve", "--poll", "1",
                              "--state", str(env.store.path)], stderr=subprocess.PIPE, text=True)
@@ -553,3 +554,18 @@ def test_a_due_time_already_recorded_is_not_recorded_again(env):
         c.execute("UPDATE schedules SET cursor = ?", (T0.isoformat(),))
     assert env.store.claim("nightly", due, due, "pending", None, due) is None
     assert len(env.store.runs("nightly")) == 1
+
+
+def test_an_unreachable_cluster_is_a_submission_failure_retried_with_backoff(env):
+    """The real pipeline.cluster.jobs against a port nothing listens on."""
+    env.add(address="http://127.0.0.1:9", retries=1)
+    s = Scheduler(env.store, clock=env.clock)
+    env.clock.now = T0 + timedelta(hours=1)
+    s.tick()
+    [run] = env.store.runs("nightly")
+    assert run.status == "pending" and "cannot reach the Ray dashboard" in run.error
+    assert run.next_attempt == env.clock.now + timedelta(seconds=30)
+    env.clock.now += timedelta(seconds=31)
+    s.tick()
+    run = env.store.run(run.id)
+    assert run.status == "failed" and run.error.startswith("could not start after 2 attempt(s)")
