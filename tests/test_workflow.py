@@ -147,3 +147,13 @@ def test_run_directory_on_an_fsspec_uri(workflows, tmp_path):
     assert storage.read_json(f"{uri}/predict/predict_report.json")["version"] == 2
     again = run_workflow(spec, uri, say=lambda m: None)
     assert again["steps"][0]["status"].startswith("skipped")
+
+
+def test_missing_shards_fail_the_first_step_with_a_record(demo_dir, tmp_path):
+    """Listing the data happens before the step runs; a missing shard is still that step's recorded failure."""
+    spec = load_spec(demo_dir / "spec.yaml", [f"data.splits.train={tmp_path / 'nowhere' / '*.tar'}"])
+    with pytest.raises(WorkflowFailed, match="validate-data failed: ShardError"):
+        run_workflow(spec, str(tmp_path / "run"), say=lambda m: None)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "failed" and run["steps"][0]["name"] == "validate-data"
+    assert "nowhere" in run["steps"][0]["error"]

@@ -55,9 +55,12 @@ def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str],
     steps = spec.steps()
     run.write_run(record)
     for number, step in enumerate(steps, 1):
-        inputs = step_inputs(spec, step, upstream)
+        try:  # listing the data can fail (a missing shard): that is this step's failure, recorded below
+            inputs, input_error = step_inputs(spec, step, upstream), None
+        except Exception as e:  # noqa: BLE001
+            inputs, input_error = {"unknown": f"{type(e).__name__}: {e}"}, e
         inputs_sha = fingerprint(inputs)
-        done = run.completed(step, inputs_sha)
+        done = None if input_error else run.completed(step, inputs_sha)
         if done:
             say(f"[{number}/{len(steps)}] {step}: done in an earlier attempt, skipped")
             upstream[step], ctx.results[step] = done["outputs_sha256"], done.get("summary", {})
@@ -72,6 +75,8 @@ def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str],
         run.write_run(record)
         start = time.monotonic()
         try:
+            if input_error:
+                raise input_error
             ws = run.workspace(step)
             summary = STEPS[step](ctx, ws) or {}
             outputs = sorted(str(p.relative_to(ws)) for p in ws.rglob("*") if p.is_file()
