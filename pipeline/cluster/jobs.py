@@ -79,7 +79,9 @@ def _cluster_errors(address: str, token: Token, job_id: str | None = None) -> It
     try:
         yield
     except AuthenticationError as e:
-        if "Authentication failed" in str(e):  # HTTP 403: a token was sent and rejected
+        # HTTP 403: a token of ours was sent and rejected. Without one of ours, Ray's client may still have sent
+        # one it holds from a Ray instance this process started; that is still "no token supplied".
+        if "Authentication failed" in str(e) and token.value:
             raise ClusterError(f"the cluster at {address} rejected the token from {token.source}: it is not this "
                                f"cluster's token; {HOW_TO_SUPPLY}") from None
         where = f" ({token.source})" if token.source else ""
