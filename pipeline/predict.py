@@ -7,7 +7,7 @@ report) and no prediction, and they are counted in the prediction report.
 
 from __future__ import annotations
 
-import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from pipeline.data.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.report import SplitReport
 from pipeline.workflow.registry import ModelRef, Registry
 
-log = logging.getLogger(__name__)
 SPLIT = "predict"
 
 
@@ -103,7 +102,8 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
         num_gpus=1 if use_gpu else 0)
 
     # Streamed into one Parquet file (memory stays at a few batches), written aside and renamed when complete.
-    local_out = Path(out) if storage.is_local(out) else Path(f".{Path(out).name}.part")
+    local_out = storage.local_path(out) if storage.is_local(out) else \
+        Path(tempfile.mkdtemp(prefix="mmpipe-predict-")) / Path(out).name  # uploaded whole when complete
     tmp = local_out.with_name(f".{local_out.name}.tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     writer, rows, predicted = None, 0, 0
