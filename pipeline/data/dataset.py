@@ -1,25 +1,27 @@
-"""Ray Data wiring for one split: check shards -> read_webdataset(decoder=None) -> clean+align (-> keep_rows)."""
+"""Ray Data wiring for one split: check shards -> per shard: read tar + clean + align (-> keep_rows), fused."""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import fsspec
 
 from pipeline.data.align import keep_rows
 from pipeline.data.config import StageConfig
 from pipeline.data.dedupe import RemoteDuplicateIndex
+from pipeline.data.prepared_source import read_prepared
 from pipeline.data.report import REPORT_COLUMNS, DataReport, SplitReport
 from pipeline.data.shards import ShardCheck, ShardError, check_shards, expand_shards
-from pipeline.data.stages import prepare_batch
 from pipeline.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
-# Rows per clean+align call: large enough to amortise Ray's per-batch overhead, small enough for memory.
-PREPARE_BATCH_SIZE = 128
+# Rows per clean+align call (and per output block): large enough to amortise the per-batch costs (one dedupe
+# actor call, one Arrow block), small enough for memory.
+PREPARE_BATCH_SIZE = 256
 
 
 class DataError(RuntimeError):
@@ -89,11 +91,10 @@ class SplitData:
 
 
 def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bool = False,
-                labels_required: bool = True) -> SplitData:
+                labels_required: bool = True, then=None) -> SplitData:
     """Check the split's shards and assemble its lazy Ray dataset. Raises ShardError/DataError before any read.
-    ``labels_required=False`` (prediction) keeps unlabelled samples, with label -1."""
-    import ray
-
+    ``labels_required=False`` (prediction) keeps unlabelled samples, with label -1. ``then``: a batch function run
+    on each prepared batch inside the read task (the dataset then holds its output, not all rows)."""
     if split not in spec.data.splits:
         raise DataError(f"split {split!r} is not in data.splits (have: {', '.join(spec.data.splits) or 'none'})")
     checks = check_shards(expand_shards(spec.data.splits[split]))
@@ -109,10 +110,7 @@ def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bo
 
     cfg = StageConfig.from_spec(spec, classes, labels_required)
     duplicates = RemoteDuplicateIndex() if spec.clean.dedupe else None
-    ds = ray.data.read_webdataset(good, decoder=None, override_num_blocks=len(good),  # one read task per shard
-                                  shuffle="files" if shuffle_files else None)
-    ds = ds.map_batches(prepare_batch, fn_kwargs={"cfg": cfg, "duplicates": duplicates},
-                        batch_size=PREPARE_BATCH_SIZE, batch_format="numpy")
+    ds = read_prepared(good, cfg, duplicates, PREPARE_BATCH_SIZE, shuffle_files, then)
     return SplitData(split, ds, cfg.enabled, checks)
 
 
@@ -167,35 +165,38 @@ def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int] | None =
     return RebalancePlan(spec.rebalance.strategy, classes, [int(c) for c in counts], source, factors.tolist())
 
 
-def _rebalance(batch, factors, seed, epoch):
+def _train_batch(batch, factors, seed, augment, modalities, columns, epoch):
+    """keep -> rebalance -> augment on one prepared batch, reading the epoch once."""
+    from pipeline.data.augment.stage import augment_batch
     from pipeline.data.epoch import current_epoch
     from pipeline.data.rebalance import rebalance_batch
 
-    return rebalance_batch(batch, factors, seed, current_epoch(epoch))
-
-
-def _augment(batch, augment, modalities, epoch):
-    from pipeline.data.augment.stage import augment_batch
-    from pipeline.data.epoch import current_epoch
-
-    return augment_batch(batch, augment, modalities, current_epoch(epoch))
+    epoch = current_epoch(epoch)
+    batch = keep_rows(batch)
+    if factors is not None:
+        batch = rebalance_batch(batch, factors, seed, epoch)
+    if augment is not None:
+        batch = augment_batch(batch, augment, modalities, epoch)
+    return {c: batch[c] for c in columns} if columns else batch
 
 
 def train_dataset(spec: JobSpec, classes: list[str], plan: RebalancePlan | None = None, epoch=0,
-                  split: str = "train"):
+                  split: str = "train", columns: list[str] | None = None):
     """The train split as training reads it: kept rows -> rebalance -> augment. ``epoch``: int or EpochClock.
+    ``columns``: keep only these (e.g. the model's inputs), so nothing else is turned into blocks.
 
     Rebalancing runs before augmentation (DESIGN lists them the other way round): undersampled rows then cost no
-    augmentation, and each oversampled copy gets its own random augmentation instead of a duplicate.
+    augmentation, and each oversampled copy gets its own random augmentation instead of a duplicate. All of it runs
+    inside the read task of each shard, on the batch clean+align just produced.
     """
     import numpy as np
 
-    ds = build_split(spec, split, classes, shuffle_files=True).kept()  # shard order differs every epoch
+    factors = None
     if spec.rebalance.strategy != "none":
         plan = plan or plan_rebalance(spec, classes, split=split)
-        ds = ds.map_batches(_rebalance, batch_format="numpy", fn_kwargs={
-            "factors": np.array(plan.factors), "seed": spec.rebalance.seed, "epoch": epoch})
-    if spec.augment.enabled and (spec.augment.image or spec.augment.text or spec.augment.audio):
-        ds = ds.map_batches(_augment, batch_format="numpy", fn_kwargs={
-            "augment": spec.augment, "modalities": spec.modalities, "epoch": epoch})
-    return ds
+        factors = np.array(plan.factors)
+    augment = spec.augment if spec.augment.enabled and (spec.augment.image or spec.augment.text
+                                                        or spec.augment.audio) else None
+    then = partial(_train_batch, factors=factors, seed=spec.rebalance.seed, augment=augment,
+                   modalities=spec.modalities, columns=columns, epoch=epoch)
+    return build_split(spec, split, classes, shuffle_files=True, then=then).dataset  # shard order differs per epoch

@@ -1,0 +1,74 @@
+"""Shared by the benchmark scripts: demo data, a local Ray of our own, the machine line, and a quietness check.
+
+Timings taken while other Ray or pytest processes share the cores are not comparable; every script prints what
+``busy_processes`` found so a reader can tell.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+import ray  # noqa: F401  (also puts Ray's vendored psutil on sys.path)
+
+from pipeline.data.demo import write_demo
+
+
+def demo_data(scale: float, root: str | None = None, seed: int = 0) -> Path:
+    """Demo shards + spec.yaml at ``scale`` (1.0: 1,092 train samples in 6 shards of 200)."""
+    out = Path(tempfile.mkdtemp(prefix=f"mmpipe-bench-{scale:g}-", dir=root))
+    write_demo(out, seed=seed, scale=scale)
+    return out
+
+
+def start_ray(cpus: int) -> None:
+    """A local Ray instance of our own (never an existing cluster), without dashboard or progress bars."""
+    import logging
+
+    import ray
+
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def busy_processes() -> list[str]:
+    """Other pytest runs and Ray workers on this machine that are not ours (their CPU use skews timings)."""
+    import psutil
+
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.Error, TypeError):
+            continue
+        if p.info["pid"] in mine:
+            continue
+        if "pytest" in cmd or cmd.startswith("ray::"):
+            found.append(f"{p.info['pid']} {cmd[:60]}")
+    return found
+
+
+def machine_line(cpus: int) -> str:
+    import psutil
+    import ray
+    import torch
+
+    return (f"machine: {platform.machine()}, {psutil.cpu_count()} cores ({cpus} used), "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}, "
+            f"Ray {ray.__version__}, torch {torch.__version__}")
+
+
+def quiet_line() -> str:
+    busy = busy_processes()
+    if not busy:
+        return "other load: none found (no other pytest / ray:: processes at start)"
+    return f"other load: {len(busy)} foreign pytest/ray:: processes at start -- absolute figures are not clean"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,88 @@
+"""Samples/s of the full CPU training-data path: mmpipe on Ray Data against webdataset + torch DataLoader.
+
+Both run the same stage functions (prepare_batch = clean + align, keep_rows, rebalance_batch, augment_batch) on the
+same demo shards with the same batch size and CPU count, and deliver the model's input columns as torch tensors
+to this process, which only counts rows:
+
+    A  Ray Data   train_dataset(spec, columns=inputs).iter_torch_batches(batch_size)   (num_cpus = CPUS)
+    B  DataLoader webdataset -> same stages, DataLoader(num_workers = CPUS, persistent_workers=True)
+
+One warm-up pass each (worker processes start and import the augmentation libraries), then timed passes
+interleaved A B A B ...; the median samples/s of each and the ratio Ray / DataLoader are printed.
+
+    python benchmarks/loader_compare.py [--repeats 5] [--scale 2] [--cpus 2] [--batch-size 128]
+    python benchmarks/loader_compare.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from bench_common import demo_data, machine_line, median, quiet_line, start_ray
+from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.shards import expand_shards
+from pipeline.model.classifier import input_columns
+from pipeline.spec import load_spec
+from torch_loader import StageStream, make_loader
+
+
+def timed(batches) -> tuple[int, float]:
+    """(rows, seconds) to drain an iterator of batches."""
+    start = time.perf_counter()
+    rows = sum(len(b["label"]) for b in batches)
+    return rows, time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes of each loader")
+    ap.add_argument("--scale", type=float, default=2.0, help="demo data size (1.0: 1,092 train samples)")
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="smoke run: small data, 2 repeats")
+    args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.scale = 2, 0.5
+
+    print(quiet_line(), flush=True)
+    data = demo_data(args.scale)
+    spec = load_spec(data / "spec.yaml")
+    classes = resolve_classes(spec)
+    plan = plan_rebalance(spec, classes)  # from manifest.json, for both loaders
+    factors = np.array(plan.factors) if spec.rebalance.strategy != "none" else None
+
+    # The DataLoader's workers are forked before Ray starts in this process, then kept (persistent_workers).
+    loader = make_loader(StageStream(expand_shards(spec.data.splits["train"]), spec, classes, factors,
+                                     args.batch_size), args.cpus)
+    timed(loader)
+    start_ray(args.cpus)
+    ray_ds = train_dataset(spec, classes, plan, columns=input_columns(spec))
+
+    def ray_pass():
+        return timed(ray_ds.iter_torch_batches(batch_size=args.batch_size, drop_last=False))
+
+    timed_rows = {"ray": [], "dataloader": []}
+    rates: dict[str, list[float]] = {"ray": [], "dataloader": []}
+    ray_pass()
+    for _ in range(args.repeats):
+        for name, run in (("ray", ray_pass), ("dataloader", lambda: timed(loader))):
+            rows, seconds = run()
+            timed_rows[name].append(rows)
+            rates[name].append(rows / seconds)
+
+    print(machine_line(args.cpus))
+    print(f"data: demo --scale {args.scale:g}, train split, {len(expand_shards(spec.data.splits['train']))} shards; "
+          f"batch size {args.batch_size}; stages: clean+align, keep, rebalance {spec.rebalance.strategy}, "
+          f"augment (demo spec)")
+    print(f"{'loader':12} {'rows/pass':>10} {'median samples/s':>17}  passes (samples/s)")
+    for name in rates:
+        print(f"{name:12} {median(timed_rows[name]):>10.0f} {median(rates[name]):>17.0f}  "
+              + " ".join(f"{r:.0f}" for r in rates[name]))
+    print(f"ratio ray/dataloader: {median(rates['ray']) / median(rates['dataloader']):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The standard single-node alternative: webdataset + torch DataLoader running mmpipe's own stage functions.
+
+Per worker: its share of the shards (webdataset splits by worker) -> raw batches shaped like
+``read_webdataset(decoder=None)`` output -> prepare_batch (clean + align) -> keep_rows -> rebalance_batch ->
+augment_batch -> the model's input columns as tensors. Deduplication uses an in-process index per worker (the
+natural DataLoader equivalent of the Ray actor; it sees only its worker's shards).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.data.align import keep_rows
+from pipeline.data.augment.stage import augment_batch
+from pipeline.data.config import StageConfig
+from pipeline.data.dedupe import DuplicateIndex
+from pipeline.data.rebalance import rebalance_batch
+from pipeline.data.stages import prepare_batch
+from pipeline.model.classifier import input_columns
+from pipeline.spec import JobSpec
+
+
+def raw_collate(samples: list[dict]) -> dict[str, np.ndarray]:
+    """webdataset samples -> one object column per member extension (None where absent), + __key__, __url__."""
+    columns = {c for s in samples for c in s if not c.startswith("__")} | {"__key__", "__url__"}
+    batch = {}
+    for c in columns:
+        col = np.empty(len(samples), dtype=object)
+        col[:] = [s.get(c) for s in samples]
+        batch[c] = col
+    return batch
+
+
+class StageStream(torch.utils.data.IterableDataset):
+    """Batches of model inputs from ``shards``. Each pass is the next epoch: persistent workers keep their copy of
+    this object, so each counts its own passes."""
+
+    def __init__(self, shards: list[str], spec: JobSpec, classes: list[str], factors: np.ndarray | None,
+                 batch_size: int):
+        self.shards, self.spec, self.classes = shards, spec, classes
+        self.factors, self.batch_size = factors, batch_size
+        self.epoch = 0
+
+    def __iter__(self):
+        import webdataset as wds
+
+        spec = self.spec
+        cfg = StageConfig.from_spec(spec, self.classes)
+        duplicates = DuplicateIndex() if spec.clean.dedupe else None
+        order = list(self.shards)
+        np.random.default_rng(self.epoch).shuffle(order)  # file shuffle per epoch, as the Ray path does
+        raw = wds.WebDataset(order, shardshuffle=False, empty_check=False).batched(
+            self.batch_size, collation_fn=raw_collate, partial=True)
+        columns = input_columns(spec)
+        for batch in raw:
+            batch = keep_rows(prepare_batch(batch, cfg, duplicates))
+            if self.factors is not None:
+                batch = rebalance_batch(batch, self.factors, spec.rebalance.seed, self.epoch)
+            if spec.augment.enabled:
+                batch = augment_batch(batch, spec.augment, spec.modalities, self.epoch)
+            yield {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in columns}
+        self.epoch += 1
+
+
+def make_loader(stream: StageStream, workers: int) -> torch.utils.data.DataLoader:
+    # persistent workers: like Ray's worker pool, each imports torch and the augmentation libraries once
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                       persistent_workers=workers > 0, prefetch_factor=2 if workers else None)

@@ -1,0 +1,50 @@
+"""A Ray datasource whose read tasks stream each shard and emit prepared (cleaned + aligned) batches.
+
+Why not ``read_webdataset(...).map_batches(prepare_batch)``: there every raw member becomes an Arrow cell, read
+blocks hold a few dozen rows, and the read does not fuse with the map, so all raw bytes cross the object store
+before any work is done. Here one task per shard reads the tar, runs ``prepare_batch`` and an optional ``then``
+(e.g. keep -> rebalance -> augment for training) on batches in memory, and only the finished batch becomes a block.
+Paths, file shuffling per execution, filesystems and retries are FileBasedDatasource's, as in read_webdataset;
+``__url__`` is the path it opens, ``__key__`` the member key.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from ray.data.block import BlockAccessor
+from ray.data.datasource.file_based_datasource import FileBasedDatasource
+
+from pipeline.data.clean import Duplicates
+from pipeline.data.config import StageConfig
+from pipeline.data.stages import prepare_batch
+from pipeline.data.tarstream import raw_batches
+
+
+class PreparedShards(FileBasedDatasource):
+    def __init__(self, paths: list[str], cfg: StageConfig, duplicates: Duplicates | None, batch_size: int,
+                 then: Callable | None = None, **file_kwargs):
+        super().__init__(paths, **file_kwargs)
+        self.cfg, self.duplicates, self.batch_size, self.then = cfg, duplicates, batch_size, then
+
+    def _read_stream(self, stream, path: str) -> Iterator:
+        for raw in raw_batches(stream, path, self.batch_size):
+            batch = prepare_batch(raw, self.cfg, self.duplicates)
+            if self.then is not None:
+                batch = self.then(batch)
+            if len(next(iter(batch.values()))):  # a batch whose rows were all dropped makes no block
+                yield BlockAccessor.batch_to_block(batch)
+
+
+def read_prepared(paths: list[str], cfg: StageConfig, duplicates: Duplicates | None, batch_size: int,
+                  shuffle_files: bool = False, then: Callable | None = None):
+    """The prepared dataset of ``paths``: one read task per shard."""
+    import ray
+
+    source = PreparedShards(paths, cfg, duplicates, batch_size, then, shuffle="files" if shuffle_files else None)
+    ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
+    # Ray Data reserves half the CPUs per operator by default; on a small machine that ran these read tasks one at
+    # a time (measured on 2 CPUs: 1 task in flight, half the throughput). All the work is in this one fused
+    # operator, so there is nothing for a reservation to protect.
+    ds.context.op_resource_reservation_enabled = False
+    return ds
