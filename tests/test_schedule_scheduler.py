@@ -329,9 +329,9 @@ def test_paused_schedules_do_not_fire_and_resume_does_not_catch_up(env):
 
 
 class FakeCluster:
-    """The pipeline.cluster.jobs calls the launcher makes, against an in-memory cluster that can be unreachable."""
-    class ClusterError(RuntimeError):
-        pass
+    """The pipeline.cluster.jobs calls the launcher makes, against an in-memory cluster that can be unreachable.
+    Errors are the real ones: an unknown job id is NoSuchJob (the 404), an unreachable cluster plain ClusterError."""
+    from pipeline.cluster import ClusterError, NoSuchJob
 
     def __init__(self):
         self.jobs: dict[str, str] = {}
@@ -353,14 +353,16 @@ class FakeCluster:
     def job_status(self, address, job_id):
         self._check()
         if job_id not in self.jobs:
-            raise self.ClusterError(f"no job {job_id}")
+            raise self.NoSuchJob(f"no job {job_id!r} on the cluster at {address} (see `mmpipe jobs list`)")
         return self.jobs[job_id]
 
     def stop_job(self, address, job_id):
+        self._check()
         self.jobs[job_id] = "STOPPED"
         return True
 
     def job_logs(self, address, job_id):
+        self._check()
         return "line 1\nTraceback: boom"
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
-from pipeline.cluster import ClusterError
+from pipeline import storage
+from pipeline.cluster import ClusterError, NoSuchJob
 from pipeline.cluster.auth import HOW_TO_SUPPLY, Token, find_token
 from pipeline.cluster.workdir import DEFAULT_EXCLUDES, SHIPPED_SPEC, stage_working_dir
 
@@ -73,6 +74,7 @@ def _address_not_overridden() -> Iterator[None]:
 @contextlib.contextmanager
 def _cluster_errors(address: str, token: Token, job_id: str | None = None) -> Iterator[None]:
     """Ray's exceptions, as one line naming the address, the job and the fix; the token redacted."""
+    import aiohttp
     import requests
     from ray.exceptions import AuthenticationError
 
@@ -87,13 +89,14 @@ def _cluster_errors(address: str, token: Token, job_id: str | None = None) -> It
         where = f" ({token.source})" if token.source else ""
         raise ClusterError(f"the cluster at {address} requires an authentication token and none was sent{where}; "
                            f"{HOW_TO_SUPPLY}") from None
-    except (ConnectionError, requests.exceptions.RequestException) as e:
+    # aiohttp / asyncio.TimeoutError: the log stream of --follow (ws_connect) fails with these, not requests'.
+    except (ConnectionError, requests.exceptions.RequestException, aiohttp.ClientError, asyncio.TimeoutError) as e:
         raise ClusterError(f"cannot reach the Ray dashboard at {address} ({type(e).__name__}): is the cluster up, "
                            "and the port forwarded (`ray dashboard cluster.yaml`)?") from None
     except RuntimeError as e:
         text = token.redact(str(e))
         if job_id and "status code 404" in text:
-            raise ClusterError(f"no job {job_id!r} on the cluster at {address} (see `mmpipe jobs list`)") from None
+            raise NoSuchJob(f"no job {job_id!r} on the cluster at {address} (see `mmpipe jobs list`)") from None
         raise ClusterError(f"the cluster at {address} refused the request: {text.splitlines()[0]}") from None
 
 
@@ -147,7 +150,7 @@ def storage_warnings(spec, run_dir: str, address: str) -> list[str]:
     local += [(f"data.splits.{k}", p) for k, paths in spec.data.splits.items() for p in paths]
     return [f"{what} is a local path ({path}) but the cluster at {address} is not on this machine: every node "
             "must see it at that path (a shared filesystem), or use an s3:// or gs:// URI"
-            for what, path in local if path and "://" not in path]
+            for what, path in local if path and storage.is_local(path)]
 
 
 def plan_submission(spec_path: Path, address: str, overrides: list[str], run_dir: str | None = None) -> Submission:
@@ -155,8 +158,8 @@ def plan_submission(spec_path: Path, address: str, overrides: list[str], run_dir
 
     spec = load_spec(spec_path, overrides)  # paths resolved: absolute or URIs, valid on any node
     run_dir = run_dir or spec.workflow.run_dir or str(Path.cwd() / "runs" / spec.name)
-    if "://" not in run_dir:
-        run_dir = str(Path(run_dir).expanduser().resolve())
+    if storage.is_local(run_dir):
+        run_dir = str(storage.local_path(run_dir).expanduser().resolve())
     sub = spec.submit
     return Submission(
         spec_yaml=dump_spec(spec), run_dir=run_dir, entrypoint=entrypoint(run_dir),

@@ -72,8 +72,15 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _logging() -> None:
+def _logging(debug: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if debug:  # the scheduler's tracebacks, not every library's debug chatter
+        logging.getLogger("mmpipe.schedule").setLevel(logging.DEBUG)
+
+
+DebugOption = typer.Option(False, "--debug", help="Log tracebacks of failed passes (and other detail)")
+UnknownTimeoutOption = typer.Option(3600, "--unknown-timeout", min=1, help="Seconds a run's status may stay "
+                                    "unreadable (cluster unreachable) before the run is marked failed")
 
 
 @group.command()
@@ -100,21 +107,43 @@ def add(
                                                "(later: --missed decides)"),
     runs_dir: Optional[str] = typer.Option(None, help="Runs go to RUNS_DIR/NAME/<due UTC>/run (default: "
                                                       "'runs' beside the state file; a URI for cluster runs)"),
+    shared_runs_dir: bool = typer.Option(False, "--shared-runs-dir", help="--runs-dir is a local path that the "
+                                                                         "cluster's nodes see too (NFS mount)"),
     paused: bool = typer.Option(False, help="Add it paused (resume later)"),
     state: Optional[Path] = StateOption,
 ) -> None:
     """Add a schedule. Its first run is the first due time after now."""
+    for value, choices, flag in ((concurrency, CONCURRENCY, "--concurrency"), (missed, MISSED, "--missed"),
+                                 (trigger, TRIGGERS, "--trigger")):
+        _choice(value, choices, flag)
+    spec_path = spec.expanduser().resolve()
+    cron, tz = _check_spec(name, spec_path, spec, sets or [], cron, tz, trigger)
+    store = _open(state)
+    remote = address if address and not _local_address(address) else None
+    runs_dir = _runs_dir(runs_dir, store.path.parent, remote, shared_runs_dir)
+    now = _now()
+    sched = store_mod.Schedule(
+        name=name, spec=str(spec_path), overrides=list(sets or []), cron=cron, timezone=tz, address=address,
+        concurrency=concurrency, missed=missed, trigger=trigger, retries=retries, grace_s=grace,
+        runs_dir=runs_dir, cwd=os.getcwd(), paused=paused, cursor=now, created=now, updated=now)
+    try:
+        store.add(sched)
+    except store_mod.ScheduleExists as e:
+        _fail(str(e))
+    console.print(f"added schedule {name}: {cron} ({tz}), next run {_next(sched)}; state {store.path}",
+                  highlight=False)
+
+
+def _check_spec(name: str, spec_path: Path, spec: Path, sets: list[str], cron: Optional[str], tz: Optional[str],
+                trigger: str) -> tuple[str, str]:
+    """Validate the name, the spec and the cron expression; the cron expression and time zone to store."""
     from pipeline.schedule.cron import CronError, check_cron
     from pipeline.spec import SpecError, load_spec
 
     if not _NAME.match(name):
         _fail(f"schedule name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    for value, choices, flag in ((concurrency, CONCURRENCY, "--concurrency"), (missed, MISSED, "--missed"),
-                                 (trigger, TRIGGERS, "--trigger")):
-        _choice(value, choices, flag)
-    spec_path = spec.expanduser().resolve()
     try:
-        job = load_spec(spec_path, sets or [])
+        job = load_spec(spec_path, sets)
     except SpecError as e:
         _fail(str(e))
     cron = cron or job.schedule.cron
@@ -132,22 +161,35 @@ def add(
             fingerprint(job)
         except TriggerError as e:  # data may arrive later: say so now rather than at 3 am
             err.print(f"[yellow]warning:[/] trigger=data-changed: {e}", highlight=False, soft_wrap=True)
-    store = _open(state)
-    if runs_dir is None:
-        runs_dir = str(store.path.parent / "runs")
-    elif "://" not in runs_dir:
-        runs_dir = str(Path(runs_dir).expanduser().resolve())
-    now = _now()
-    sched = store_mod.Schedule(
-        name=name, spec=str(spec_path), overrides=list(sets or []), cron=cron, timezone=tz, address=address,
-        concurrency=concurrency, missed=missed, trigger=trigger, retries=retries, grace_s=grace,
-        runs_dir=runs_dir, cwd=os.getcwd(), paused=paused, cursor=now, created=now, updated=now)
+    return cron, tz
+
+
+def _runs_dir(runs_dir: Optional[str], state_dir: Path, remote: Optional[str], shared: bool) -> str:
+    """The runs folder to store: absolute, or a URI. A cluster on another machine (``remote``) writes run.json
+    where the scheduler must read it back, so a local folder needs --shared-runs-dir."""
+    from pipeline import storage
+
+    chosen = runs_dir or str(state_dir / "runs")
+    if not storage.is_local(chosen):
+        return chosen
+    chosen = str(storage.local_path(chosen).expanduser().resolve())
+    if remote and not shared:
+        what = "--runs-dir" if runs_dir else "the default runs folder"
+        _fail(f"{what} {chosen} is a local path but --address {remote} is another machine: runs would write "
+              "run.json there, where this scheduler cannot read their outcome; pass --runs-dir s3://… / gs://…, "
+              "or a path mounted on both (shared filesystem) with --shared-runs-dir")
+    return chosen
+
+
+def _local_address(address: str) -> bool:
+    """Whether the dashboard URL is on this machine (127.0.0.1, localhost, ::1); a malformed one is refused."""
+    from pipeline.cluster import ClusterError
+    from pipeline.cluster.jobs import is_local, resolve_address
+
     try:
-        store.add(sched)
-    except store_mod.ScheduleExists as e:
+        return is_local(resolve_address(address))
+    except ClusterError as e:
         _fail(str(e))
-    console.print(f"added schedule {name}: {cron} ({tz}), next run {_next(sched)}; state {store.path}",
-                  highlight=False)
 
 
 def _next(sched) -> str:
@@ -263,29 +305,39 @@ def history(name: str, limit: int = typer.Option(20, min=1, help="Newest runs fi
 @group.command()
 def tick(names: Optional[list[str]] = typer.Argument(None, help="Only these schedules (default: all)"),
          force: bool = typer.Option(False, help="Fire due times even when the data trigger says unchanged"),
+         unknown_timeout: int = UnknownTimeoutOption, debug: bool = DebugOption,
          state: Optional[Path] = StateOption) -> None:
-    """One pass: record finished runs, fire what is due. For system cron / systemd timers (every minute)."""
+    """One pass: record finished runs, fire what is due. For system cron / systemd timers (every minute).
+    Exits 1 when a schedule's pass failed (each failure is logged in one line)."""
+    from datetime import timedelta
+
     from pipeline.schedule.scheduler import Scheduler
 
-    _logging()
+    _logging(debug)
     store = _open(state)
     try:
-        result = Scheduler(store).tick(force=force, names=names or None)
+        result = Scheduler(store, unknown_timeout=timedelta(seconds=unknown_timeout)).tick(force=force,
+                                                                                          names=names or None)
     except store_mod.NoSuchSchedule as e:
         _fail(str(e))
     if not result.acquired:
         h = result.holder
         err.print(f"another scheduler ({h.host}, pid {h.pid}) holds the lease until {store_mod.iso(h.expires)}; "
                   "this pass did nothing", highlight=False)
+    if result.failures:
+        _fail(f"{len(result.failures)} failure(s) in this pass: " + "; ".join(result.failures), code=1)
 
 
 @group.command()
 def serve(poll: float = typer.Option(15.0, min=1.0, help="Seconds between passes (runs are polled this often)"),
+          unknown_timeout: int = UnknownTimeoutOption, debug: bool = DebugOption,
           state: Optional[Path] = StateOption) -> None:
     """Run passes until Ctrl-C / SIGTERM. Runs started go on after it stops; the next scheduler picks them up."""
+    from datetime import timedelta
+
     from pipeline.schedule.scheduler import Scheduler
 
-    _logging()
+    _logging(debug)
     store = _open(state)
     stop = threading.Event()
 
@@ -296,7 +348,7 @@ def serve(poll: float = typer.Option(15.0, min=1.0, help="Seconds between passes
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     logging.getLogger("mmpipe.schedule").info("serving %s (%d schedule(s))", store.path, len(store.schedules()))
-    Scheduler(store).serve(stop, poll_s=poll)
+    Scheduler(store, unknown_timeout=timedelta(seconds=unknown_timeout)).serve(stop, poll_s=poll)
     logging.getLogger("mmpipe.schedule").info("stopped")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import storage
 from pipeline.schedule.store import Schedule
 
 FORMATS = ("kuberay", "k8s-cronjob")
@@ -157,7 +158,7 @@ def export(sched: Schedule, fmt: str, image: str | None = None, spec_path: str |
              f"--format {fmt})",
              f"image {image} must contain mmpipe and {spec_path} (relative to its working directory)",
              f"runs go to {runs_dir}/{sched.name}/<UTC time>/run: use shared storage (s3://, gs://, a volume)"
-             if "://" not in runs_dir else f"runs go to {runs_dir}/{sched.name}/<UTC time>/run"]
+             if storage.is_local(runs_dir) else f"runs go to {runs_dir}/{sched.name}/<UTC time>/run"]
     if fmt == "kuberay":
         notes.append("needs KubeRay >= 1.6 with --feature-gates=RayCronJob=true (timeZone: >= 1.7)")
         if sched.concurrency != "allow":

@@ -19,14 +19,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.schedule.store import Run, Schedule
+from pipeline import storage
+from pipeline.schedule.store import Run, Schedule, process_alive
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the `pipeline` package
 _children: dict[int, subprocess.Popen] = {}  # runs this process started: reaped so they never linger as zombies
 
 
 class LaunchError(RuntimeError):
-    """A run could not be started (submission failed); the scheduler retries with backoff."""
+    """A run could not be started (submission failed); the scheduler retries with backoff unless ``retry`` is
+    False (a mistake in the spec: another attempt fails the same way)."""
+
+    def __init__(self, message: str, retry: bool = True):
+        super().__init__(message)
+        self.retry = retry
+
+
+class Undecided(RuntimeError):
+    """Whether an attempt was started cannot be told now (cluster unreachable): look again next pass."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,10 @@ def stamp(due: datetime) -> str:
 def run_paths(sched: Schedule, due: datetime, state_dir: Path) -> tuple[str, str]:
     """(control_dir, run_dir) for one due time. The run dir may be a URI (cluster runs); the control dir, holding
     the launch log and the wrapper's pid/exit files, is always local."""
-    leaf = f"{sched.name}/{stamp(due)}"
-    if "://" in sched.runs_dir:
-        return str(state_dir / "runs" / leaf), f"{sched.runs_dir.rstrip('/')}/{leaf}/run"
-    area = Path(sched.runs_dir) / leaf
+    leaf = (sched.name, stamp(due))
+    if not storage.is_local(sched.runs_dir):
+        return str(state_dir.joinpath("runs", *leaf)), storage.join(sched.runs_dir, *leaf, "run")
+    area = storage.local_path(sched.runs_dir).joinpath(*leaf)
     return str(area), str(area / "run")
 
 
@@ -62,14 +72,8 @@ def reap() -> None:
 
 
 def group_alive(pgid: int) -> bool:
-    reap()
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    reap()  # a zombie child of ours would count as alive
+    return process_alive(pgid, group=True)
 
 
 class LocalLauncher:
@@ -129,13 +133,25 @@ class LocalLauncher:
         if run.pid is None:
             return
         for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(run.pid, sig)
+            _signal_run(run.pid, sig)
             end = time.monotonic() + wait
             while time.monotonic() < end:
                 if not group_alive(run.pid):
                     return
                 time.sleep(0.1)
+
+
+def _signal_run(pid: int, sig: int) -> None:
+    """SIGTERM goes to the wrapper, which passes it on: sent to the whole group, the command would get it twice.
+    The group gets it when the wrapper is gone (its pid stays reserved while the group lives) and for SIGKILL."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if sig != signal.SIGKILL:
+            try:
+                os.kill(pid, sig)
+                return
+            except ProcessLookupError:
+                pass
+        os.killpg(pid, sig)
 
 
 @contextlib.contextmanager
@@ -172,23 +188,34 @@ class ClusterLauncher:
         return f"mmpipe-{sched.name}-{stamp(run.due)}" + (f"-a{attempt}" if attempt > 1 else "")
 
     def start(self, sched: Schedule, run: Run, attempt: int) -> dict:
+        from pipeline.spec import SpecError
+
         jobs, sid = self.jobs, self.submission_id(sched, run, attempt)
         try:
             with _cwd(sched.cwd):  # submit from where the schedule was added, as the user would have
                 job_id = jobs.submit_run(Path(sched.spec), sched.address, list(sched.overrides),
                                          run_dir=run.run_dir, submission_id=sid)
+        except SpecError as e:
+            raise LaunchError(f"invalid spec {sched.spec}: {e}", retry=False) from e
+        except OSError as e:  # staging the working dir (disk full, unreadable file): may pass on a later attempt
+            raise LaunchError(f"cannot stage the job's working dir: {e}") from e
         except jobs.ClusterError as e:
-            if self.adopt(sched, run, attempt) is not None:
-                return {"job_id": sid}  # it was submitted before the scheduler died: the id is taken by our job
+            with contextlib.suppress(Undecided):
+                if self.adopt(sched, run, attempt) is not None:
+                    return {"job_id": sid}  # submitted before the scheduler died: the id is taken by our job
             raise LaunchError(str(e)) from e
         return {"job_id": job_id}
 
     def adopt(self, sched: Schedule, run: Run, attempt: int) -> str | None:
+        """The submission id when this attempt's job exists, None when the cluster says it does not; Undecided
+        when the cluster cannot be asked (submitting again then could run the job twice)."""
         sid = self.submission_id(sched, run, attempt)
         try:
             self.jobs.job_status(sched.address, sid)
-        except self.jobs.ClusterError:
+        except self.jobs.NoSuchJob:
             return None
+        except self.jobs.ClusterError as e:
+            raise Undecided(f"cannot reach the cluster: {e}") from e
         return sid
 
     def poll(self, sched: Schedule, run: Run) -> Poll:

@@ -3,17 +3,21 @@ failed step, the registered version and the promotion decision."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import fsspec
+from pipeline import storage
+
+
+def run_json(run_dir: str) -> str:
+    return storage.join(run_dir, "run.json")
 
 
 def read_run_json(run_dir: str) -> dict | None:
-    """The run's run.json, or None when it is missing or unreadable (the run died before writing it)."""
+    """The run's run.json, or None when it is missing or unreadable (the run died before writing it, or it was
+    written where this machine cannot see it)."""
+    # Not RunDir.read_run: constructing a RunDir creates folders, and a reader should leave no trace.
     try:
-        with fsspec.open(f"{run_dir.rstrip('/')}/run.json", "rt", encoding="utf-8") as f:
-            doc = json.load(f)
+        doc = storage.read_json(run_json(run_dir))
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None

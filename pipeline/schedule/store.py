@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS runs (
     promoted     INTEGER,
     decision     TEXT,                      -- JSON: the promotion decision from run.json's outcome
     error        TEXT,
+    unknown_since TEXT,                     -- when the run's status first could not be read (cluster unreachable)
     UNIQUE (schedule, due)
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (schedule, status);
@@ -148,11 +149,12 @@ class Run:
     promoted: bool | None
     decision: dict | None
     error: str | None
+    unknown_since: datetime | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Run":
         d = dict(row)
-        for k in ("due", "claimed", "started", "ended", "next_attempt", "launched"):
+        for k in ("due", "claimed", "started", "ended", "next_attempt", "launched", "unknown_since"):
             d[k] = parse_iso(d[k])
         d["forced"] = bool(d["forced"])
         d["promoted"] = None if d["promoted"] is None else bool(d["promoted"])
@@ -199,6 +201,9 @@ class Store:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
+            columns = {r["name"] for r in c.execute("PRAGMA table_info(runs)")}
+            if "unknown_since" not in columns:  # state files written before the column existed
+                c.execute("ALTER TABLE runs ADD COLUMN unknown_since TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -283,12 +288,20 @@ class Store:
         return self._run(run_id)
 
     def update_run(self, run_id: int, **values: Any) -> Run:
-        conv = {k: (iso(v) if isinstance(v, datetime) else json.dumps(v) if k == "decision" and v is not None
-                    else int(v) if isinstance(v, bool) else v) for k, v in values.items()}
+        """Change columns that are no state transition (paths, fingerprint); see ``transition`` for the rest."""
         with self.tx() as c:
-            c.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in conv)} WHERE id = ?",
-                      [*conv.values(), run_id])
+            c.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                      [*_columns(values).values(), run_id])
         return self._run(run_id)
+
+    def transition(self, run: Run, **values: Any) -> Run | None:
+        """Compare-and-set: apply ``values`` only if the row still has the status, attempt and launch time ``run``
+        was read with; None when another scheduler changed it since (then that one owns the next step)."""
+        with self.tx() as c:
+            cur = c.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in values)} "
+                            "WHERE id = ? AND status = ? AND attempts = ? AND launched IS ?",
+                            [*_columns(values).values(), run.id, run.status, run.attempts, iso(run.launched)])
+        return self._run(run.id) if cur.rowcount == 1 else None
 
     def runs(self, name: str, limit: int | None = None, statuses: tuple[str, ...] | None = None) -> list[Run]:
         where, args = "schedule = ?", [name]
@@ -314,7 +327,7 @@ class Store:
         with self.tx() as c:
             row = c.execute("SELECT * FROM leases WHERE name = ?", (name,)).fetchone()
             if row is not None and row["holder"] != holder and parse_iso(row["expires"]) > now \
-                    and not (row["host"] == host and not pid_alive(row["pid"])):
+                    and not (row["host"] == host and not process_alive(row["pid"])):
                 return Lease(row["holder"], row["host"], row["pid"], parse_iso(row["expires"]))
             c.execute("INSERT INTO leases (name, holder, host, pid, acquired, expires) VALUES (?, ?, ?, ?, ?, ?) "
                       "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, host = excluded.host, "
@@ -332,11 +345,17 @@ class Store:
         return None if row is None else Lease(row["holder"], row["host"], row["pid"], parse_iso(row["expires"]))
 
 
-def pid_alive(pid: int) -> bool:
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (iso(v) if isinstance(v, datetime) else json.dumps(v) if k == "decision" and v is not None
+                else int(v) if isinstance(v, bool) else v) for k, v in values.items()}
+
+
+def process_alive(pid: int, group: bool = False) -> bool:
+    """Whether process ``pid`` (or, with ``group``, any process of process group ``pid``) exists."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # exists, owned by someone else
         return True
     return True

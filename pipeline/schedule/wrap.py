@@ -14,17 +14,41 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
+
+from pipeline.io import atomic_write_bytes  # standard library only, like this module
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _write(path: str, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".wrap.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(doc).encode())
+
+
+def _run(cmd: list[str]) -> int:
+    """The command's exit status. A stop request is passed on to it, then the wrapper keeps waiting so the real
+    status is recorded; handlers go in before the command starts, so no request falls in between."""
+    proc: subprocess.Popen | None = None
+    early: list[int] = []
+
+    def forward(signum, _frame):
+        if proc is None:
+            early.append(signum)
+        else:
+            proc.send_signal(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, forward)
+    if early:
+        return 128 + early[0]  # stopped before it started
+    try:
+        proc = subprocess.Popen(cmd)
+    except OSError as e:
+        print(f"mmpipe schedule: cannot start {cmd[0]!r}: {e}", file=sys.stderr, flush=True)
+        return 127
+    for sig in early:  # arrived while Popen ran
+        proc.send_signal(sig)
+    return proc.wait()
 
 
 def main(argv: list[str]) -> int:
@@ -34,16 +58,7 @@ def main(argv: list[str]) -> int:
     control, attempt, cmd = argv[0], int(argv[1]), argv[3:]
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _write(os.path.join(control, f"attempt-{attempt}.pid"), {"pid": os.getpid(), "started": now, "cmd": cmd})
-    try:
-        proc = subprocess.Popen(cmd)
-    except OSError as e:
-        print(f"mmpipe schedule: cannot start {cmd[0]!r}: {e}", file=sys.stderr, flush=True)
-        rc = 127
-    else:
-        # Pass a stop request on to the command, then keep waiting so its real exit status is recorded.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda s, _f: proc.send_signal(s))
-        rc = proc.wait()
+    rc = _run(cmd)
     _write(os.path.join(control, f"attempt-{attempt}.exit"),
            {"returncode": rc, "ended": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return 0 if rc == 0 else 1
