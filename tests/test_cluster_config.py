@@ -65,3 +65,32 @@ def test_ray_validation_rejects_a_head_type_not_among_node_types(tmp_path):
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="head_node_type"):
         check_cluster_config(bad)
+
+
+# Not about cluster.yaml: kept here because this file needs no Ray cluster (test_cluster_jobs.py starts one).
+@pytest.mark.parametrize("error", ["aiohttp", "timeout"])
+def test_log_stream_connection_errors_read_as_unreachable(error):
+    """`mmpipe jobs logs --follow` streams over aiohttp (ws_connect): its errors are one ClusterError, no traceback."""
+    import asyncio
+
+    import aiohttp
+
+    from pipeline.cluster import ClusterError
+    from pipeline.cluster.auth import Token
+    from pipeline.cluster.jobs import _cluster_errors
+
+    raised = aiohttp.ClientConnectionError("Cannot connect to host head:8265") if error == "aiohttp" \
+        else asyncio.TimeoutError()
+    with pytest.raises(ClusterError, match="cannot reach the Ray dashboard at http://head:8265"):
+        with _cluster_errors("http://head:8265", Token(), "raysubmit_1"):
+            raise raised
+
+
+def test_an_unknown_job_id_is_no_such_job():
+    from pipeline.cluster import NoSuchJob
+    from pipeline.cluster.auth import Token
+    from pipeline.cluster.jobs import _cluster_errors
+
+    with pytest.raises(NoSuchJob, match="no job 'raysubmit_1'"):
+        with _cluster_errors("http://head:8265", Token(), "raysubmit_1"):
+            raise RuntimeError("Request failed with status code 404: Job raysubmit_1 does not exist.")

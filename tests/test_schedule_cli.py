@@ -101,6 +101,38 @@ def test_tick_with_nothing_due_does_nothing(tmp_path, spec):
     assert code == 2 and "no schedule named 'other'" in out
 
 
+def test_add_refuses_a_local_runs_dir_for_a_cluster_on_another_machine(tmp_path, spec):
+    db = str(tmp_path / "s.db")
+    base = ("--spec", str(spec), "--state", db)
+    code, out = cli("add", "a", *base, "--address", "http://head:8265")
+    assert code == 2 and f"the default runs folder {tmp_path / 'runs'} is a local path" in " ".join(out.split())
+    code, out = cli("add", "a", *base, "--address", "http://head:8265", "--runs-dir", str(tmp_path / "r"))
+    assert code == 2 and "--shared-runs-dir" in " ".join(out.split())
+    code, out = cli("add", "a", *base, "--address", "head:8265")
+    assert code == 2 and "expected the dashboard URL" in " ".join(out.split())
+    assert cli("add", "b", *base, "--address", "http://head:8265", "--runs-dir", "s3://bkt/runs")[0] == 0
+    assert cli("add", "c", *base, "--address", "http://head:8265", "--runs-dir", "/mnt/shared/runs",
+               "--shared-runs-dir")[0] == 0
+    assert cli("add", "d", *base, "--address", "http://127.0.0.1:8265")[0] == 0  # this machine
+    assert Store(db).get("b").runs_dir == "s3://bkt/runs" and Store(db).get("c").runs_dir == "/mnt/shared/runs"
+
+
+def test_tick_exits_1_with_one_line_per_failed_schedule(tmp_path, spec, monkeypatch):
+    from pipeline.schedule.scheduler import Scheduler
+
+    db = str(tmp_path / "s.db")
+    assert cli("add", "n", "--spec", str(spec), "--state", db)[0] == 0
+
+    def broken(self, sched, now):
+        raise RuntimeError("state of run #7 unreadable")
+
+    monkeypatch.setattr(Scheduler, "_reconcile", broken)
+    code, out = cli("tick", "--state", db)
+    assert code == 1 and "Traceback" not in out
+    assert "1 failure(s) in this pass: n: reconciling its runs failed: RuntimeError: state of run #7 unreadable" \
+        in " ".join(out.split())
+
+
 # ---------------------------------------------------------------- export
 
 def _exported(tmp_path, spec, fmt, *add_args):

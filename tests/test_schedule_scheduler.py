@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_tar
-from pipeline.schedule.launch import LocalLauncher
+from pipeline.schedule.launch import LocalLauncher, Poll
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.store import Schedule, Store
 
@@ -571,3 +571,232 @@ def test_an_unreachable_cluster_is_a_submission_failure_retried_with_backoff(env
     s.tick()
     run = env.store.run(run.id)
     assert run.status == "failed" and run.error.startswith("could not start after 2 attempt(s)")
+
+
+# ---------------------------------------------------------------- review fixes
+
+def _cluster_scheduler(env, cluster, **kw) -> Scheduler:
+    from pipeline.schedule.launch import ClusterLauncher
+
+    return Scheduler(env.store, clock=env.clock, cluster=ClusterLauncher(jobs=cluster), **kw)
+
+
+def test_a_bad_spec_on_a_cluster_schedule_fails_the_run_and_later_due_times_still_fire(env):
+    from pipeline.spec import SpecError
+
+    class BadSpec(FakeCluster):
+        def submit_run(self, *a, **k):
+            raise SpecError("spec.yaml: data.splits: field required")
+
+    env.add(cron="0 * * * *", address="http://head:8265")
+    s = _cluster_scheduler(env, BadSpec())
+    for h in (1, 2):
+        env.clock.now = T0 + timedelta(hours=h)
+        assert s.tick().failures == []
+    runs = sorted(env.store.runs("nightly"), key=lambda r: r.id)
+    assert [(r.status, r.attempts) for r in runs] == [("failed", 1), ("failed", 1)]  # not retried, not wedged
+    assert runs[0].error.startswith("could not start (not retried): invalid spec") and "data.splits" in runs[0].error
+
+
+def test_due_times_are_recorded_even_when_reconciling_a_run_fails(env, caplog):
+    class Broken(LocalLauncher):
+        def poll(self, sched, run):
+            raise RuntimeError("poll exploded")
+
+    env.add(cron="0 * * * *")
+    (env.ctl / "hold").touch()
+    env.clock.now = T0 + timedelta(hours=1)
+    env.scheduler().tick()  # run #1 running
+    s = Scheduler(env.store, clock=env.clock, local=Broken(command=env.command))
+    caplog.set_level("INFO", logger="mmpipe.schedule")
+    for h in (2, 3):
+        env.clock.now = T0 + timedelta(hours=h)
+        result = s.tick()
+        assert result.failures == ["nightly: reconciling its runs failed: RuntimeError: poll exploded"]
+    assert [r.status for r in env.store.runs("nightly")] == ["skipped", "skipped", "running"]  # forbid, recorded
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and not any(r.exc_info for r in caplog.records)  # one line, once; no traceback
+    caplog.clear()
+    caplog.set_level("DEBUG", logger="mmpipe.schedule")
+    env.clock.now = T0 + timedelta(hours=4)
+    s.tick()
+    assert any(r.exc_info for r in caplog.records)  # the traceback, at DEBUG
+    (env.ctl / "hold").unlink()
+    env.settle(env.scheduler())
+
+
+def test_a_pass_that_lost_the_lease_stops_before_launching(env):
+    """Scheduler A stalls past its lease on schedule a; B takes the lease; A must not go on to launch."""
+    (env.ctl / "hold").touch()
+    env.add("a")
+    env.add("b")
+    a, b = env.scheduler(), env.scheduler()
+    real = a._reconcile
+
+    def stall(sched, now):
+        if sched.name == "a":
+            env.clock.now += timedelta(seconds=90)
+            assert b.tick(keep_lease=True, names=["b"]).acquired
+        return real(sched, now)
+
+    a._reconcile = stall
+    env.clock.now = T0 + timedelta(hours=1)
+    result = a.tick()
+    assert len(result.failures) == 1 and result.failures[0].startswith("lost the scheduler lease")
+    assert env.store.runs("a") == []  # A stopped before firing a
+    assert env.store.lease("scheduler").holder == b.holder  # and left B's lease alone
+    assert [r.status for r in env.store.runs("b")] == ["running"]
+    (env.ctl / "hold").unlink()
+    env.settle(b, "b")
+    env.settle(b, "a")  # B fires a in its next pass
+
+
+def test_run_transitions_are_compare_and_set(env):
+    env.add()
+    due = T0 + timedelta(hours=1)
+    run = env.store.claim("nightly", due, due, "pending", None, due)
+    assert env.store.transition(run, status="launching", attempts=1, launched=due) is not None
+    assert env.store.transition(run, status="launching", attempts=1, launched=due) is None  # stale: no change
+    fresh = env.store.run(run.id)
+    # Same status and attempt again (a re-launch): the launch time tells the two apart.
+    assert env.store.transition(fresh, launched=due + timedelta(seconds=40)) is not None
+    assert env.store.transition(fresh, status="failed") is None
+
+
+def test_a_stale_scheduler_does_not_start_a_run_another_one_started(env):
+    """B resumes a lost run; A, working from what it read before, must leave it alone (no second start)."""
+    env.add()
+    (env.ctl / "hold").touch()
+    s = env.scheduler()
+    env.clock.now = T0 + timedelta(hours=1)
+    s.tick()
+    [run] = env.store.runs("nightly")
+    while not (Path(run.run_dir) / "run.json").exists():  # the command has started
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    stale = env.store.run(run.id)  # what A read at the start of its pass
+    deadline = time.monotonic() + 30
+    while env.store.run(run.id).attempts == 1:  # B: finds it lost (once the group is gone), resumes it
+        assert time.monotonic() < deadline
+        env.scheduler().tick()
+        time.sleep(0.05)
+    resumed = env.store.run(run.id)
+    assert resumed.attempts == 2
+    a = env.scheduler()
+    a._check(env.store.get("nightly"), stale, Poll("lost", None, "gone"), env.clock.now + timedelta(seconds=1))
+    assert env.store.run(run.id).launched == resumed.launched  # A changed nothing
+    assert "changed by another scheduler" in a._events[-1]
+    (env.ctl / "hold").unlink()
+    env.settle(s)
+    assert len(env.starts()) == 2 and env.store.run(run.id).status == "succeeded"
+
+
+def test_an_unreachable_cluster_does_not_make_a_launching_run_submit_twice(env):
+    cluster = FakeCluster()
+    env.add(address="http://head:8265")
+    s = _cluster_scheduler(env, cluster)
+    env.clock.now = T0 + timedelta(hours=1)
+    s.tick()
+    [run] = env.store.runs("nightly")
+    assert run.status == "running" and cluster.submits == 1
+    # The scheduler died after submitting, before recording it; the cluster is unreachable when the next looks.
+    env.store.update_run(run.id, status="launching", job_id=None)
+    cluster.down = True
+    for _ in range(3):
+        env.clock.now += timedelta(minutes=1)
+        s.tick()
+        assert env.store.run(run.id).status == "launching"  # cannot tell: wait, do not submit again
+    cluster.down = False
+    env.clock.now += timedelta(minutes=1)
+    s.tick()
+    run = env.store.run(run.id)
+    assert (run.status, run.job_id, run.attempts, cluster.submits) == \
+        ("running", "mmpipe-nightly-20240603T030000Z", 1, 1)
+
+
+def test_a_launching_run_whose_job_does_not_exist_is_submitted_again(env):
+    cluster = FakeCluster()
+    env.add(address="http://head:8265")
+    s = _cluster_scheduler(env, cluster)
+    env.clock.now = T0 + timedelta(hours=1)
+    run = env.store.claim("nightly", env.clock.now, env.clock.now, "pending", None, env.clock.now)
+    env.store.update_run(run.id, status="launching", attempts=1, launched=env.clock.now,
+                         run_dir=str(env.tmp / "r"), control_dir=str(env.tmp / "c"))  # died before submitting
+    env.clock.now += timedelta(minutes=1)
+    s.tick()
+    run = env.store.run(run.id)
+    assert (run.status, run.attempts, cluster.submits) == ("running", 1, 1)
+
+
+def test_a_run_whose_status_stays_unknown_is_failed_after_the_timeout(env):
+    cluster = FakeCluster()
+    env.add(cron="0 * * * *", address="http://head:8265")
+    s = _cluster_scheduler(env, cluster, unknown_timeout=timedelta(minutes=30))
+    env.clock.now = T0 + timedelta(hours=1)
+    s.tick()
+    cluster.down = True
+    env.clock.now += timedelta(minutes=10)
+    s.tick()
+    [run] = env.store.runs("nightly")
+    assert run.status == "running" and run.unknown_since == env.clock.now
+    cluster.down = False  # back for one look: the clock restarts
+    env.clock.now += timedelta(minutes=25)
+    s.tick()
+    assert env.store.run(run.id).unknown_since is None
+    cluster.down = True
+    env.clock.now += timedelta(minutes=1)
+    s.tick()
+    env.clock.now += timedelta(minutes=29)
+    s.tick()
+    assert env.store.run(run.id).status == "running"  # 29 min unknown
+    env.clock.now += timedelta(minutes=1)
+    s.tick()
+    run = env.store.run(run.id)
+    assert run.status == "failed" and run.error.startswith("status unknown for 0h30m (cannot reach the cluster")
+    cluster.down = False
+    env.clock.now = T0 + timedelta(hours=3)  # forbid no longer blocks the schedule
+    s.tick()
+    assert env.store.runs("nightly", limit=1)[0].status == "running"
+
+
+def test_a_run_that_succeeded_without_a_readable_run_json_is_recorded_as_an_error(env):
+    cluster = FakeCluster()
+    env.add(address="http://head:8265")  # run.json is written on the cluster, not where the scheduler looks
+    s = _cluster_scheduler(env, cluster)
+    env.clock.now = T0 + timedelta(hours=1)
+    s.tick()
+    [run] = env.store.runs("nightly")
+    cluster.jobs[run.job_id] = "SUCCEEDED"
+    s.tick()
+    run = env.store.run(run.id)
+    assert run.status == "failed" and run.error.startswith(f"exited 0 but left no readable {run.run_dir}/run.json")
+
+
+def test_stopping_a_local_run_sends_the_command_one_sigterm_from_the_wrapper(env):
+    """Sent to the whole group, the command got SIGTERM from the scheduler and again from the wrapper forwarding it.
+    The command blocks SIGTERM and collects each one with its sender (two at once would merge into one)."""
+    script = env.tmp / "count_terms.py"
+    script.write_text(textwrap.dedent("""\
+        import json, pathlib, signal, sys
+        out = pathlib.Path(sys.argv[1])
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        (out.parent / "ready").touch()
+        senders, info = [], signal.sigtimedwait({signal.SIGTERM}, 60)
+        while info is not None:
+            senders.append(info.si_pid)
+            info = signal.sigtimedwait({signal.SIGTERM}, 1.0)
+        out.write_text(json.dumps(senders))
+        """))
+    senders = env.ctl / "senders"
+    env.add()
+    launcher = LocalLauncher(command=lambda sched, run_dir: [sys.executable, str(script), str(senders)])
+    s = Scheduler(env.store, clock=env.clock, local=launcher)
+    env.clock.now = T0 + timedelta(hours=1)
+    s.tick()
+    [run] = env.store.runs("nightly")
+    deadline = time.monotonic() + 30
+    while not (env.ctl / "ready").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    launcher.stop(env.store.get("nightly"), run)
+    assert json.loads(senders.read_text()) == [run.pid]  # once, forwarded by the wrapper
