@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def train_loop(config: dict) -> None:
     val_data = ray.train.get_dataset_shard("val")
     failure = config.get("inject_failure")
 
+    first_batch = rank == 0  # log when the first batch arrives: benchmarks/first_batch.py measures start-up by it
     for epoch in range(start_epoch, t.epochs):
         if failure and epoch == failure["epoch"] and rank == world - 1 and not os.path.exists(failure["marker"]):
             Path(failure["marker"]).touch()
@@ -135,6 +137,9 @@ def train_loop(config: dict) -> None:
         for batch in train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
                                                     local_shuffle_buffer_size=max(1024, 8 * t.batch_size),
                                                     local_shuffle_seed=t.seed + epoch):
+            if first_batch:
+                print(f"first training batch at unix time {time.time():.3f}", flush=True)
+                first_batch = False
             batch = _to_batch(batch, columns, device)
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
                 logits = model(batch)                                  # (B, C)

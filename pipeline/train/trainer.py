@@ -102,7 +102,7 @@ def build_trainer(spec: JobSpec, classes: list[str], plan, val, resources: dict,
                            "inject_failure": inject_failure},
         scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
                                      resources_per_worker=resources),
-        datasets={"train": train_dataset(spec, classes, plan, epoch=clock).select_columns(input_columns(spec)),
+        datasets={"train": train_dataset(spec, classes, plan, epoch=clock, columns=input_columns(spec)),
                   "val": val},
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=run_config)
@@ -121,13 +121,9 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     check_resumable(spec, run_dir, name)
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
 
-    # One pass over the data: the data report, and the exact kept class counts for rebalancing.
-    report = validate_splits(spec)
-    hist = report.splits["train"].class_histogram
-    plan = plan_rebalance(spec, classes, [hist.get(c, 0) for c in classes], "kept rows (data report)")
-    report.rebalance = plan.to_dict()
-    report.write_json(run_dir / "data_report.json")
-    report.print()
+    # Class counts for rebalancing from manifest.json when it describes these shards (else a label-only pass):
+    # training starts without first reading every split. The data report's full pass runs after training.
+    plan = plan_rebalance(spec, classes)
     per_rank = sum(plan.expected) / spec.scaling.num_workers
     if per_rank < spec.train.batch_size:
         raise TrainError(f"an epoch gives each of the {spec.scaling.num_workers} workers about {per_rank:.0f} "
@@ -143,10 +139,21 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                            checkpoint_score_order=metric_mode(metric))),
         inject_failure=inject_failure)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:  # also when training fails: the report may say why
+        write_data_report(spec, run_dir, plan)
     if result.error:
         raise TrainError(f"training failed: {result.error}")
     return finish(spec, classes, run_dir, result)
+
+
+def write_data_report(spec: JobSpec, run_dir: Path, plan) -> None:
+    """Every row of every split read, cleaned and counted (rows in = kept + dropped), with the rebalance plan used."""
+    report = validate_splits(spec)
+    report.rebalance = plan.to_dict()
+    report.write_json(run_dir / "data_report.json")
+    report.print()
 
 
 def best_checkpoint(result, metric: str):

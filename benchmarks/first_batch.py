@@ -1,0 +1,98 @@
+"""Time from `mmpipe train` start to the first training batch reaching a Ray Train worker.
+
+Starts ``mmpipe train <demo spec> --out <tmp>`` as a subprocess (its own local Ray instance) and reads its output
+until rank 0 of the training loop logs "first training batch at unix time T"; the figure is T minus the moment the
+subprocess was started (so log forwarding delays do not count). The run is then interrupted, unless --complete.
+Each run starts from a fresh run directory; the figures include interpreter start, imports and ``ray.init``.
+
+    python benchmarks/first_batch.py [--runs 3] [--scale 0.5] [--complete]
+    python benchmarks/first_batch.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import demo_data, machine_line, median, quiet_line
+
+FIRST = re.compile(r"first training batch at unix time ([0-9.]+)")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Interrupt the run (it shuts its own Ray instance down), escalating if it does not exit."""
+    for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)  # our own session: the CLI and the Ray processes it started
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def one_run(spec: Path, epochs: int, complete: bool) -> tuple[float | None, float | None]:
+    """(seconds to first batch, seconds to exit when --complete) for one `mmpipe train`."""
+    out = Path(tempfile.mkdtemp(prefix="mmpipe-first-batch-"))
+    mmpipe = [shutil.which("mmpipe")] if shutil.which("mmpipe") else [sys.executable, "-m", "pipeline.cli"]
+    cmd = [*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}"]
+    start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first, tail = None, []
+    for line in proc.stdout:
+        tail = (tail + [line])[-20:]
+        m = FIRST.search(line)
+        if m and first is None:
+            first = float(m.group(1)) - start
+            if not complete:
+                break
+    if not complete:
+        stop(proc)
+        return first, None
+    rc = proc.wait()
+    if rc != 0:
+        sys.stderr.write("".join(tail))
+        raise SystemExit(f"mmpipe train exited with {rc}")
+    return first, time.time() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scale", type=float, default=0.5)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--complete", action="store_true", help="let each run finish (training, report, test)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: one run on small data")
+    args = ap.parse_args()
+    if args.quick:
+        args.runs, args.scale = 1, 0.25
+
+    print(quiet_line(), flush=True)
+    spec = demo_data(args.scale) / "spec.yaml"
+    firsts, totals = [], []
+    for i in range(args.runs):
+        first, total = one_run(spec, args.epochs, args.complete)
+        if first is None:
+            raise SystemExit("the run ended without logging a first training batch")
+        firsts.append(first)
+        totals.append(total)
+        print(f"run {i + 1}: first training batch after {first:.1f} s"
+              + (f", run complete after {total:.1f} s" if total else ""), flush=True)
+    print(machine_line(os.cpu_count() or 0))
+    print(f"data: demo --scale {args.scale:g}; mmpipe train --set train.epochs={args.epochs} "
+          "(demo spec: 2 workers x 0.5 CPU)")
+    print(f"time to first training batch: median {median(firsts):.1f} s over {len(firsts)} run(s) "
+          f"(target 10 s: ratio {median(firsts) / 10:.2f})")
+
+
+if __name__ == "__main__":
+    main()
