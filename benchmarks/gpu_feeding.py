@@ -3,7 +3,7 @@ model on synthetic batches already on the device, at 64 px and 224 px images, an
 
 For each image size: (1) synthetic: random batches of the aligned shapes, created on the device once, N steps;
 (2) fed: the train split through the full data path (train_dataset -> iter_torch_batches), moved to the device,
-same model, optimizer and steps, at each CPU count of the sweep (a fresh local Ray with that many CPUs). Training
+same model, optimizer and steps, at each CPU count of the sweep (Ray Data's CPU limit for that dataset). Training
 runs in this process on one device (no DDP): what is compared is the feed, not Ray Train. Ratio = fed / synthetic;
 the target is >= 0.9. The demo images are 32 px JPEGs, resized up by align: decoding is cheaper than for real
 64/224 px images, so on real data the CPU side needs more cores than this shows.
@@ -64,9 +64,10 @@ def synthetic(spec, batch_size: int, device):
         yield b
 
 
-def fed(spec, classes, plan, batch_size: int):
-    """Pipeline batches, epoch after epoch, pinned for fast copies when a GPU takes them."""
+def fed(spec, classes, plan, batch_size: int, cpus: int):
+    """Pipeline batches on at most ``cpus`` CPUs, epoch after epoch, pinned for fast copies to a GPU."""
     ds = train_dataset(spec, classes, plan, columns=input_columns(spec))
+    ds.context.execution_options.resource_limits = ds.context.execution_options.resource_limits.copy(cpu=cpus)
     while True:
         yield from ds.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=4,
                                          pin_memory=torch.cuda.is_available())
@@ -94,6 +95,7 @@ def main() -> None:
 
     print(quiet_line(), flush=True)
     data = demo_data(args.scale)
+    start_ray(max(sweep))  # one Ray; each fed run caps its data pipeline at the sweep's CPU count
     results = []
     for size in args.sizes:
         spec = load_spec(data / "spec.yaml", [f"modalities.image.size=[{size}, {size}]"])
@@ -103,12 +105,10 @@ def main() -> None:
         model = MultimodalClassifier(spec, len(classes)).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         base = train_steps(model, optimizer, synthetic(spec, args.batch_size, device), device, args.steps)
+        for _ in train_dataset(spec, classes, plan).iter_batches(batch_size=None):
+            pass  # warm-up epoch: Ray's workers start and import the augmentation libraries outside the timing
         for cpus in sweep:
-            start_ray(cpus)
-            rate = train_steps(model, optimizer, fed(spec, classes, plan, args.batch_size), device, args.steps)
-            import ray
-
-            ray.shutdown()
+            rate = train_steps(model, optimizer, fed(spec, classes, plan, args.batch_size, cpus), device, args.steps)
             results.append((size, cpus, base, rate))
             print(f"{size} px, {cpus} CPUs: synthetic {base:.0f}/s, fed {rate:.0f}/s, ratio {rate / base:.2f}",
                   flush=True)

@@ -7,8 +7,12 @@ to this process, which only counts rows:
     A  Ray Data   train_dataset(spec, columns=inputs).iter_torch_batches(batch_size)   (num_cpus = CPUS)
     B  DataLoader webdataset -> same stages, DataLoader(num_workers = CPUS, persistent_workers=True)
 
+    C  reference  the same StageStream in this one process (no workers): twice its rate is what 2 cores could give
+
 One warm-up pass each (worker processes start and import the augmentation libraries), then timed passes
-interleaved A B A B ...; the median samples/s of each and the ratio Ray / DataLoader are printed.
+interleaved A B C A B C ...; the median samples/s of each and the ratio Ray / DataLoader are printed.
+``--profile`` adds Ray Data's own breakdown of the last Ray pass (task time, time the consumer waited, format
+conversion, collation): where the Ray path's time goes.
 
     python benchmarks/loader_compare.py [--repeats 5] [--scale 2] [--cpus 2] [--batch-size 128]
     python benchmarks/loader_compare.py --quick
@@ -43,6 +47,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="smoke run: small data, 2 repeats")
+    ap.add_argument("--profile", action="store_true", help="print Ray Data's stats of the last Ray pass")
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.scale = 2, 0.5
@@ -55,20 +60,22 @@ def main() -> None:
     factors = np.array(plan.factors) if spec.rebalance.strategy != "none" else None
 
     # The DataLoader's workers are forked before Ray starts in this process, then kept (persistent_workers).
-    loader = make_loader(StageStream(expand_shards(spec.data.splits["train"]), spec, classes, factors,
-                                     args.batch_size), args.cpus)
+    stream = StageStream(expand_shards(spec.data.splits["train"]), spec, classes, factors, args.batch_size)
+    loader, inline = make_loader(stream, args.cpus), make_loader(stream, 0)
     timed(loader)
+    timed(inline)
     start_ray(args.cpus)
     ray_ds = train_dataset(spec, classes, plan, columns=input_columns(spec))
 
     def ray_pass():
         return timed(ray_ds.iter_torch_batches(batch_size=args.batch_size, drop_last=False))
 
-    timed_rows = {"ray": [], "dataloader": []}
-    rates: dict[str, list[float]] = {"ray": [], "dataloader": []}
+    runs = {"ray": ray_pass, "dataloader": lambda: timed(loader), "one process": lambda: timed(inline)}
+    timed_rows: dict[str, list[int]] = {name: [] for name in runs}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     ray_pass()
     for _ in range(args.repeats):
-        for name, run in (("ray", ray_pass), ("dataloader", lambda: timed(loader))):
+        for name, run in runs.items():
             rows, seconds = run()
             timed_rows[name].append(rows)
             rates[name].append(rows / seconds)
@@ -81,7 +88,12 @@ def main() -> None:
     for name in rates:
         print(f"{name:12} {median(timed_rows[name]):>10.0f} {median(rates[name]):>17.0f}  "
               + " ".join(f"{r:.0f}" for r in rates[name]))
-    print(f"ratio ray/dataloader: {median(rates['ray']) / median(rates['dataloader']):.2f}")
+    ray, loader_rate, one = (median(rates[n]) for n in runs)
+    print(f"ratio ray/dataloader: {ray / loader_rate:.2f}")
+    print(f"ratio ray/(one process x {args.cpus}): {ray / (one * args.cpus):.2f}; "
+          f"dataloader/(one process x {args.cpus}): {loader_rate / (one * args.cpus):.2f}")
+    if args.profile:
+        print(ray_ds.stats())
 
 
 if __name__ == "__main__":
