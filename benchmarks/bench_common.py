@@ -64,10 +64,13 @@ def machine_line(cpus: int) -> str:
 
 
 def quiet_line() -> str:
-    busy = busy_processes()
-    if not busy:
-        return "other load: none found (no other pytest / ray:: processes at start)"
-    return f"other load: {len(busy)} foreign pytest/ray:: processes at start -- absolute figures are not clean"
+    """Other pytest/ray:: processes and how busy the CPUs were over 2 s, before this benchmark started anything."""
+    import psutil
+
+    busy, cpu = busy_processes(), psutil.cpu_percent(interval=2.0)
+    verdict = "quiet" if cpu < 15 else "NOT quiet: absolute figures are inflated, ratios less reliable"
+    return (f"other load at start: {len(busy)} foreign pytest/ray:: processes, CPUs {cpu:.0f}% busy over 2 s "
+            f"-> {verdict}")
 
 
 def median(values: list[float]) -> float:

@@ -5,7 +5,7 @@ until rank 0 of the training loop logs "first training batch at unix time T"; th
 subprocess was started (so log forwarding delays do not count). The run is then interrupted, unless --complete.
 Each run starts from a fresh run directory; the figures include interpreter start, imports and ``ray.init``.
 
-    python benchmarks/first_batch.py [--runs 3] [--scale 0.5] [--complete]
+    python benchmarks/first_batch.py [--runs 3] [--scale 0.5] [--complete] [--echo]
     python benchmarks/first_batch.py --quick
 """
 
@@ -39,7 +39,7 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def one_run(spec: Path, epochs: int, complete: bool) -> tuple[float | None, float | None]:
+def one_run(spec: Path, epochs: int, complete: bool, echo: bool = False) -> tuple[float | None, float | None]:
     """(seconds to first batch, seconds to exit when --complete) for one `mmpipe train`."""
     out = Path(tempfile.mkdtemp(prefix="mmpipe-first-batch-"))
     mmpipe = [shutil.which("mmpipe")] if shutil.which("mmpipe") else [sys.executable, "-m", "pipeline.cli"]
@@ -50,6 +50,8 @@ def one_run(spec: Path, epochs: int, complete: bool) -> tuple[float | None, floa
     first, tail = None, []
     for line in proc.stdout:
         tail = (tail + [line])[-20:]
+        if echo:  # the run's own log with seconds since start: where start-up time goes
+            print(f"{time.time() - start:6.1f}  {line.rstrip()[:150]}", flush=True)
         m = FIRST.search(line)
         if m and first is None:
             first = float(m.group(1)) - start
@@ -72,6 +74,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--complete", action="store_true", help="let each run finish (training, report, test)")
     ap.add_argument("--quick", action="store_true", help="smoke run: one run on small data")
+    ap.add_argument("--echo", action="store_true", help="print the run's log lines with seconds since start")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.scale = 1, 0.25
@@ -80,7 +83,7 @@ def main() -> None:
     spec = demo_data(args.scale) / "spec.yaml"
     firsts, totals = [], []
     for i in range(args.runs):
-        first, total = one_run(spec, args.epochs, args.complete)
+        first, total = one_run(spec, args.epochs, args.complete, args.echo)
         if first is None:
             raise SystemExit("the run ended without logging a first training batch")
         firsts.append(first)
