@@ -13,6 +13,7 @@ import torch
 
 from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
 from pipeline.data.epoch import EpochClock
+from pipeline.data.warmup import warm_data_workers
 from pipeline.io import atomic_write_text
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.ray_runtime import data_progress
@@ -110,6 +111,7 @@ def build_trainer(spec: JobSpec, classes: list[str], plan, val, resources: dict,
 
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
                  name: str = "train") -> TrainResult:
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     run_dir = Path(run_dir).resolve()
@@ -133,12 +135,15 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     data_progress(False)  # datasets below run inside the training workers: bars there interleave with the log
     val = build_split(spec, "val", classes).kept().select_columns(input_columns(spec))
     metric = spec.train.early_stopping_metric
-    trainer = build_trainer(spec, classes, plan, val, worker_resources(spec), RunConfig(
+    resources = worker_resources(spec)
+    trainer = build_trainer(spec, classes, plan, val, resources, RunConfig(
         name=name, storage_path=str(run_dir / "ray"),
         failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                            checkpoint_score_order=metric_mode(metric))),
         inject_failure=inject_failure)
+    free = ray.cluster_resources().get("CPU", 1.0) - spec.scaling.num_workers * resources["CPU"]
+    warm_data_workers(spec, count=max(1, min(8, int(free))))  # overlaps Ray Train's start-up
     try:
         result = trainer.fit()
     finally:  # also when training fails: the report may say why
