@@ -42,9 +42,4 @@ def read_prepared(paths: list[str], cfg: StageConfig, duplicates: Duplicates | N
     import ray
 
     source = PreparedShards(paths, cfg, duplicates, batch_size, then, shuffle="files" if shuffle_files else None)
-    ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
-    # Ray Data reserves half the CPUs per operator by default; on a small machine that ran these read tasks one at
-    # a time (measured on 2 CPUs: 1 task in flight, half the throughput). All the work is in this one fused
-    # operator, so there is nothing for a reservation to protect.
-    ds.context.op_resource_reservation_enabled = False
-    return ds
+    return ray.data.read_datasource(source, override_num_blocks=len(paths))
