@@ -12,7 +12,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import ray  # noqa: F401  (also puts Ray's vendored psutil on sys.path)
+import ray
 
 from pipeline.data.demo import write_demo
 
@@ -28,7 +28,6 @@ def start_ray(cpus: int) -> None:
     """A local Ray instance of our own (never an existing cluster), without dashboard or progress bars."""
     import logging
 
-    import ray
 
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -55,7 +54,6 @@ def busy_processes() -> list[str]:
 
 def machine_line(cpus: int) -> str:
     import psutil
-    import ray
     import torch
 
     return (f"machine: {platform.machine()}, {psutil.cpu_count()} cores ({cpus} used), "

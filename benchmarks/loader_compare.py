@@ -24,13 +24,13 @@ import argparse
 import time
 
 import numpy as np
-
 from bench_common import demo_data, machine_line, median, quiet_line, start_ray
+from torch_loader import StageStream, make_loader
+
 from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
 from pipeline.data.shards import expand_shards
 from pipeline.model.classifier import input_columns
 from pipeline.spec import load_spec
-from torch_loader import StageStream, make_loader
 
 
 def timed(batches) -> tuple[int, float]:
@@ -85,9 +85,9 @@ def main() -> None:
           f"batch size {args.batch_size}; stages: clean+align, keep, rebalance {spec.rebalance.strategy}, "
           f"augment (demo spec)")
     print(f"{'loader':12} {'rows/pass':>10} {'median samples/s':>17}  passes (samples/s)")
-    for name in rates:
-        print(f"{name:12} {median(timed_rows[name]):>10.0f} {median(rates[name]):>17.0f}  "
-              + " ".join(f"{r:.0f}" for r in rates[name]))
+    for name, values in rates.items():
+        print(f"{name:12} {median(timed_rows[name]):>10.0f} {median(values):>17.0f}  "
+              + " ".join(f"{r:.0f}" for r in values))
     ray, loader_rate, one = (median(rates[n]) for n in runs)
     print(f"ratio ray/dataloader: {ray / loader_rate:.2f}")
     print(f"ratio ray/(one process x {args.cpus}): {ray / (one * args.cpus):.2f}; "

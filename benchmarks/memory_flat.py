@@ -21,15 +21,15 @@ import threading
 import time
 from pathlib import Path
 
-from bench_common import demo_data, machine_line, quiet_line, start_ray  # first: Ray's vendored psutil
-
-import psutil  # noqa: E402
+from bench_common import demo_data, machine_line, quiet_line, start_ray
 
 POLL_S = 0.2
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int]:
-    """(Σ RSS, Σ PSS) in bytes over ``root`` and its descendants."""
+def tree_memory(root) -> tuple[int, int]:
+    """(Σ RSS, Σ PSS) in bytes over ``root`` (a psutil.Process) and its descendants."""
+    import psutil  # Ray's vendored copy, on sys.path once bench_common imported ray
+
     rss = pss = 0
     for p in [root, *root.children(recursive=True)]:
         try:
@@ -80,6 +80,8 @@ def child(data: Path, cpus: int, batch_size: int) -> None:
 
 def measure(data: Path, cpus: int, batch_size: int) -> dict:
     """Run one child, sampling its process tree; returns its JSON plus idle and peak RSS/PSS."""
+    import psutil
+
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(data), "--cpus", str(cpus),
                              "--batch-size", str(batch_size)], stdout=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)

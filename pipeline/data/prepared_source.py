@@ -10,7 +10,7 @@ Paths, file shuffling per execution, filesystems and retries are FileBasedDataso
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_based_datasource import FileBasedDatasource

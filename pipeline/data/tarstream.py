@@ -8,7 +8,8 @@ this way inside the task that also cleans and aligns keeps raw bytes out of Arro
 from __future__ import annotations
 
 import tarfile
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 

@@ -13,7 +13,6 @@ import torch
 
 from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
 from pipeline.data.epoch import EpochClock
-from pipeline.data.warmup import warm_data_workers
 from pipeline.io import atomic_write_text
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.ray_runtime import data_progress
@@ -111,7 +110,6 @@ def build_trainer(spec: JobSpec, classes: list[str], plan, val, resources: dict,
 
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
                  name: str = "train") -> TrainResult:
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     run_dir = Path(run_dir).resolve()
@@ -142,8 +140,6 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                            checkpoint_score_order=metric_mode(metric))),
         inject_failure=inject_failure)
-    free = ray.cluster_resources().get("CPU", 1.0) - spec.scaling.num_workers * resources["CPU"]
-    warm_data_workers(spec, count=max(1, min(8, int(free))))  # overlaps Ray Train's start-up
     try:
         result = trainer.fit()
     finally:  # also when training fails: the report may say why
