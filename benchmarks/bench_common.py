@@ -6,8 +6,10 @@ Timings taken while other Ray or pytest processes share the cores are not compar
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -17,9 +19,16 @@ import ray
 from pipeline.data.demo import write_demo
 
 
-def demo_data(scale: float, root: str | None = None, seed: int = 0) -> Path:
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when this process exits (demo data at 10x is ~200 MB)."""
+    out = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    return out
+
+
+def demo_data(scale: float, seed: int = 0) -> Path:
     """Demo shards + spec.yaml at ``scale`` (1.0: 1,092 train samples in 6 shards of 200)."""
-    out = Path(tempfile.mkdtemp(prefix=f"mmpipe-bench-{scale:g}-", dir=root))
+    out = scratch_dir(f"mmpipe-bench-{scale:g}-")
     write_demo(out, seed=seed, scale=scale)
     return out
 

@@ -18,11 +18,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench_common import demo_data, machine_line, median, quiet_line
+from bench_common import demo_data, machine_line, median, quiet_line, scratch_dir
 
 FIRST = re.compile(r"first training batch at unix time ([0-9.]+)")
 
@@ -41,7 +40,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def one_run(spec: Path, epochs: int, complete: bool, echo: bool = False) -> tuple[float | None, float | None]:
     """(seconds to first batch, seconds to exit when --complete) for one `mmpipe train`."""
-    out = Path(tempfile.mkdtemp(prefix="mmpipe-first-batch-"))
+    out = scratch_dir("mmpipe-first-batch-")
     mmpipe = [shutil.which("mmpipe")] if shutil.which("mmpipe") else [sys.executable, "-m", "pipeline.cli"]
     cmd = [*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}"]
     start = time.time()
