@@ -20,7 +20,6 @@ import numpy as np
 
 from pipeline.data.augment.stage import augment_batch
 from pipeline.data.config import StageConfig
-from pipeline.data.contract import split_member_name
 from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
 from pipeline.data.demo import write_demo
 from pipeline.data.rebalance import rebalance_batch
@@ -51,32 +50,12 @@ def ray_pass(spec, classes, plan) -> tuple[int, float]:
 
 
 def raw_batches(shards: list[Path], size: int = 128):
-    """Raw member batches read with tarfile in this process (what read_webdataset hands the stages)."""
-    import tarfile
+    """Raw member batches read in this process (what the Ray read tasks hand the stages)."""
+    from pipeline.data.tarstream import raw_batches as stream_batches
 
-    samples: list[dict] = []
     for shard in shards:
-        with tarfile.open(shard) as tar:
-            current: dict = {}
-            for info in tar:
-                key, ext = split_member_name(info.name)
-                if current and current["__key__"] != key:
-                    samples.append(current)
-                    current = {}
-                current.setdefault("__key__", key)
-                current["__url__"] = str(shard)
-                current[ext] = tar.extractfile(info).read()
-            if current:
-                samples.append(current)
-    for i in range(0, len(samples), size):
-        chunk = samples[i:i + size]
-        columns = {c for s in chunk for c in s}
-        batch = {}
-        for c in columns:
-            col = np.empty(len(chunk), dtype=object)
-            col[:] = [s.get(c) for s in chunk]
-            batch[c] = col
-        yield batch
+        with open(shard, "rb") as f:
+            yield from stream_batches(f, str(shard), size)
 
 
 def local_pass(spec, classes, plan, shards) -> tuple[int, float]:
