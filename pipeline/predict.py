@@ -8,6 +8,7 @@ report) and no prediction, and they are counted in the prediction report.
 from __future__ import annotations
 
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pipeline.data.report import SplitReport
 from pipeline.workflow.registry import ModelRef, Registry
 
 SPLIT = "predict"
+TEXT_COLUMNS = ("key", "shard", "status", "detail", "pred_class")
 
 
 class PredictError(RuntimeError):
@@ -104,7 +106,7 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
     # Streamed into one Parquet file (memory stays at a few batches), written aside and renamed when complete.
     local_out = storage.local_path(out) if storage.is_local(out) else \
         Path(tempfile.mkdtemp(prefix="mmpipe-predict-")) / Path(out).name  # uploaded whole when complete
-    tmp = local_out.with_name(f".{local_out.name}.tmp")
+    tmp = local_out.with_name(f".{local_out.name}.{uuid.uuid4().hex}.tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     writer, rows, predicted = None, 0, 0
     try:
@@ -113,7 +115,9 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
                               "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
                                                       dtype=object),
                               "drop_detail": batch["detail"]})
-            table = pa.table({k: (v.tolist() if v.dtype == object else v) for k, v in batch.items()})
+            # Text columns typed up front: a first batch of only dropped rows has no class names to infer from.
+            table = pa.table({k: (pa.array(v.tolist(), pa.string()) if k in TEXT_COLUMNS else v)
+                              for k, v in batch.items()})
             table = table.append_column("model_version", pa.array([version] * len(batch["key"]), pa.int64()))
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema)

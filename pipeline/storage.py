@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -70,7 +71,7 @@ def create_exclusive(uri: str, data: bytes) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written aside in full, then hard-linked into place: link() fails if the name exists, so the file is
         # claimed atomically and never seen half-written.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")  # unique per call and thread
         tmp.write_bytes(data)
         try:
             os.link(tmp, path)

@@ -48,6 +48,15 @@ def test_versions_are_numbered_and_registration_is_idempotent_per_run(tmp_path):
     assert metas[0]["run_id"] == "run-a" and len(metas[0]["model_sha256"]) == 64
 
 
+def test_a_run_that_retrained_gets_a_new_version_not_an_overwrite(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    first = add(reg, "run-a")
+    sha = reg.meta(first)["model_sha256"]
+    other = reg.register(checkpoint(seed=1), "name: tiny\n", {"metrics": {}}, "run-a")  # same run, new weights
+    assert other == first + 1
+    assert reg.meta(first)["model_sha256"] == sha  # version 1 is unchanged
+
+
 def test_a_loaded_version_predicts_like_the_saved_model(tmp_path):
     reg = Registry(str(tmp_path / "reg"))
     version = add(reg, "run-a")

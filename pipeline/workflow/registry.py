@@ -89,19 +89,24 @@ class Registry:
     # ------------------------------------------------------------ versions
 
     def register(self, model_file: bytes, spec_yaml: str, meta: dict, run_id: str) -> int:
-        """Add a version (idempotent per ``run_id``: a resumed run gets its earlier version back)."""
+        """Add a version. Idempotent per (``run_id``, model): a resumed run registering the same model gets its
+        earlier version back; a different model (the run retrained) gets a new number — versions never change."""
+        sha = hashlib.sha256(model_file).hexdigest()
+        version = None
         for n in _numbers(storage.listdir(self._path("claims")), ".json"):
             claim = self._read_json(self._path("claims", f"{_name(n)}.json"), f"claim {n}")
-            if claim.get("run_id") == run_id:
+            if claim.get("run_id") != run_id:
+                continue
+            meta_uri = self._path("versions", _name(n), "meta.json")
+            if not storage.exists(meta_uri) or self._read_json(meta_uri, f"version {n}").get("model_sha256") == sha:
                 version = n
-                break
-        else:
+        if version is None:
             version = self._claim(run_id)
         base = self._path("versions", _name(version))
         storage.write_bytes(storage.join(base, "model.pt"), model_file)
         storage.write_bytes(storage.join(base, "spec.yaml"), spec_yaml.encode("utf-8"))
         full = {**meta, "version": version, "run_id": run_id, "created": meta.get("created") or _now(),
-                "model_sha256": hashlib.sha256(model_file).hexdigest()}
+                "model_sha256": sha}
         storage.write_json(storage.join(base, "meta.json"), full)  # last: the version is complete
         return version
 

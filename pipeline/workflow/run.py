@@ -77,10 +77,10 @@ def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str],
         try:
             if input_error:
                 raise input_error
-            ws = run.workspace(step)
+            ws = run.workspace(step, inputs_sha)
             summary = STEPS[step](ctx, ws) or {}
             outputs = sorted(str(p.relative_to(ws)) for p in ws.rglob("*") if p.is_file()
-                             and p.relative_to(ws).parts[0] != "ray")
+                             and p.relative_to(ws).parts[0] != "ray" and p.name != ".inputs_sha256")
             upstream[step] = run.commit(step, ws)
         except BaseException as e:  # recorded, then raised: an interrupted step is marked, not lost
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

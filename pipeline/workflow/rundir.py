@@ -28,7 +28,8 @@ def fingerprint(obj) -> str:
 def folder_fingerprint(path: Path) -> str:
     """Names and contents of the files in ``path`` (Ray's own bookkeeping left out)."""
     h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and "ray" not in p.relative_to(path).parts[:1]):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".inputs_sha256"
+                       and "ray" not in p.relative_to(path).parts[:1]):
         h.update(str(file.relative_to(path)).encode())
         h.update(hashlib.sha256(file.read_bytes()).digest())
     return h.hexdigest()
@@ -80,11 +81,16 @@ class RunDir:
 
     # ------------------------------------------------------------ outputs
 
-    def workspace(self, step: str) -> Path:
+    def workspace(self, step: str, inputs_sha: str) -> Path:
+        """The step's scratch folder. Partial work of tune/train (their Ray checkpoints) is kept only for an attempt
+        with the same inputs: a changed spec or new data starts over instead of resuming on the old ones."""
         ws = self.work / f"{step}.partial"
-        if step not in RESUMABLE and ws.exists():
+        stamp = ws / ".inputs_sha256"
+        reusable = step in RESUMABLE and stamp.exists() and stamp.read_text() == inputs_sha
+        if ws.exists() and not reusable:
             shutil.rmtree(ws)  # a half-done evaluation is redone, not trusted
         ws.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(inputs_sha)
         return ws
 
     def commit(self, step: str, ws: Path) -> str:

@@ -58,6 +58,13 @@ def _data_inputs(spec: JobSpec) -> dict:
     return {**_sections(spec, _DATA + ("rebalance",)), "fingerprint": data_fingerprint(spec)}
 
 
+def _split_data(spec: JobSpec, splits: list[str]) -> dict:
+    """The shards (and manifest) of ``splits`` as they are now, so new data under the same globs re-runs a step."""
+    from pipeline.data.fingerprint import data_fingerprint
+
+    return data_fingerprint(spec, [s for s in splits if s in spec.data.splits])
+
+
 def _predict_inputs(spec: JobSpec) -> dict:
     """The predict section, the version the model reference points at now, and the shards as they are now."""
     from pipeline.data.fingerprint import shard_listing
@@ -78,9 +85,10 @@ def _predict_inputs(spec: JobSpec) -> dict:
 INPUTS: dict[str, tuple[Callable[[JobSpec], dict], tuple[str, ...]]] = {
     # step: (spec slice it reads, earlier steps whose outputs it reads)
     "validate-data": (_data_inputs, ()),
-    "tune": (lambda s: _sections(s, _TRAINING + ("tune",)), ()),
-    "train": (lambda s: _sections(s, _TRAINING), ("tune", "validate-data")),
-    "evaluate": (lambda s: {"holdout": s.registry.holdout, **_sections(s, _DATA)}, ("train",)),
+    "tune": (lambda s: {**_sections(s, _TRAINING + ("tune",)), "data": _split_data(s, ["train", "val"])}, ()),
+    "train": (lambda s: {**_sections(s, _TRAINING), "data": _split_data(s, ["train", "val"])}, ("tune",)),
+    "evaluate": (lambda s: {"holdout": s.registry.holdout, **_sections(s, _DATA),
+                            "data": _split_data(s, [s.registry.holdout])}, ("train",)),
     "register": (lambda s: {"registry": s.registry.uri}, ("train", "evaluate", "validate-data")),
     "promote": (lambda s: {"registry": s.model_dump(mode="json")["registry"]}, ("register", "evaluate")),
     "predict": (_predict_inputs, ("promote",)),
@@ -221,8 +229,8 @@ def promote(ctx: StepContext, ws: Path) -> dict:
                 raise WorkflowError(f"champion version {champion} has classes {loaded.classes}, the new model "
                                     f"{evaluation['classes']}: not comparable. Promote by hand if intended: "
                                     f"mmpipe registry promote {registry.uri} {version}")
-            champion_score = _scalars(score(loaded.model, loaded.spec, ctx.spec, reg.holdout,
-                                            loaded.classes)).get(key)
+            # NaN stays NaN here (not None): decide() must not read a scoreless champion as "no champion"
+            champion_score = score(loaded.model, loaded.spec, ctx.spec, reg.holdout, loaded.classes).get(key)
         decision = decide(reg.metric, evaluation["metrics"].get(key), champion_score, reg.min_improvement)
         decision.update({"challenger_version": version, "champion_version": champion, "split": reg.holdout,
                          "run_dir": ctx.run.uri,
