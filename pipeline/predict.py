@@ -40,21 +40,15 @@ class Predictor:
     """One replica of the model (a Ray Data actor): built once, then fed aligned batches."""
 
     def __init__(self, model_file: bytes, use_gpu: bool):
-        import io
-
         import torch
 
-        from pipeline.model.classifier import MultimodalClassifier, input_columns
-        from pipeline.spec import spec_from_dict
+        from pipeline.model.checkpoint import load_model
+        from pipeline.model.classifier import input_columns
 
-        state = torch.load(io.BytesIO(model_file), map_location="cpu", weights_only=True)
-        spec = spec_from_dict(state["spec"])
-        self.classes = list(state["classes"])
+        self.model, spec, self.classes = load_model(model_file)
         self.columns = [c for c in input_columns(spec) if c != "label"]
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = MultimodalClassifier(spec, len(self.classes))
-        self.model.load_state_dict(state["model"])
-        self.model.to(self.device).eval()
+        self.model.to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

@@ -109,7 +109,8 @@ def build_trainer(spec: JobSpec, classes: list[str], plan, val, resources: dict,
 
 
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
-                 name: str = "train") -> TrainResult:
+                 name: str = "train", data_report: bool = True) -> TrainResult:
+    """``data_report=False``: the caller already has this data's report (the workflow's validate-data step)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     run_dir = Path(run_dir).resolve()
@@ -143,7 +144,8 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     try:
         result = trainer.fit()
     finally:  # also when training fails: the report may say why
-        write_data_report(spec, run_dir, plan)
+        if data_report:
+            write_data_report(spec, run_dir, plan)
     if result.error:
         raise TrainError(f"training failed: {result.error}")
     return finish(spec, classes, run_dir, result)

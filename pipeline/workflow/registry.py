@@ -14,7 +14,6 @@ Layout under the registry URI (a local folder or any fsspec URI)::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass
@@ -165,19 +164,13 @@ class Registry:
         return data
 
     def load(self, version: int) -> LoadedModel:
-        import torch
-
-        from pipeline.model.classifier import MultimodalClassifier
-        from pipeline.spec import SpecError, spec_from_dict
+        from pipeline.model.checkpoint import load_model
+        from pipeline.spec import SpecError
 
         data = self.model_bytes(version)
         where = f"{self.uri}: version {version}"
         try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            spec = spec_from_dict(state["spec"], source=f"{where} spec")
-            classes = list(state["classes"])
-            model = MultimodalClassifier(spec, len(classes))
-            model.load_state_dict(state["model"])
+            model, spec, classes = load_model(data, f"{where} spec")
         except SpecError as e:
             raise RegistryError(f"{where}: its stored spec no longer validates with this mmpipe:\n{e}") from None
         except (KeyError, TypeError) as e:
@@ -185,7 +178,6 @@ class Registry:
         except Exception as e:  # unpickling / shape errors from torch: say which version, not a deep traceback
             raise RegistryError(f"{where}: model.pt cannot be loaded ({type(e).__name__}: {str(e)[:300]})") \
                 from None
-        model.eval()
         return LoadedModel(version, self.meta(version), model, spec, classes)
 
     # ------------------------------------------------------------ aliases

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.io import atomic_write_text
+from pipeline.model.checkpoint import load_model
 from pipeline.spec import JobSpec, load_spec
 from pipeline.workflow.champion import decide
 from pipeline.workflow.registry import Registry
@@ -135,23 +137,13 @@ def _training_spec(ctx: StepContext) -> JobSpec:
 def train(ctx: StepContext, ws: Path) -> dict:
     from pipeline.train.trainer import run_training
 
-    result = run_training(_training_spec(ctx), ws)
+    # validate-data already read and counted every split: its report stands for this run's, not a second pass
+    reported = "validate-data" in ctx.spec.steps()
+    result = run_training(_training_spec(ctx), ws, data_report=not reported)
+    if reported:
+        shutil.copyfile(ctx.outputs("validate-data") / "data_report.json", ws / "data_report.json")
     keep = ("best_epoch", "epochs_run", "val.macro_f1", "val.accuracy")
     return {k: result.metrics[k] for k in keep if k in result.metrics}
-
-
-def load_checkpoint(path: Path):
-    """(model, spec, classes) from a best.pt written by training."""
-    import torch
-
-    from pipeline.model.classifier import MultimodalClassifier
-    from pipeline.spec import spec_from_dict
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    spec = spec_from_dict(state["spec"], source=str(path))
-    model = MultimodalClassifier(spec, len(state["classes"]))
-    model.load_state_dict(state["model"])
-    return model.eval(), spec, list(state["classes"])
 
 
 def score(model, model_spec: JobSpec, data_spec: JobSpec, split: str, classes: list[str]) -> dict:
@@ -173,7 +165,8 @@ def _scalars(metrics: dict) -> dict:
 
 
 def evaluate_step(ctx: StepContext, ws: Path) -> dict:
-    model, model_spec, classes = load_checkpoint(ctx.outputs("train") / "best.pt")
+    train_dir = ctx.outputs("train")
+    model, model_spec, classes = load_model(train_dir / "best.pt", str(train_dir / "best.pt"))
     split = ctx.spec.registry.holdout
     metrics = score(model, model_spec, ctx.spec, split, classes)
     atomic_write_text(ws / "evaluation.json", json.dumps({"split": split, "classes": classes,
