@@ -13,8 +13,8 @@ def load_model(source: bytes | str | Path, origin: str = "<checkpoint>"):
     from pipeline.model.classifier import MultimodalClassifier
     from pipeline.spec import spec_from_dict
 
-    state = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
-                       weights_only=True)
+    file = io.BytesIO(source) if isinstance(source, bytes) else source
+    state = torch.load(file, map_location="cpu", weights_only=True)
     spec = spec_from_dict(state["spec"], source=origin)
     classes = list(state["classes"])
     model = MultimodalClassifier(spec, len(classes))
