@@ -1,11 +1,14 @@
-"""Time from `mmpipe train` start to the first training batch reaching a Ray Train worker.
+"""Time from `mmpipe train` start to the first training batch reaching a Ray Train worker, beside the same
+figure for bare Ray Train + Ray Data (the floor no mmpipe change can go under on this machine).
 
 Starts ``mmpipe train <demo spec> --out <tmp>`` as a subprocess (its own local Ray instance) and reads its output
 until rank 0 of the training loop logs "first training batch at unix time T"; the figure is T minus the moment the
 subprocess was started (so log forwarding delays do not count). The run is then interrupted, unless --complete.
 Each run starts from a fresh run directory; the figures include interpreter start, imports and ``ray.init``.
+Interleaved with it (A B A B ...), ``bare_first_batch.py`` with the spec's scaling: Ray started the same way, a
+TorchTrainer over ``ray.data.range``, no mmpipe code; the ratio mmpipe / bare is mmpipe's own share.
 
-    python benchmarks/first_batch.py [--runs 3] [--scale 0.5] [--complete] [--echo]
+    python benchmarks/first_batch.py [--runs 3] [--scale 0.5] [--complete] [--echo] [--no-bare]
     python benchmarks/first_batch.py --quick
 """
 
@@ -23,6 +26,8 @@ from pathlib import Path
 
 from bench_common import demo_data, machine_line, median, quiet_line, scratch_dir
 
+from pipeline.spec import load_spec
+
 FIRST = re.compile(r"first training batch at unix time ([0-9.]+)")
 
 
@@ -38,11 +43,21 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def one_run(spec: Path, epochs: int, complete: bool, echo: bool = False) -> tuple[float | None, float | None]:
-    """(seconds to first batch, seconds to exit when --complete) for one `mmpipe train`."""
+def mmpipe_command(spec: Path, epochs: int) -> list[str]:
     out = scratch_dir("mmpipe-first-batch-")
     mmpipe = [shutil.which("mmpipe")] if shutil.which("mmpipe") else [sys.executable, "-m", "pipeline.cli"]
-    cmd = [*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}"]
+    return [*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}"]
+
+
+def bare_command(spec: Path) -> list[str]:
+    s = load_spec(spec)
+    return [sys.executable, str(Path(__file__).with_name("bare_first_batch.py")),
+            "--workers", str(s.scaling.num_workers), "--cpus-per-worker", str(s.scaling.cpus_per_worker),
+            "--batch-size", str(s.train.batch_size)]
+
+
+def one_run(cmd: list[str], complete: bool, echo: bool = False) -> tuple[float | None, float | None]:
+    """(seconds to first batch, seconds to exit when --complete) for one run of ``cmd``."""
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -62,7 +77,7 @@ def one_run(spec: Path, epochs: int, complete: bool, echo: bool = False) -> tupl
     rc = proc.wait()
     if rc != 0:
         sys.stderr.write("".join(tail))
-        raise SystemExit(f"mmpipe train exited with {rc}")
+        raise SystemExit(f"{' '.join(cmd[:3])} exited with {rc}")
     return first, time.time() - start
 
 
@@ -74,26 +89,35 @@ def main() -> None:
     ap.add_argument("--complete", action="store_true", help="let each run finish (training, report, test)")
     ap.add_argument("--quick", action="store_true", help="smoke run: one run on small data")
     ap.add_argument("--echo", action="store_true", help="print the run's log lines with seconds since start")
+    ap.add_argument("--no-bare", action="store_true", help="skip the bare Ray Train + Ray Data reference runs")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.scale = 1, 0.25
 
     print(quiet_line(), flush=True)
     spec = demo_data(args.scale) / "spec.yaml"
-    firsts, totals = [], []
+    kinds = {"mmpipe": lambda: mmpipe_command(spec, args.epochs)}
+    if not args.no_bare:
+        kinds["bare"] = lambda: bare_command(spec)
+    firsts: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.runs):
-        first, total = one_run(spec, args.epochs, args.complete, args.echo)
-        if first is None:
-            raise SystemExit("the run ended without logging a first training batch")
-        firsts.append(first)
-        totals.append(total)
-        print(f"run {i + 1}: first training batch after {first:.1f} s"
-              + (f", run complete after {total:.1f} s" if total else ""), flush=True)
+        for kind, command in kinds.items():  # interleaved: both see the same machine state
+            first, total = one_run(command(), args.complete and kind == "mmpipe", args.echo)
+            if first is None:
+                raise SystemExit(f"the {kind} run ended without logging a first training batch")
+            firsts[kind].append(first)
+            print(f"run {i + 1} {kind}: first training batch after {first:.1f} s"
+                  + (f", run complete after {total:.1f} s" if total else ""), flush=True)
     print(machine_line(os.cpu_count() or 0))
     print(f"data: demo --scale {args.scale:g}; mmpipe train --set train.epochs={args.epochs} "
           "(demo spec: 2 workers x 0.5 CPU)")
-    print(f"time to first training batch: median {median(firsts):.1f} s over {len(firsts)} run(s) "
-          f"(target 10 s: ratio {median(firsts) / 10:.2f})")
+    mm = median(firsts["mmpipe"])
+    print(f"time to first training batch: median {mm:.1f} s over {len(firsts['mmpipe'])} run(s) "
+          f"(target 10 s: ratio {mm / 10:.2f})")
+    if "bare" in firsts:
+        bare = median(firsts["bare"])
+        print(f"bare Ray Train + Ray Data, same scaling: median {bare:.1f} s; ratio mmpipe/bare {mm / bare:.2f} "
+              f"(mmpipe's own share {mm - bare:.1f} s)")
 
 
 if __name__ == "__main__":

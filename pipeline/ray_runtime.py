@@ -6,21 +6,36 @@ import logging
 import os
 import sys
 
+# Idle workers beyond Ray's soft limit (the CPU count; Ray Train's and Ray Data's actors alone exceed it on a small
+# machine) are killed after 1 s by default, so a worker warmed for the data path was gone before the read tasks
+# came (pipeline/data/warmup.py). Our own local instance keeps idle workers for a minute instead.
+IDLE_WORKER_KILL_MS = 60_000
+
+_started_here = False
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS, as inside a Ray job) if given, else start a local instance."""
+    global _started_here
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     # The dashboard (bound to 127.0.0.1) serves the state API, which Ray Train's placement-group cleaner polls.
-    kwargs = dict(include_dashboard=True, num_cpus=num_cpus) if not address else {}
+    kwargs = dict(include_dashboard=True, num_cpus=num_cpus,
+                  _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KILL_MS}) if not address else {}
     # No address: a local instance of our own ("local"), never whichever `ray start` cluster happens to run on
     # this machine (Ray's default). RAY_ADDRESS=auto attaches to that cluster on purpose; Ray sets RAY_ADDRESS
     # for job drivers, so submitted runs join their cluster.
     ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
+    _started_here = not address
     data_progress(sys.stderr.isatty())
+
+
+def started_here() -> bool:
+    """Whether this process started the Ray instance it uses (a local one, with our settings)."""
+    return _started_here
 
 
 def data_progress(show: bool) -> None:

@@ -74,3 +74,36 @@ def test_epoch_clock_changes_augmentation_and_val_is_untouched(ray_session, demo
     a, b = val(spec), val(plain)
     for col in ("image", "audio", "text"):
         assert np.array_equal(np.stack(a[col].to_numpy()), np.stack(b[col].to_numpy())), col
+
+
+def test_each_prepared_batch_leaves_its_read_task_as_a_block(ray_session, demo_dir):
+    """A shard's read task hands over one block per prepared batch as it makes it (training's first batch does not
+    wait for whole shards); Ray Data's default buffered a shard's whole output into one block at the task's end."""
+    from pipeline.data.align import aligned_row_bytes
+    from pipeline.data.config import StageConfig
+    from pipeline.data.prepared_source import MIN_BLOCK_BYTES, read_prepared
+
+    spec = load_spec(demo_dir / "spec.yaml")
+    cfg = StageConfig.from_spec(spec, resolve_classes(spec), True)
+    batch = MIN_BLOCK_BYTES // aligned_row_bytes(spec.modalities) + 2  # batches just above the smallest block
+    shards = sorted(str(p) for p in (demo_dir / "train").glob("*.tar"))[:2]
+    ds = read_prepared(shards, cfg, None, batch).materialize()
+    rows = {}
+    for b in ds.select_columns(["__url__"]).iter_batches(batch_format="numpy"):
+        for url in b["__url__"]:
+            rows[url] = rows.get(url, 0) + 1
+    expected = sum(-(-n // batch) for n in rows.values())
+    assert len(rows) == 2 and expected > 2  # more than one batch per shard, or the test shows nothing
+    assert ds.num_blocks() == expected
+
+
+def test_data_worker_warm_up_imports_and_builds_the_augmenters(ray_session, demo_dir):
+    """The warm-up tasks run (imports, the spec's augmenters) in Ray Train's runtime environment, the one Ray Data's
+    read tasks get inside training: Ray reuses an idle worker only for tasks of the same environment."""
+    from pipeline.data.warmup import train_runtime_env, warm_data_workers
+
+    spec = load_spec(demo_dir / "spec.yaml", AUGMENT)
+    refs = warm_data_workers(spec, 2)
+    assert len(refs) == 2
+    ray_session.get(refs, timeout=120)
+    assert train_runtime_env()["env_vars"]["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] == "0"

@@ -96,6 +96,19 @@ def fit_audio(wave: np.ndarray, rate: int, target_rate: int, n: int, crop: str,
     return np.pad(mono, (0, n - len(mono)))
 
 
+def aligned_row_bytes(mods) -> int:
+    """Bytes of one aligned row's arrays as align_batch makes them (a ModalitiesSpec): uint8 image, float32
+    audio, int64 token ids, label and presence flags. Strings (keys, raw text) are left out."""
+    size = 8 + 3
+    if mods.image:
+        size += mods.image.size[0] * mods.image.size[1] * 3
+    if mods.audio:
+        size += mods.audio.num_samples * 4
+    if mods.text:
+        size += mods.text.max_tokens * 8
+    return size
+
+
 def align_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.ndarray]:
     n = len(batch[KEY_COLUMN])
     reasons, details = batch["drop_reason"].copy(), batch["drop_detail"].copy()

@@ -15,10 +15,15 @@ from collections.abc import Callable, Iterator
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_based_datasource import FileBasedDatasource
 
+from pipeline.data.align import aligned_row_bytes
 from pipeline.data.clean import Duplicates
 from pipeline.data.config import StageConfig
 from pipeline.data.stages import prepare_batch
 from pipeline.data.tarstream import raw_batches
+
+
+# Below this, per-block overheads outweigh streaming (e.g. text-only rows of a few hundred bytes).
+MIN_BLOCK_BYTES = 1 << 20
 
 
 class PreparedShards(FileBasedDatasource):
@@ -38,8 +43,14 @@ class PreparedShards(FileBasedDatasource):
 
 def read_prepared(paths: list[str], cfg: StageConfig, duplicates: Duplicates | None, batch_size: int,
                   shuffle_files: bool = False, then: Callable | None = None):
-    """The prepared dataset of ``paths``: one read task per shard."""
+    """The prepared dataset of ``paths``: one read task per shard, a block per prepared batch."""
     import ray
 
     source = PreparedShards(paths, cfg, duplicates, batch_size, then, shuffle="files" if shuffle_files else None)
-    return ray.data.read_datasource(source, override_num_blocks=len(paths))
+    ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
+    # A read task's output buffer holds what it yields until target_max_block_size (default 128 MiB) is reached:
+    # a demo shard came out as one block when its task ended, so training's first batch waited for several whole
+    # shards. Sized to one prepared batch, each batch leaves the task as soon as it is made (Ray Data slices only
+    # blocks over 1.5x the target, so rebalanced batches up to that stay whole).
+    ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, batch_size * aligned_row_bytes(cfg.modalities))
+    return ds

@@ -134,10 +134,11 @@ def train_loop(config: dict) -> None:
         # ---- train on this rank's shard; equal row counts per rank and drop_last keep the ranks in step
         model.train()
         train_acc = Accumulator(len(classes))
-        # The shuffle buffer must fill before the first batch: at 1,024 rows a small epoch's first step waited
-        # for the whole epoch. Shard order is shuffled per epoch already; the buffer mixes rows across blocks.
+        # The shuffle buffer must fill before the first batch (at 1,024 rows a small epoch's first step waited
+        # for the whole epoch; at 4 batches, for most of the demo's shards). Shard order is shuffled per epoch
+        # already; the buffer mixes rows across blocks (each block is one prepared batch of one shard).
         for batch in train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
-                                                    local_shuffle_buffer_size=4 * t.batch_size,
+                                                    local_shuffle_buffer_size=2 * t.batch_size,
                                                     local_shuffle_seed=t.seed + epoch):
             if first_batch:
                 print(f"first training batch at unix time {time.time():.3f}", flush=True)

@@ -13,9 +13,10 @@ import torch
 
 from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
 from pipeline.data.epoch import EpochClock
+from pipeline.data.warmup import warm_data_workers
 from pipeline.io import atomic_write_text
 from pipeline.model.classifier import MultimodalClassifier, input_columns
-from pipeline.ray_runtime import data_progress
+from pipeline.ray_runtime import data_progress, started_here
 from pipeline.spec import JobSpec, dump_spec
 from pipeline.train.artifacts import write_artifacts
 from pipeline.train.loop import STATE_FILE, metric_mode, train_loop
@@ -111,6 +112,7 @@ def build_trainer(spec: JobSpec, classes: list[str], plan, val, resources: dict,
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
                  name: str = "train", data_report: bool = True) -> TrainResult:
     """``data_report=False``: the caller already has this data's report (the workflow's validate-data step)."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     run_dir = Path(run_dir).resolve()
@@ -141,6 +143,10 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                            checkpoint_score_order=metric_mode(metric))),
         inject_failure=inject_failure)
+    if started_here():  # idle workers of a cluster are not kept for us: warming them would be wasted work
+        free = ray.cluster_resources().get("CPU", 1.0) - spec.scaling.num_workers * resources["CPU"]
+        # One per CPU left to Ray Data, plus one: with one CPU free, two read tasks' workers started at once.
+        warm_data_workers(spec, count=min(8, int(free) + 1))  # overlaps Ray Train's start-up
     try:
         result = trainer.fit()
     finally:  # also when training fails: the report may say why

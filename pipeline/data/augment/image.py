@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import numpy as np
 
 from pipeline.data.augment.build import TransformError, construct, lookup
+
+
+# albumentations checks PyPI for a newer version on import (up to 2 s, in every worker process) unless told not to.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def _is_transform(obj) -> bool:

@@ -1,0 +1,53 @@
+"""Warm Ray worker processes for the training data path while Ray Train starts.
+
+A fresh Ray worker spends ~4 s of CPU importing Ray Data, pyarrow, the decoders and the augmentation libraries
+(albumentations pulls in torch) before its first read task does any work; at training start that sat on the path
+to the first batch. Tasks started here do those imports and build the spec's augmenters in idle workers, which Ray
+reuses for the read tasks, if two things hold: the idle workers live until then (``ray_runtime`` keeps idle
+workers of our own local instance for a minute), and the runtime environment matches. Ray Train starts its
+controller, and so Ray Data's coordinators and read tasks, with ``env_vars`` it propagates from the driver; Ray
+reuses a worker only for tasks of the same runtime environment, so the warm-up tasks carry the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def _warm(augment_json: str, modalities_json: str) -> None:
+    import pipeline.data.dataset  # noqa: F401  (Ray Data, pyarrow, decoders, clean/align, the read datasource)
+    from pipeline.data.augment.stage import _cached
+
+    _cached(augment_json, modalities_json)
+
+
+def train_runtime_env() -> dict | None:
+    """The runtime environment Ray Train gives its controller (and so to Ray Data's read tasks); None if this Ray
+    version does not expose how it builds it."""
+    try:
+        from ray.train.v2._internal.constants import (
+            DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+            RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+            get_env_vars_to_propagate,
+        )
+    except ImportError:
+        return None
+    env = get_env_vars_to_propagate()
+    env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    return {"env_vars": env}
+
+
+def warm_data_workers(spec: JobSpec, count: int) -> list:
+    """Start ``count`` warm-up tasks without waiting for them; returns their refs ([] when it cannot help)."""
+    import ray
+
+    runtime_env = train_runtime_env()
+    if runtime_env is None:
+        log.debug("no warm-up of data workers: Ray Train's runtime environment is unknown in this Ray version")
+        return []
+    task = ray.remote(num_cpus=1)(_warm).options(runtime_env=runtime_env)
+    return [task.remote(spec.augment.model_dump_json(), spec.modalities.model_dump_json()) for _ in range(count)]
