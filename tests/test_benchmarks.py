@@ -32,8 +32,9 @@ def test_memory_flat_quick_prints_growth_ratios():
 
 def test_first_batch_quick_reaches_a_training_worker():
     out = run("first_batch.py", "--quick")
-    assert "run 1: first training batch after " in out
+    assert "run 1 mmpipe: first training batch after " in out and "run 1 bare: first training batch after " in out
     assert "time to first training batch: median " in out
+    assert "bare Ray Train + Ray Data, same scaling: median " in out and "ratio mmpipe/bare " in out
 
 
 def test_gpu_feeding_quick():
