@@ -16,7 +16,11 @@ def ray_session():
     import ray
 
     # address="local": never attach to a `ray start` cluster that happens to run on this machine (cluster tests).
-    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="ERROR")  # state API: Ray Train
+    from pipeline.ray_runtime import IDLE_WORKER_KILL_MS
+
+    # As ensure_ray starts it: the dashboard's state API (Ray Train) and idle workers kept between epochs.
+    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="ERROR",
+             _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KILL_MS})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
