@@ -1,8 +1,9 @@
-"""The floor under `mmpipe train`'s start-up: bare Ray Train + Ray Data with nothing of mmpipe in them.
+"""The reference under `mmpipe train`'s start-up: bare Ray Train + Ray Data with nothing of mmpipe in them.
 
-Starts Ray the way ``mmpipe train`` does (a local instance with the dashboard), builds a TorchTrainer with the same
-scaling (workers, CPUs per worker) over a trivial Ray Data dataset (``range`` + an identity ``map_batches``), and
-prints "first training batch at unix time T" when rank 0's loop gets its first batch, as mmpipe's loop does.
+Starts Ray as ``mmpipe train`` does (a local instance with the dashboard; not its idle-worker setting, which matters
+from the second epoch), builds a TorchTrainer with the same scaling (workers, CPUs per worker) over a trivial Ray
+Data dataset (``range`` + an identity ``map_batches``), and prints "first training batch at unix time T" when rank
+0's loop gets its first batch, as mmpipe's loop does.
 benchmarks/first_batch.py runs it beside ``mmpipe train`` so the two times come from the same machine state.
 
     python benchmarks/bare_first_batch.py --workers 2 --cpus-per-worker 0.5

@@ -1,5 +1,5 @@
 """Time from `mmpipe train` start to the first training batch reaching a Ray Train worker, beside the same
-figure for bare Ray Train + Ray Data (the floor no mmpipe change can go under on this machine).
+figure for bare Ray Train + Ray Data (in practice the floor for changes inside mmpipe on this machine).
 
 Starts ``mmpipe train <demo spec> --out <tmp>`` as a subprocess (its own local Ray instance) and reads its output
 until rank 0 of the training loop logs "first training batch at unix time T"; the figure is T minus the moment the

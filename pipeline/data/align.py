@@ -96,15 +96,16 @@ def fit_audio(wave: np.ndarray, rate: int, target_rate: int, n: int, crop: str,
     return np.pad(mono, (0, n - len(mono)))
 
 
-def aligned_row_bytes(mods) -> int:
+def aligned_row_bytes(mods, roles: list[str] | None = None) -> int:
     """Bytes of one aligned row's arrays as align_batch makes them (a ModalitiesSpec): uint8 image, float32
-    audio, int64 token ids, label and presence flags. Strings (keys, raw text) are left out."""
+    audio, int64 token ids, label and presence flags; ``roles``: only these modalities (default: all enabled).
+    Strings (keys, raw text) are left out."""
     size = 8 + 3
-    if mods.image:
+    if mods.image and (roles is None or "image" in roles):
         size += mods.image.size[0] * mods.image.size[1] * 3
-    if mods.audio:
+    if mods.audio and (roles is None or "audio" in roles):
         size += mods.audio.num_samples * 4
-    if mods.text:
+    if mods.text and (roles is None or "text" in roles):
         size += mods.text.max_tokens * 8
     return size
 

@@ -92,10 +92,11 @@ class SplitData:
 
 
 def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bool = False,
-                labels_required: bool = True, then=None) -> SplitData:
+                labels_required: bool = True, then=None, emits: list[str] | None = None) -> SplitData:
     """Check the split's shards and assemble its lazy Ray dataset. Raises ShardError/DataError before any read.
     ``labels_required=False`` (prediction) keeps unlabelled samples, with label -1. ``then``: a batch function run
-    on each prepared batch inside the read task (the dataset then holds its output, not all rows)."""
+    on each prepared batch inside the read task (the dataset then holds its output, not all rows); ``emits``: the
+    modalities its output still carries (sizes the blocks; default all)."""
     if split not in spec.data.splits:
         raise DataError(f"split {split!r} is not in data.splits (have: {', '.join(spec.data.splits) or 'none'})")
     checks = check_shards(expand_shards(spec.data.splits[split]))
@@ -111,7 +112,7 @@ def build_split(spec: JobSpec, split: str, classes: list[str], shuffle_files: bo
 
     cfg = StageConfig.from_spec(spec, classes, labels_required)
     duplicates = RemoteDuplicateIndex() if spec.clean.dedupe else None
-    ds = read_prepared(good, cfg, duplicates, PREPARE_BATCH_SIZE, shuffle_files, then)
+    ds = read_prepared(good, cfg, duplicates, PREPARE_BATCH_SIZE, shuffle_files, then, emits)
     return SplitData(split, ds, cfg.enabled, checks)
 
 
@@ -200,7 +201,8 @@ def train_dataset(spec: JobSpec, classes: list[str], plan: RebalancePlan | None 
                                                         or spec.augment.audio) else None
     then = partial(_train_batch, factors=factors, seed=spec.rebalance.seed, augment=augment,
                    modalities=spec.modalities, columns=columns, epoch=epoch)
-    ds = build_split(spec, split, classes, shuffle_files=True, then=then).dataset  # shard order differs per epoch
+    emits = [c for c in columns if c in spec.modalities.enabled()] if columns else None
+    ds = build_split(spec, split, classes, shuffle_files=True, then=then, emits=emits).dataset  # new order per epoch
     # Ray Data reserves CPUs per operator by default; on 2 CPUs that ran these read tasks one at a time (half the
     # throughput). All the work is in one fused operator, so a reservation protects nothing. Only here: with
     # shards read in parallel, which copy of a duplicate claims first (and is kept) depends on timing; the report

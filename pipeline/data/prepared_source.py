@@ -22,7 +22,8 @@ from pipeline.data.stages import prepare_batch
 from pipeline.data.tarstream import raw_batches
 
 
-# Below this, per-block overheads outweigh streaming (e.g. text-only rows of a few hundred bytes).
+# Below this, per-block overheads outweigh streaming (e.g. text-only rows of a few hundred bytes): such rows are
+# cheap to make, and their blocks gather several batches.
 MIN_BLOCK_BYTES = 1 << 20
 
 
@@ -42,15 +43,18 @@ class PreparedShards(FileBasedDatasource):
 
 
 def read_prepared(paths: list[str], cfg: StageConfig, duplicates: Duplicates | None, batch_size: int,
-                  shuffle_files: bool = False, then: Callable | None = None):
-    """The prepared dataset of ``paths``: one read task per shard, a block per prepared batch."""
+                  shuffle_files: bool = False, then: Callable | None = None, emits: list[str] | None = None):
+    """The prepared dataset of ``paths``: one read task per shard, blocks of about half a prepared batch.
+    ``emits``: the modalities whose arrays the rows still carry after ``then`` (default: all enabled)."""
     import ray
 
     source = PreparedShards(paths, cfg, duplicates, batch_size, then, shuffle="files" if shuffle_files else None)
     ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
-    # A read task's output buffer holds what it yields until target_max_block_size (default 128 MiB) is reached:
+    # A read task's output buffer holds what it yields until it exceeds target_max_block_size (default 128 MiB):
     # a demo shard came out as one block when its task ended, so training's first batch waited for several whole
-    # shards. Sized to one prepared batch, each batch leaves the task as soon as it is made (Ray Data slices only
-    # blocks over 1.5x the target, so rebalanced batches up to that stay whole).
-    ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, batch_size * aligned_row_bytes(cfg.modalities))
+    # shards. At half a prepared batch, any batch of at least half the rows leaves its task as soon as it is made
+    # (cut into zero-copy slices of about that size: Ray Data slices blocks over 1.5x the target); smaller ones,
+    # e.g. after many drops, wait for the next.
+    half_batch = batch_size * aligned_row_bytes(cfg.modalities, emits) // 2
+    ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, half_batch)
     return ds

@@ -18,26 +18,32 @@ from pipeline.spec import JobSpec
 log = logging.getLogger(__name__)
 
 
-def _warm(augment_json: str, modalities_json: str) -> None:
-    import pipeline.data.dataset  # noqa: F401  (Ray Data, pyarrow, decoders, clean/align, the read datasource)
-    from pipeline.data.augment.stage import _cached
+def _warm(augment_json: str, modalities_json: str) -> str | None:
+    """Nobody waits for this: a failure is returned (and only costs the warm-up), never raised."""
+    try:
+        import pipeline.data.dataset  # noqa: F401  (Ray Data, pyarrow, decoders, clean/align, the read datasource)
+        from pipeline.data.augment.stage import _cached
 
-    _cached(augment_json, modalities_json)
+        _cached(augment_json, modalities_json)
+    except Exception as e:  # the read task that needs the same will raise it where it matters
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def train_runtime_env() -> dict | None:
     """The runtime environment Ray Train gives its controller (and so to Ray Data's read tasks); None if this Ray
     version does not expose how it builds it."""
-    try:
+    try:  # Ray Train internals (checked against 2.60's DataParallelTrainer._initialize_and_run_controller)
         from ray.train.v2._internal.constants import (
             DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
             RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
             get_env_vars_to_propagate,
         )
-    except ImportError:
+
+        env = dict(get_env_vars_to_propagate())
+        env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    except Exception:  # moved or changed in another Ray version: no warm-up rather than a failed training
         return None
-    env = get_env_vars_to_propagate()
-    env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
     return {"env_vars": env}
 
 
