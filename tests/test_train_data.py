@@ -77,9 +77,9 @@ def test_epoch_clock_changes_augmentation_and_val_is_untouched(ray_session, demo
 
 
 def test_prepared_batches_leave_their_read_task_as_they_are_made(ray_session, demo_dir, monkeypatch):
-    """A shard's read task hands over blocks of about half a prepared batch as it makes them (training's first
-    batch does not wait for whole shards); Ray Data's default buffered a shard's whole output into one block at the
-    task's end. Sized by what the rows carry after ``then``: here only the image, as for an image-only model."""
+    """A shard's read task hands over blocks of about one prepared batch as it makes them (training's first batch
+    does not wait for whole shards); Ray Data's default buffered a shard's whole output into one block at the task's
+    end. Sized by what the rows carry after ``then``: here only the image, as for an image-only model."""
     from pipeline.data import prepared_source
     from pipeline.data.align import keep_rows
     from pipeline.data.config import StageConfig
@@ -94,7 +94,8 @@ def test_prepared_batches_leave_their_read_task_as_they_are_made(ray_session, de
                                        emits=["image"]).materialize()
     rows_per_block = [e.metadata.num_rows for bundle in ds.iter_internal_ref_bundles() for e in bundle.blocks]
     assert sum(rows_per_block) == ds.count() > 4 * batch  # several batches per shard, or the test shows nothing
-    assert max(rows_per_block) <= batch and len(rows_per_block) >= ds.count() // batch
+    # a batch short of `batch` rows joins the next one; Ray Data slices what reaches 1.5x the target
+    assert max(rows_per_block) <= 1.5 * batch and len(rows_per_block) >= ds.count() // (1.5 * batch)
 
 
 def test_data_worker_warm_up_imports_and_builds_the_augmenters(ray_session, demo_dir):

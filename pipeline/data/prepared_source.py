@@ -44,7 +44,7 @@ class PreparedShards(FileBasedDatasource):
 
 def read_prepared(paths: list[str], cfg: StageConfig, duplicates: Duplicates | None, batch_size: int,
                   shuffle_files: bool = False, then: Callable | None = None, emits: list[str] | None = None):
-    """The prepared dataset of ``paths``: one read task per shard, blocks of about half a prepared batch.
+    """The prepared dataset of ``paths``: one read task per shard, blocks of about one prepared batch.
     ``emits``: the modalities whose arrays the rows still carry after ``then`` (default: all enabled)."""
     import ray
 
@@ -52,9 +52,9 @@ def read_prepared(paths: list[str], cfg: StageConfig, duplicates: Duplicates | N
     ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
     # A read task's output buffer holds what it yields until it exceeds target_max_block_size (default 128 MiB):
     # a demo shard came out as one block when its task ended, so training's first batch waited for several whole
-    # shards. At half a prepared batch, any batch of at least half the rows leaves its task as soon as it is made
-    # (cut into zero-copy slices of about that size: Ray Data slices blocks over 1.5x the target); smaller ones,
-    # e.g. after many drops, wait for the next.
-    half_batch = batch_size * aligned_row_bytes(cfg.modalities, emits) // 2
-    ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, half_batch)
+    # shards. At one prepared batch, a full batch leaves its task as soon as it is made (Arrow's own bytes put it
+    # just over the estimate; Ray Data slices only blocks over 1.5x the target, zero-copy); a shorter one (drops,
+    # undersampling) waits for the next. Half a batch let short ones through too, but the doubled block count cost
+    # a third of the loader's throughput (benchmarks/loader_compare.py: 1,545 -> 1,062 samples/s).
+    ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, batch_size * aligned_row_bytes(cfg.modalities, emits))
     return ds
