@@ -398,7 +398,8 @@ def test_cluster_runs_submit_idempotently_and_retry_when_unreachable(env):
 
 # ---------------------------------------------------------------- crash recovery (real kill -9)
 
-def test_kill_9_of_a_running_run_resumes_it_in_the_same_run_dir(env):
+def _held_run_started(env):
+    """(scheduler, run): the nightly schedule fired once, its command started and held mid-step by the control file."""
     env.add()
     (env.ctl / "hold").touch()
     s = env.scheduler()
@@ -406,9 +407,14 @@ def test_kill_9_of_a_running_run_resumes_it_in_the_same_run_dir(env):
     s.tick()
     [run] = env.store.runs("nightly")
     deadline = time.monotonic() + 30
-    while not (Path(run.run_dir) / "run.json").exists():
+    while not (Path(run.run_dir) / "run.json").exists():  # the command has started
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    return s, run
+
+
+def test_kill_9_of_a_running_run_resumes_it_in_the_same_run_dir(env):
+    s, run = _held_run_started(env)
     os.killpg(run.pid, signal.SIGKILL)  # the run and its wrapper, mid-step
     (env.ctl / "hold").unlink()
     env.settle(s)
@@ -665,14 +671,7 @@ def test_run_transitions_are_compare_and_set(env):
 
 def test_a_stale_scheduler_does_not_start_a_run_another_one_started(env):
     """B resumes a lost run; A, working from what it read before, must leave it alone (no second start)."""
-    env.add()
-    (env.ctl / "hold").touch()
-    s = env.scheduler()
-    env.clock.now = T0 + timedelta(hours=1)
-    s.tick()
-    [run] = env.store.runs("nightly")
-    while not (Path(run.run_dir) / "run.json").exists():  # the command has started
-        time.sleep(0.05)
+    s, run = _held_run_started(env)
     os.killpg(run.pid, signal.SIGKILL)
     stale = env.store.run(run.id)  # what A read at the start of its pass
     deadline = time.monotonic() + 30
