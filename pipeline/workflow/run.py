@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from pipeline.spec import JobSpec
-from pipeline.workflow.rundir import RunDir, fingerprint
+from pipeline.workflow.rundir import RunDir, fingerprint, output_files
 from pipeline.workflow.steps import STEPS, StepContext, step_inputs
 
 
@@ -79,8 +79,7 @@ def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str],
                 raise input_error
             ws = run.workspace(step, inputs_sha)
             summary = STEPS[step](ctx, ws) or {}
-            outputs = sorted(str(p.relative_to(ws)) for p in ws.rglob("*") if p.is_file()
-                             and p.relative_to(ws).parts[0] != "ray" and p.name != ".inputs_sha256")
+            outputs = sorted(str(p.relative_to(ws)) for p in output_files(ws))
             upstream[step] = run.commit(step, ws)
         except BaseException as e:  # recorded, then raised: an interrupted step is marked, not lost
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

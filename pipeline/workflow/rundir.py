@@ -25,11 +25,19 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+INPUTS_STAMP = ".inputs_sha256"  # in a step's scratch folder: the inputs its partial work was made from
+
+
+def output_files(path: Path) -> list[Path]:
+    """A step's output files in ``path``, sorted: Ray's own bookkeeping (ray/) and the inputs stamp left out."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name != INPUTS_STAMP
+                  and "ray" not in p.relative_to(path).parts[:1])
+
+
 def folder_fingerprint(path: Path) -> str:
-    """Names and contents of the files in ``path`` (Ray's own bookkeeping left out)."""
+    """Names and contents of a step's output files in ``path``."""
     h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".inputs_sha256"
-                       and "ray" not in p.relative_to(path).parts[:1]):
+    for file in output_files(path):
         h.update(str(file.relative_to(path)).encode())
         h.update(hashlib.sha256(file.read_bytes()).digest())
     return h.hexdigest()
@@ -85,7 +93,7 @@ class RunDir:
         """The step's scratch folder. Partial work of tune/train (their Ray checkpoints) is kept only for an attempt
         with the same inputs: a changed spec or new data starts over instead of resuming on the old ones."""
         ws = self.work / f"{step}.partial"
-        stamp = ws / ".inputs_sha256"
+        stamp = ws / INPUTS_STAMP
         reusable = step in RESUMABLE and stamp.exists() and stamp.read_text() == inputs_sha
         if ws.exists() and not reusable:
             shutil.rmtree(ws)  # a half-done evaluation is redone, not trusted
