@@ -37,7 +37,6 @@ def start_ray(cpus: int) -> None:
     """A local Ray instance of our own (never an existing cluster), without dashboard or progress bars."""
     import logging
 
-
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -96,9 +96,10 @@ def main() -> None:
 
     print(quiet_line(), flush=True)
     spec = demo_data(args.scale) / "spec.yaml"
-    kinds = {"mmpipe": lambda: mmpipe_command(spec, args.epochs)}
+    kinds = {"mmpipe": lambda: mmpipe_command(spec, args.epochs)}  # a new run directory each time
     if not args.no_bare:
-        kinds["bare"] = lambda: bare_command(spec)
+        bare_cmd = bare_command(spec)
+        kinds["bare"] = lambda: bare_cmd
     firsts: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.runs):
         for kind, command in kinds.items():  # interleaved: both see the same machine state
