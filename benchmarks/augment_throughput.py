@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.augment.stage import augment_batch
-from pipeline.data.config import StageConfig
-from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
-from pipeline.data.demo import write_demo
-from pipeline.data.rebalance import rebalance_batch
-from pipeline.data.stages import prepare_batch
+from pipeline.data.stages.augment.stage import augment_batch
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.tools.demo import write_demo
+from pipeline.data.stages.rebalance import rebalance_batch
+from pipeline.data.stages.path import prepare_batch
 from pipeline.spec import load_spec
 
 AUGMENT = [
@@ -51,7 +51,7 @@ def ray_pass(spec, classes, plan) -> tuple[int, float]:
 
 def raw_batches(shards: list[Path], size: int = 128):
     """Raw member batches read in this process (what the Ray read tasks hand the stages)."""
-    from pipeline.data.tarstream import raw_batches as stream_batches
+    from pipeline.data.shards.tar import raw_batches as stream_batches
 
     for shard in shards:
         with open(shard, "rb") as f:

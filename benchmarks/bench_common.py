@@ -16,7 +16,7 @@ from pathlib import Path
 
 import ray
 
-from pipeline.data.demo import write_demo
+from pipeline.data.tools.demo import write_demo
 
 
 def scratch_dir(prefix: str) -> Path:

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 from bench_common import demo_data, machine_line, quiet_line, start_ray
 
-from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.spec import load_spec
 

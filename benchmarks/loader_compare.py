@@ -27,8 +27,8 @@ import numpy as np
 from bench_common import demo_data, machine_line, median, quiet_line, start_ray
 from torch_loader import StageStream, make_loader
 
-from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
-from pipeline.data.shards import expand_shards
+from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.shards.check import expand_shards
 from pipeline.model.classifier import input_columns
 from pipeline.spec import load_spec
 

@@ -46,7 +46,7 @@ def child(data: Path, cpus: int, batch_size: int) -> None:
     import ray
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-    from pipeline.data.dataset import plan_rebalance, resolve_classes, train_dataset
+    from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
     from pipeline.model.classifier import input_columns
     from pipeline.spec import load_spec
 

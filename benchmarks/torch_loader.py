@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.data.align import keep_rows
-from pipeline.data.augment.stage import augment_batch
-from pipeline.data.config import StageConfig
-from pipeline.data.dedupe import DuplicateIndex
-from pipeline.data.rebalance import rebalance_batch
-from pipeline.data.stages import prepare_batch
+from pipeline.data.stages.align import keep_rows
+from pipeline.data.stages.augment.stage import augment_batch
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.dedupe import DuplicateIndex
+from pipeline.data.stages.rebalance import rebalance_batch
+from pipeline.data.stages.path import prepare_batch
 from pipeline.model.classifier import input_columns
 from pipeline.spec import JobSpec
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.data.demo import write_demo
+from pipeline.data.tools.demo import write_demo
 from pipeline.ray_runtime import ensure_ray
 from pipeline.spec import load_spec
 from pipeline.tune.runner import run_tune

@@ -51,7 +51,7 @@ def pack(
     keep_order: bool = typer.Option(False, help="Keep the manifest's row order instead of shuffling"),
 ) -> None:
     """Pack media files listed in a manifest into WebDataset shards per split, with manifest.json."""
-    from pipeline.data.pack import ManifestError, pack_manifest
+    from pipeline.data.tools.pack import ManifestError, pack_manifest
 
     try:
         result = pack_manifest(manifest, out_dir, [c.strip() for c in classes.split(",")] if classes else None,
@@ -79,7 +79,7 @@ def demo_data(
     overwrite: bool = typer.Option(False, help="Replace a dataset already in OUT_DIR"),
 ) -> None:
     """Write a synthetic long-tailed image+text+audio dataset (with planted bad samples) and its spec.yaml."""
-    from pipeline.data.demo import write_demo
+    from pipeline.data.tools.demo import write_demo
 
     try:
         m = write_demo(out_dir, seed=seed, scale=scale, overwrite=overwrite)
@@ -99,9 +99,9 @@ def validate(
 ) -> None:
     """Run read → clean → align over every split and print the data report."""
     job = _load(spec, set_)
-    from pipeline.data.dataset import DataError, validate_splits
-    from pipeline.data.plots import plot_class_distribution
-    from pipeline.data.shards import ShardError
+    from pipeline.data.streaming.split import DataError, validate_splits
+    from pipeline.data.tools.plots import plot_class_distribution
+    from pipeline.data.shards.check import ShardError
     from pipeline.ray_runtime import ensure_ray
 
     if not job.data.splits:
@@ -136,8 +136,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables"),
 ) -> None:
     """Counts per class, modality coverage and shard sizes of a dataset."""
-    from pipeline.data.inspect import inspect_path
-    from pipeline.data.shards import ShardError
+    from pipeline.data.tools.inspect import inspect_path
+    from pipeline.data.shards.check import ShardError
 
     try:
         info = inspect_path(path)
@@ -174,10 +174,10 @@ def preview_augment(
 ) -> None:
     """Write a PNG sheet of train samples before and after augmentation (images, spectrograms, text)."""
     job = _load(spec, set_)
-    from pipeline.data.augment.stage import augment_batch
-    from pipeline.data.dataset import DataError, build_split, resolve_classes
-    from pipeline.data.plots import augment_sheet
-    from pipeline.data.shards import ShardError
+    from pipeline.data.stages.augment.stage import augment_batch
+    from pipeline.data.streaming.split import DataError, build_split, resolve_classes
+    from pipeline.data.tools.plots import augment_sheet
+    from pipeline.data.shards.check import ShardError
     from pipeline.io import atomic_write_text
     from pipeline.ray_runtime import ensure_ray
 
@@ -216,8 +216,8 @@ def train(
 
 
 def _train_and_summarise(job, run_dir: Path) -> None:
-    from pipeline.data.dataset import DataError
-    from pipeline.data.shards import ShardError
+    from pipeline.data.streaming.split import DataError
+    from pipeline.data.shards.check import ShardError
     from pipeline.ray_runtime import ensure_ray
     from pipeline.train.trainer import TrainError, run_training
 
@@ -259,8 +259,8 @@ def tune(
 ) -> None:
     """Search fusion and optimizer settings with Ray Tune; export the best configuration as a job spec."""
     job = _load(spec, set_)
-    from pipeline.data.dataset import DataError
-    from pipeline.data.shards import ShardError
+    from pipeline.data.streaming.split import DataError
+    from pipeline.data.shards.check import ShardError
     from pipeline.ray_runtime import ensure_ray
     from pipeline.tune.runner import TuneError, run_tune
 
@@ -279,7 +279,7 @@ def tune(
 
 def resolve_classes_first(job) -> None:
     """Configuration problems (no class names) surface before Ray starts."""
-    from pipeline.data.dataset import resolve_classes
+    from pipeline.data.streaming.split import resolve_classes
 
     resolve_classes(job)
 
@@ -291,7 +291,7 @@ def demo(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Make the demo dataset, train the default fusion model on it, evaluate, and print a summary."""
-    from pipeline.data.demo import write_demo
+    from pipeline.data.tools.demo import write_demo
 
     data = out / "data"
     write_demo(data, seed=seed, overwrite=True)

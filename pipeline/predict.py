@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import storage
-from pipeline.data.contract import KEY_COLUMN, URL_COLUMN
-from pipeline.data.report import SplitReport
-from pipeline.workflow.registry import ModelRef, Registry
+from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
+from pipeline.data.stages.report import SplitReport
+from pipeline.registry import ModelRef, Registry
 
 SPLIT = "predict"
 TEXT_COLUMNS = ("key", "shard", "status", "detail", "pred_class")
@@ -77,7 +77,7 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
     import pyarrow.parquet as pq
     import ray
 
-    from pipeline.data.dataset import build_split
+    from pipeline.data.streaming.split import build_split
 
     if not out.endswith(".parquet"):
         raise PredictError(f"--out {out}: the output is one Parquet file; name it *.parquet")

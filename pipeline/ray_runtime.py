@@ -9,7 +9,7 @@ import sys
 # Idle workers beyond Ray's soft limit (the CPU count; Ray Train's and Ray Data's actors alone exceed it on a small
 # machine) are killed after 1 s by default: every training epoch's read tasks then met cold workers that imported
 # Ray Data and the augmentation libraries again (a demo epoch took 17.5 s instead of 4 s), and workers warmed for
-# the first epoch (pipeline/data/warmup.py) were gone before it began. Our local instance keeps idle workers for a
+# the first epoch (pipeline/data/streaming/warmup.py) were gone before it began. Our local instance keeps idle workers for a
 # minute; cluster.yaml starts Ray with the same setting.
 IDLE_WORKER_KILL_MS = 60_000
 

@@ -478,7 +478,7 @@ def _transform_problems(spec: JobSpec) -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=32)
 def _checked(augment_json: str, modalities_json: str) -> list[tuple[str, str]]:
     # Trying transforms costs seconds (library imports); the same sections need trying once per process.
-    from pipeline.data.augment.stage import check_transforms
+    from pipeline.data.stages.augment.stage import check_transforms
 
     spec = JobSpec(augment=AugmentSpec.model_validate_json(augment_json),
                    modalities=ModalitiesSpec.model_validate_json(modalities_json))

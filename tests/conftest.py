@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline.data.demo import write_demo
+from pipeline.data.tools.demo import write_demo
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.data.augment.stage import augment_batch
-from pipeline.data.tokenize import encode_batch
+from pipeline.data.stages.augment.stage import augment_batch
+from pipeline.data.stages.tokenize import encode_batch
 from pipeline.spec import SpecError, spec_from_dict
 
 TEXTS = ["the quick brown fox", "一只敏捷的狐狸跳过了懒狗", "Быстрая лиса", ""]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.data.pack import pack_manifest
+from pipeline.data.tools.pack import pack_manifest
 from pipeline.examples.av_digits import WORDS, PrepareError, prepare
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fsdd"
@@ -68,7 +68,7 @@ def test_prepare_by_speaker_and_other_speakers(tmp_path):
 
 @pytest.mark.ray
 def test_packed_example_goes_through_the_pipeline_cleanly(ray_session, tmp_path):
-    from pipeline.data.dataset import validate_splits
+    from pipeline.data.streaming.split import validate_splits
     from pipeline.spec import load_spec
 
     manifest = prepare(FIXTURE, tmp_path / "raw")

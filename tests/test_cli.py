@@ -28,7 +28,7 @@ def test_demo_data_inspect_from_manifest_and_by_scan(tmp_path):
 
 
 def test_demo_data_is_deterministic_per_seed(tmp_path):
-    from pipeline.data.demo import write_demo
+    from pipeline.data.tools.demo import write_demo
 
     a = write_demo(tmp_path / "a", seed=3, scale=0.1)
     b = write_demo(tmp_path / "b", seed=3, scale=0.1)

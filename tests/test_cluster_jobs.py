@@ -29,7 +29,7 @@ from pipeline.cluster import ClusterError
 from pipeline.cluster import jobs as J
 from pipeline.cluster.auth import find_token
 from pipeline.cluster.workdir import SHIPPED_SPEC, stage_working_dir
-from pipeline.data.demo import write_demo
+from pipeline.data.tools.demo import write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["train.epochs=1", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5", "augment.enabled=false"]

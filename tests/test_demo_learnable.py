@@ -11,7 +11,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.data.dataset import build_split, resolve_classes
+from pipeline.data.streaming.split import build_split, resolve_classes
 from pipeline.spec import load_spec
 
 pytestmark = pytest.mark.ray

@@ -7,7 +7,7 @@ import soundfile as sf
 import webdataset as wds
 from PIL import Image
 
-from pipeline.data.pack import pack_manifest
+from pipeline.data.tools.pack import pack_manifest
 
 
 def make_media(folder):

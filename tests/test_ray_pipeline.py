@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import write_tar
-from pipeline.data.dataset import build_split, resolve_classes, validate_splits
-from pipeline.data.shards import ShardError
-from pipeline.data.tokenize import decode_bytes
+from pipeline.data.streaming.split import build_split, resolve_classes, validate_splits
+from pipeline.data.shards.check import ShardError
+from pipeline.data.stages.tokenize import decode_bytes
 from pipeline.spec import load_spec, spec_from_dict
 
 pytestmark = pytest.mark.ray
@@ -87,7 +87,7 @@ def test_tgz_shard_with_gz_members_and_chinese_text(ray_session, tmp_path):
 def test_packed_shards_read_by_ray(ray_session, tmp_path):
     import ray
 
-    from pipeline.data.pack import pack_manifest
+    from pipeline.data.tools.pack import pack_manifest
 
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({"text": f"文本 {i}", "label": "ab"[i % 2]})
                                                 for i in range(10)), encoding="utf-8")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.data.rebalance import RebalanceError, expected_histogram, rebalance_batch, sampling_factors, tolerance
+from pipeline.data.stages.rebalance import RebalanceError, expected_histogram, rebalance_batch, sampling_factors, tolerance
 from pipeline.model.losses import class_balanced_weights, focal_loss, make_loss
 from pipeline.spec import RebalanceSpec, spec_from_dict, spec_warnings
 

@@ -15,7 +15,7 @@ from pipeline.cli import app
 from pipeline.model.classifier import MultimodalClassifier
 from pipeline.spec import spec_from_dict
 from pipeline.workflow.champion import decide
-from pipeline.workflow.registry import ModelRef, PromotionConflict, Registry, RegistryError
+from pipeline.registry import ModelRef, PromotionConflict, Registry, RegistryError
 
 CLASSES = ["sun", "moon", "river"]
 RAW = {"name": "tiny", "modalities": {"image": {"size": [16, 16]}, "text": None, "audio": None},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.demo import write_demo
+from pipeline.data.tools.demo import write_demo
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.store import Schedule, Store
 

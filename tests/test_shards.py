@@ -4,7 +4,7 @@ import re
 import pytest
 
 from conftest import write_tar
-from pipeline.data.shards import ShardError, check_shard, expand_shards
+from pipeline.data.shards.check import ShardError, check_shard, expand_shards
 
 
 def members(n, prefix="k"):

@@ -10,13 +10,13 @@ import soundfile as sf
 from PIL import Image
 
 from conftest import raw_batch
-from pipeline.data.align import keep_rows
-from pipeline.data.clean import DROP_REASONS
-from pipeline.data.config import StageConfig
-from pipeline.data.dedupe import DuplicateIndex
-from pipeline.data.demo import _png_with_header_size
-from pipeline.data.stages import prepare_batch
-from pipeline.data.tokenize import decode_bytes, encode_batch
+from pipeline.data.stages.align import keep_rows
+from pipeline.data.stages.clean import DROP_REASONS
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.dedupe import DuplicateIndex
+from pipeline.data.tools.demo import _png_with_header_size
+from pipeline.data.stages.path import prepare_batch
+from pipeline.data.stages.tokenize import decode_bytes, encode_batch
 from pipeline.spec import spec_from_dict
 
 CLASSES = ["cat", "dog", "猫"]
@@ -84,7 +84,7 @@ def test_every_reason_has_a_case():
 
 
 def test_an_unforeseen_error_drops_the_sample_not_the_batch(monkeypatch):
-    import pipeline.data.clean as clean
+    import pipeline.data.stages.clean as clean
 
     def broken(*args, **kwargs):
         raise RuntimeError("decoder bug")
@@ -97,8 +97,8 @@ def test_an_unforeseen_error_drops_the_sample_not_the_batch(monkeypatch):
 
 def test_numeric_class_names_and_label_formats():
     names = ("1", "2", "10")
-    from pipeline.data.clean import parse_label
-    from pipeline.data.decode import Rejected
+    from pipeline.data.stages.clean import parse_label
+    from pipeline.data.stages.decode import Rejected
 
     assert parse_label(b"2", names) == 2  # auto: an integer is an index (what `mmpipe pack` writes)
     assert parse_label(b"2", names, "name") == 1

@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.data.counts import class_counts
-from pipeline.data.dataset import DataError, build_split, plan_rebalance, resolve_classes, train_dataset
-from pipeline.data.epoch import EpochClock
-from pipeline.data.rebalance import tolerance
+from pipeline.data.streaming.counts import class_counts
+from pipeline.data.streaming.split import DataError, build_split, plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.streaming.epoch import EpochClock
+from pipeline.data.stages.rebalance import tolerance
 from pipeline.spec import load_spec
 
 pytestmark = pytest.mark.ray
@@ -80,9 +80,9 @@ def test_prepared_batches_leave_their_read_task_as_they_are_made(ray_session, de
     """A shard's read task hands over blocks of about one prepared batch as it makes them (training's first batch
     does not wait for whole shards); Ray Data's default buffered a shard's whole output into one block at the task's
     end. Sized by what the rows carry after ``then``: here only the image, as for an image-only model."""
-    from pipeline.data import prepared_source
-    from pipeline.data.align import keep_rows
-    from pipeline.data.config import StageConfig
+    from pipeline.data.streaming import source as prepared_source
+    from pipeline.data.stages.align import keep_rows
+    from pipeline.data.stages.config import StageConfig
 
     monkeypatch.setattr(prepared_source, "MIN_BLOCK_BYTES", 1)  # the demo's small batches would not reach 1 MiB
     spec = load_spec(demo_dir / "spec.yaml")
@@ -101,7 +101,7 @@ def test_prepared_batches_leave_their_read_task_as_they_are_made(ray_session, de
 def test_data_worker_warm_up_imports_and_builds_the_augmenters(ray_session, demo_dir):
     """The warm-up tasks run (imports, the spec's augmenters) in Ray Train's runtime environment, the one Ray Data's
     read tasks get inside training: Ray reuses an idle worker only for tasks of the same environment."""
-    from pipeline.data.warmup import train_runtime_env, warm_data_workers
+    from pipeline.data.streaming.warmup import train_runtime_env, warm_data_workers
 
     spec = load_spec(demo_dir / "spec.yaml", AUGMENT)
     refs = warm_data_workers(spec, 2)

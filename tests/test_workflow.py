@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.predict import predict
 from pipeline.spec import load_spec
-from pipeline.workflow.registry import Registry
+from pipeline.registry import Registry
 from pipeline.workflow.run import WorkflowFailed, run_workflow
 
 pytestmark = pytest.mark.ray

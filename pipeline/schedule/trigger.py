@@ -16,8 +16,8 @@ class TriggerError(RuntimeError):
 
 
 def fingerprint(spec: JobSpec) -> str:
-    """sha256 hex of the manifest content and the shard listing of every split (pipeline.data.fingerprint)."""
-    from pipeline.data.fingerprint import data_fingerprint
+    """sha256 hex of the manifest content and the shard listing of every split (pipeline.data.shards.fingerprint)."""
+    from pipeline.data.shards.fingerprint import data_fingerprint
 
     if not spec.data.splits:
         raise TriggerError("the spec lists no data (data.splits is empty): nothing to watch for changes")

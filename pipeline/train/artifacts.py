@@ -24,7 +24,7 @@ def write_epochs_csv(path: Path, history: list[dict]) -> None:
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
-    from pipeline.data.plots import _pyplot
+    from pipeline.data.tools.plots import _pyplot
 
     plt = _pyplot()
     epochs = [row["epoch"] + 1 for row in history]
@@ -41,7 +41,7 @@ def plot_curves(path: Path, history: list[dict]) -> None:
 
 
 def plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title: str) -> None:
-    from pipeline.data.plots import _pyplot
+    from pipeline.data.tools.plots import _pyplot
 
     plt = _pyplot()
     size = max(4, 0.6 * len(classes) + 2)

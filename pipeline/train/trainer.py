@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
-from pipeline.data.epoch import EpochClock
-from pipeline.data.warmup import warm_data_workers
+from pipeline.data.streaming.split import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
+from pipeline.data.streaming.epoch import EpochClock
+from pipeline.data.streaming.warmup import warm_data_workers
 from pipeline.io import atomic_write_text
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.ray_runtime import data_progress, started_here

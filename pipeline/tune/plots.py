@@ -16,7 +16,7 @@ def trial_best(result, metric: str, mode: str) -> float:
 
 
 def plot_trial_curves(path: Path, results, metric: str) -> None:
-    from pipeline.data.plots import _pyplot
+    from pipeline.data.tools.plots import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -37,7 +37,7 @@ def plot_trial_curves(path: Path, results, metric: str) -> None:
 
 
 def plot_best_by(path: Path, results, metric: str, mode: str, keys: list[str]) -> None:
-    from pipeline.data.plots import _pyplot
+    from pipeline.data.tools.plots import _pyplot
 
     plt = _pyplot()
     keys = keys or ["trial"]

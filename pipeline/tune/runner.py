@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.dataset import build_split, plan_rebalance, resolve_classes, validate_splits
+from pipeline.data.streaming.split import build_split, plan_rebalance, resolve_classes, validate_splits
 from pipeline.io import atomic_write_text
 from pipeline.ray_runtime import data_progress
 from pipeline.spec import JobSpec, dump_spec

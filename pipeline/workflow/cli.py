@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the spec's workflow (validate-data → (tune) → train → evaluate → register → promote, or predict)."""
         job = cli._load(spec, set_)
-        from pipeline.data.dataset import DataError
+        from pipeline.data.streaming.split import DataError
         from pipeline.ray_runtime import ensure_ray
         from pipeline.workflow.run import WorkflowFailed, default_run_dir, run_workflow
 
@@ -63,12 +63,12 @@ def register(app: typer.Typer) -> None:
         dedupe: bool = typer.Option(False, help="Mark exact duplicates instead of predicting them again"),
     ) -> None:
         """Batch inference over shards with a registered model: one row per sample, bad samples with reasons."""
-        from pipeline.data.dataset import DataError
-        from pipeline.data.shards import ShardError
+        from pipeline.data.streaming.split import DataError
+        from pipeline.data.shards.check import ShardError
         from pipeline.predict import PredictError
         from pipeline.predict import predict as run_predict
         from pipeline.ray_runtime import ensure_ray
-        from pipeline.workflow.registry import RegistryError
+        from pipeline.registry import RegistryError
 
         try:
             ensure_ray()
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
 
 def _open(uri: str):
     from pipeline import cli, storage
-    from pipeline.workflow.registry import Registry
+    from pipeline.registry import Registry
 
     if not storage.exists(storage.join(uri, "claims")):
         cli._fail(f"{uri}: no registry there (no model was ever registered)")
@@ -106,7 +106,7 @@ def _guard(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from pipeline import cli
-        from pipeline.workflow.registry import RegistryError
+        from pipeline.registry import RegistryError
 
         try:
             return fn(*args, **kwargs)
@@ -146,7 +146,7 @@ def list_versions(registry: str = typer.Argument(..., help="Registry folder or U
 def show(ref: str = typer.Argument(..., help="REGISTRY:VERSION or REGISTRY@ALIAS")) -> None:
     """A version's metadata, its promotion decision, and the alias history."""
     from pipeline import cli
-    from pipeline.workflow.registry import ModelRef
+    from pipeline.registry import ModelRef
 
     parsed = ModelRef.parse(ref)
     reg = _open(parsed.registry)

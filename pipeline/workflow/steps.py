@@ -18,7 +18,7 @@ from pipeline.io import atomic_write_text
 from pipeline.model.checkpoint import load_model
 from pipeline.spec import JobSpec, load_spec
 from pipeline.workflow.champion import decide
-from pipeline.workflow.registry import Registry
+from pipeline.registry import Registry
 from pipeline.workflow.rundir import RunDir, fingerprint
 
 
@@ -55,22 +55,22 @@ def _sections(spec: JobSpec, names) -> dict:
 
 def _data_inputs(spec: JobSpec) -> dict:
     """The data sections and what the shards are now: new or changed shards under the same globs count."""
-    from pipeline.data.fingerprint import data_fingerprint
+    from pipeline.data.shards.fingerprint import data_fingerprint
 
     return {**_sections(spec, _DATA + ("rebalance",)), "fingerprint": data_fingerprint(spec)}
 
 
 def _split_data(spec: JobSpec, splits: list[str]) -> dict:
     """The shards (and manifest) of ``splits`` as they are now, so new data under the same globs re-runs a step."""
-    from pipeline.data.fingerprint import data_fingerprint
+    from pipeline.data.shards.fingerprint import data_fingerprint
 
     return data_fingerprint(spec, [s for s in splits if s in spec.data.splits])
 
 
 def _predict_inputs(spec: JobSpec) -> dict:
     """The predict section, the version the model reference points at now, and the shards as they are now."""
-    from pipeline.data.fingerprint import shard_listing
-    from pipeline.workflow.registry import ModelRef, RegistryError
+    from pipeline.data.shards.fingerprint import shard_listing
+    from pipeline.registry import ModelRef, RegistryError
 
     try:
         ref = ModelRef.parse(spec.predict.model)
@@ -106,8 +106,8 @@ def step_inputs(spec: JobSpec, step: str, upstream: dict[str, str]) -> dict:
 # ---------------------------------------------------------------- the steps
 
 def validate_data(ctx: StepContext, ws: Path) -> dict:
-    from pipeline.data.dataset import validate_splits
-    from pipeline.data.fingerprint import data_fingerprint
+    from pipeline.data.streaming.split import validate_splits
+    from pipeline.data.shards.fingerprint import data_fingerprint
 
     report = validate_splits(ctx.spec)
     report.write_json(ws / "data_report.json")
@@ -148,7 +148,7 @@ def train(ctx: StepContext, ws: Path) -> dict:
 
 def score(model, model_spec: JobSpec, data_spec: JobSpec, split: str, classes: list[str]) -> dict:
     """``model`` (trained with ``model_spec``'s modalities and alignment) on ``data_spec``'s ``split``."""
-    from pipeline.data.dataset import build_split
+    from pipeline.data.streaming.split import build_split
     from pipeline.train.trainer import evaluate
 
     if split not in data_spec.data.splits:

@@ -8,8 +8,8 @@ present locally, and otherwise fail at spec load with a message naming what is m
 
 from __future__ import annotations
 
-from pipeline.data.augment.build import TransformError, construct, lookup
-from pipeline.data.seeds import global_rng
+from pipeline.data.stages.augment.build import TransformError, construct, lookup
+from pipeline.data.stages.seeds import global_rng
 
 OFFLINE = ("KeyboardAug", "OcrAug", "RandomCharAug", "RandomWordAug", "SplitAug")
 NEEDS_DATA = {

@@ -15,10 +15,10 @@ import numpy as np
 import soxr
 from PIL import Image
 
-from pipeline.data.config import StageConfig
-from pipeline.data.contract import KEY_COLUMN, URL_COLUMN
-from pipeline.data.decode import Rejected
-from pipeline.data.tokenize import encode_batch
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
+from pipeline.data.stages.decode import Rejected
+from pipeline.data.stages.tokenize import encode_batch
 
 
 def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from pipeline.data.contract import KEY_COLUMN, URL_COLUMN, split_member_name
+from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN, split_member_name
 
 
 def tar_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, bytes | str]]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data.align import align_batch
-from pipeline.data.clean import Duplicates, clean_batch
-from pipeline.data.config import StageConfig
+from pipeline.data.stages.align import align_batch
+from pipeline.data.stages.clean import Duplicates, clean_batch
+from pipeline.data.stages.config import StageConfig
 
 
 def prepare_batch(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None

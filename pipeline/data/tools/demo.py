@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
 
-from pipeline.data.shardwriter import Sample, ShardWriter
+from pipeline.data.tools.shardwriter import Sample, ShardWriter
 from pipeline.io import atomic_write_text
 
 CLASSES = ["sun", "moon", "river", "mountain", "forest", "meadow"]

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_based_datasource import FileBasedDatasource
 
-from pipeline.data.align import aligned_row_bytes
-from pipeline.data.clean import Duplicates
-from pipeline.data.config import StageConfig
-from pipeline.data.stages import prepare_batch
-from pipeline.data.tarstream import raw_batches
+from pipeline.data.stages.align import aligned_row_bytes
+from pipeline.data.stages.clean import Duplicates
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.path import prepare_batch
+from pipeline.data.shards.tar import raw_batches
 
 
 # Below this, per-block overheads outweigh streaming (e.g. text-only rows of a few hundred bytes): such rows are

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data.clean import label_value, parse_label, parse_meta
-from pipeline.data.config import StageConfig
-from pipeline.data.contract import pick_members
-from pipeline.data.decode import Rejected
-from pipeline.data.shards import check_shards, expand_shards
+from pipeline.data.stages.clean import label_value, parse_label, parse_meta
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.contract import pick_members
+from pipeline.data.stages.decode import Rejected
+from pipeline.data.shards.check import check_shards, expand_shards
 from pipeline.spec import JobSpec
 
 
@@ -29,7 +29,7 @@ def label_counts_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[s
 
 
 def _manifest_counts(spec: JobSpec, split: str, classes: list[str]) -> np.ndarray | None:
-    from pipeline.data.dataset import find_manifest
+    from pipeline.data.streaming.split import find_manifest
 
     found = find_manifest(spec)
     if not found:

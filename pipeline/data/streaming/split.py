@@ -9,12 +9,12 @@ from functools import partial
 
 import fsspec
 
-from pipeline.data.align import keep_rows
-from pipeline.data.config import StageConfig
-from pipeline.data.dedupe import RemoteDuplicateIndex
-from pipeline.data.prepared_source import read_prepared
-from pipeline.data.report import REPORT_COLUMNS, DataReport, SplitReport
-from pipeline.data.shards import ShardCheck, ShardError, check_shards, expand_shards
+from pipeline.data.stages.align import keep_rows
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.streaming.dedupe import RemoteDuplicateIndex
+from pipeline.data.streaming.source import read_prepared
+from pipeline.data.stages.report import REPORT_COLUMNS, DataReport, SplitReport
+from pipeline.data.shards.check import ShardCheck, ShardError, check_shards, expand_shards
 from pipeline.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int] | None =
     """Factors per class from ``counts`` (e.g. a validate pass), else from manifest.json or a label-only pass."""
     import numpy as np
 
-    from pipeline.data.counts import class_counts
-    from pipeline.data.rebalance import RebalanceError, sampling_factors
+    from pipeline.data.streaming.counts import class_counts
+    from pipeline.data.stages.rebalance import RebalanceError, sampling_factors
 
     if counts is None:
         array, source = class_counts(spec, split, classes)
@@ -169,9 +169,9 @@ def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int] | None =
 
 def _train_batch(batch, factors, seed, augment, modalities, columns, epoch):
     """keep -> rebalance -> augment on one prepared batch, reading the epoch once."""
-    from pipeline.data.augment.stage import augment_batch
-    from pipeline.data.epoch import current_epoch
-    from pipeline.data.rebalance import rebalance_batch
+    from pipeline.data.stages.augment.stage import augment_batch
+    from pipeline.data.streaming.epoch import current_epoch
+    from pipeline.data.stages.rebalance import rebalance_batch
 
     epoch = current_epoch(epoch)
     batch = keep_rows(batch)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.data.contract import base_extension
-from pipeline.data.shardwriter import Sample, ShardWriter
+from pipeline.data.stages.contract import base_extension
+from pipeline.data.tools.shardwriter import Sample, ShardWriter
 from pipeline.spec import LabelSpec, ModalitiesSpec
 
 MEDIA_COLUMNS = ("image", "audio", "text_path")

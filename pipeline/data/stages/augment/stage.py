@@ -15,12 +15,12 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.data.augment import audio as audio_aug
-from pipeline.data.augment import image as image_aug
-from pipeline.data.augment import text as text_aug
-from pipeline.data.augment.build import TransformError
-from pipeline.data.seeds import row_ids, row_seeds
-from pipeline.data.tokenize import encode_batch
+from pipeline.data.stages.augment import audio as audio_aug
+from pipeline.data.stages.augment import image as image_aug
+from pipeline.data.stages.augment import text as text_aug
+from pipeline.data.stages.augment.build import TransformError
+from pipeline.data.stages.seeds import row_ids, row_seeds
+from pipeline.data.stages.tokenize import encode_batch
 from pipeline.spec import AugmentSpec, JobSpec, ModalitiesSpec
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import fsspec
 
-from pipeline.data.contract import base_extension, split_member_name
-from pipeline.data.shards import SHARD_SUFFIXES, ShardError, expand_shards, is_compressed
+from pipeline.data.stages.contract import base_extension, split_member_name
+from pipeline.data.shards.check import SHARD_SUFFIXES, ShardError, expand_shards, is_compressed
 from pipeline.spec import LabelSpec, ModalitiesSpec
 
 

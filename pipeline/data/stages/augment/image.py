@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from pipeline.data.augment.build import TransformError, construct, lookup
+from pipeline.data.stages.augment.build import TransformError, construct, lookup
 
 
 # albumentations checks PyPI for a newer version on import (up to 2 s, in every worker process) unless told not to.

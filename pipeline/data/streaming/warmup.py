@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 def _warm(augment_json: str, modalities_json: str) -> str | None:
     """Nobody waits for this: a failure is returned (and only costs the warm-up), never raised."""
     try:
-        import pipeline.data.dataset  # noqa: F401  (Ray Data, pyarrow, decoders, clean/align, the read datasource)
-        from pipeline.data.augment.stage import _cached
+        import pipeline.data.streaming.split  # noqa: F401  (Ray Data, pyarrow, decoders, clean/align, the read datasource)
+        from pipeline.data.stages.augment.stage import _cached
 
         _cached(augment_json, modalities_json)
     except Exception as e:  # the read task that needs the same will raise it where it matters

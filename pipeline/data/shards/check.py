@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import fsspec
 from braceexpand import braceexpand
 
-from pipeline.data.contract import split_member_name
+from pipeline.data.stages.contract import split_member_name
 
 SHARD_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 _GLOB_CHARS = set("*?[")

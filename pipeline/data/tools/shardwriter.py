@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.data.contract import base_extension
+from pipeline.data.stages.contract import base_extension
 from pipeline.io import atomic_write_text
 
 MANIFEST_FORMAT = "mmpipe-shards/1"

@@ -17,10 +17,10 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.data.config import StageConfig
-from pipeline.data.contract import KEY_COLUMN, URL_COLUMN, Member, pick_members
-from pipeline.data.decode import Rejected, decode_audio, decode_image, decode_text
-from pipeline.data.dedupe import content_hash
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN, Member, pick_members
+from pipeline.data.stages.decode import Rejected, decode_audio, decode_image, decode_text
+from pipeline.data.stages.dedupe import content_hash
 
 # Every reason a sample can be dropped, in the order the report lists them.
 DROP_REASONS = (

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data.augment.build import TransformError, construct, lookup
-from pipeline.data.seeds import global_rng
+from pipeline.data.stages.augment.build import TransformError, construct, lookup
+from pipeline.data.stages.seeds import global_rng
 
 
 def _is_transform(obj) -> bool:

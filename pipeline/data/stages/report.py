@@ -11,8 +11,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.data.clean import DROP_REASONS
-from pipeline.data.contract import KEY_COLUMN, URL_COLUMN
+from pipeline.data.stages.clean import DROP_REASONS
+from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 
 EXAMPLES_PER_REASON = 5
 REPORT_COLUMNS = (KEY_COLUMN, URL_COLUMN, "label", "drop_reason", "drop_detail")

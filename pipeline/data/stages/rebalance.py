@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from pipeline.data.seeds import row_ids, row_seeds, uniforms
+from pipeline.data.stages.seeds import row_ids, row_seeds, uniforms
 from pipeline.spec import RebalanceSpec
 
 
