@@ -26,7 +26,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(spec_path: Path, overrides: Optional[list[str]]):
-    from pipeline.spec import SpecError, load_spec, spec_warnings
+    from pipeline.spec import SpecError, spec_warnings
+    from pipeline.spec_checks import load_job as load_spec
 
     try:
         spec = load_spec(spec_path, overrides or [])

@@ -8,7 +8,6 @@ they are validated exactly like the file.
 from __future__ import annotations
 
 import difflib
-import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -468,23 +467,6 @@ def _resolve_local_paths(spec: JobSpec, base: Path) -> JobSpec:
     return spec
 
 
-def _transform_problems(spec: JobSpec) -> list[tuple[str, str]]:
-    """Augmentation transforms are built and tried once here, so a bad name or parameter fails at load time."""
-    if not spec.augment.enabled or not (spec.augment.image or spec.augment.text or spec.augment.audio):
-        return []
-    return _checked(spec.augment.model_dump_json(), spec.modalities.model_dump_json())
-
-
-@functools.lru_cache(maxsize=32)
-def _checked(augment_json: str, modalities_json: str) -> list[tuple[str, str]]:
-    # Trying transforms costs seconds (library imports); the same sections need trying once per process.
-    from pipeline.data.stages.augment.stage import check_transforms
-
-    spec = JobSpec(augment=AugmentSpec.model_validate_json(augment_json),
-                   modalities=ModalitiesSpec.model_validate_json(modalities_json))
-    return check_transforms(spec)
-
-
 def _validated(raw: dict[str, Any], source: str) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
@@ -493,16 +475,25 @@ def _validated(raw: dict[str, Any], source: str) -> JobSpec:
 
 
 def spec_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None) -> JobSpec:
-    spec = _validated(raw, source)
-    problems = _transform_problems(spec)
-    if spec.tune.search_space:
-        from pipeline.tune.space import problems as space_problems
+    """The schema alone: types, ranges, field relations. Checks that need the transforms, the search space or the
+    model's registries run one floor up (``pipeline.spec_checks``)."""
+    return _resolve_local_paths(_validated(raw, source), base or Path.cwd())
 
-        problems += space_problems(raw, spec.tune.search_space, lambda r: _validated(r, source))
-    if problems:
-        raise SpecError("\n".join([f"{source}: {len(problems)} problem(s) in the job spec:"] +
-                                   [f"  - {path}: {msg}" for path, msg in problems]))
-    return _resolve_local_paths(spec, base or Path.cwd())
+
+def read_spec_file(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], str, Path]:
+    """(raw mapping with overrides applied, source name, folder relative paths are resolved against)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read job spec ({e.strerror or e})") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a job spec is a mapping of sections, got {type(raw).__name__}")
+    return apply_overrides(raw, overrides or []), str(path), path.resolve().parent
 
 
 def spec_warnings(spec: JobSpec) -> list[str]:
@@ -517,20 +508,10 @@ def spec_warnings(spec: JobSpec) -> list[str]:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read, override and validate a YAML job spec. Raises SpecError naming the file and every bad field."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read job spec ({e.strerror or e})") from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a job spec is a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    return spec_from_dict(raw, source=str(path), base=path.resolve().parent)
+    """Read, override and validate a YAML job spec against the schema. Raises SpecError naming the file and every
+    bad field. Entry points use ``pipeline.spec_checks.load_job``, which adds the cross-checks."""
+    raw, source, base = read_spec_file(path, overrides)
+    return spec_from_dict(raw, source, base)
 
 
 def dump_spec(spec: JobSpec) -> str:

@@ -5,7 +5,8 @@ import pytest
 
 from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.tokenize import encode_batch
-from pipeline.spec import SpecError, spec_from_dict
+from pipeline.spec import SpecError
+from pipeline.spec_checks import job_from_dict as spec_from_dict
 
 TEXTS = ["the quick brown fox", "一只敏捷的狐狸跳过了懒狗", "Быстрая лиса", ""]
 

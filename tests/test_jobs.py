@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.spec import load_spec
+from pipeline.spec_checks import load_job as load_spec
 
 JOBS = sorted((Path(__file__).parent.parent / "jobs").glob("*.yaml"))
 

@@ -1,6 +1,7 @@
 import pytest
 
-from pipeline.spec import JobSpec, SpecError, apply_overrides, load_spec, parse_override
+from pipeline.spec import JobSpec, SpecError, apply_overrides, parse_override
+from pipeline.spec_checks import load_job as load_spec
 
 
 def write(tmp_path, text, name="job.yaml"):

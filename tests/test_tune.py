@@ -2,7 +2,9 @@
 
 import pytest
 
-from pipeline.spec import SpecError, load_spec, spec_from_dict
+from pipeline.spec import SpecError
+from pipeline.spec_checks import job_from_dict as spec_from_dict
+from pipeline.spec_checks import load_job as load_spec
 
 SPACE = "tune.search_space={model.fusion: {grid: [concat, gated]}, train.optimizer: {grid: [adamw, sgd]}}"
 

@@ -51,7 +51,8 @@ def submit(
                                                         "succeeded"),
 ) -> None:
     """Run the spec's workflow (`mmpipe run`) on a Ray cluster as a Ray job; prints the job id and its URL."""
-    from pipeline.spec import SpecError, load_spec
+    from pipeline.spec import SpecError
+    from pipeline.spec_checks import load_job as load_spec
 
     try:
         spec_address = None if address else load_spec(spec, set_ or []).submit.address

@@ -154,7 +154,8 @@ def storage_warnings(spec, run_dir: str, address: str) -> list[str]:
 
 
 def plan_submission(spec_path: Path, address: str, overrides: list[str], run_dir: str | None = None) -> Submission:
-    from pipeline.spec import dump_spec, load_spec  # SpecError propagates: the caller reports bad specs
+    from pipeline.spec import dump_spec
+    from pipeline.spec_checks import load_job as load_spec  # SpecError propagates: the caller reports bad specs
 
     spec = load_spec(spec_path, overrides)  # paths resolved: absolute or URIs, valid on any node
     run_dir = run_dir or spec.workflow.run_dir or str(Path.cwd() / "runs" / spec.name)
@@ -185,7 +186,7 @@ def send(conn: Connection, plan: Submission, submission_id: str | None = None) -
 def submit_run(spec_path: Path, address: str | None, overrides: list[str], run_dir: str | None = None,
                submission_id: str | None = None) -> str:
     """Submit ``mmpipe run`` of the spec; returns the job (submission) id."""
-    from pipeline.spec import load_spec
+    from pipeline.spec_checks import load_job as load_spec
 
     spec_address = None if address else load_spec(spec_path, overrides).submit.address
     conn = connect(address, spec_address)

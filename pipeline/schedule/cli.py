@@ -138,7 +138,8 @@ def _check_spec(name: str, spec_path: Path, spec: Path, sets: list[str], cron: O
                 trigger: str) -> tuple[str, str]:
     """Validate the name, the spec and the cron expression; the cron expression and time zone to store."""
     from pipeline.schedule.cron import CronError, check_cron
-    from pipeline.spec import SpecError, load_spec
+    from pipeline.spec import SpecError
+    from pipeline.spec_checks import load_job as load_spec
 
     if not _NAME.match(name):
         _fail(f"schedule name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")

@@ -180,7 +180,8 @@ class Scheduler:
                 self._stop(sched, o, now, f"replaced by run #{run.id} (due {iso(run.due)}); concurrency=replace")
         if sched.trigger == "data-changed":
             from pipeline.schedule.trigger import TriggerError, fingerprint
-            from pipeline.spec import SpecError, load_spec
+            from pipeline.spec import SpecError
+            from pipeline.spec_checks import load_job as load_spec
 
             try:
                 fp = fingerprint(load_spec(sched.spec, sched.overrides))

@@ -16,7 +16,8 @@ from typing import Callable
 
 from pipeline.io import atomic_write_text
 from pipeline.model.checkpoint import load_model
-from pipeline.spec import JobSpec, load_spec
+from pipeline.spec import JobSpec
+from pipeline.spec_checks import load_job as load_spec
 from pipeline.workflow.champion import decide
 from pipeline.registry import Registry
 from pipeline.workflow.rundir import RunDir, fingerprint
