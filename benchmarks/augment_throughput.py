@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.config import StageConfig
-from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.stages.path import run_path, sample_path
+from pipeline.data.streaming.plan import DataPlan
 from pipeline.data.tools.demo import write_demo
-from pipeline.data.stages.rebalance import rebalance_batch
-from pipeline.data.stages.path import prepare_batch
 from pipeline.spec import load_spec
 
 AUGMENT = [
@@ -40,10 +38,10 @@ CONFIGS = {
 COLUMNS = ["image", "text", "audio", "label"]
 
 
-def ray_pass(spec, classes, plan) -> tuple[int, float]:
+def ray_pass(data: DataPlan) -> tuple[int, float]:
     start = time.perf_counter()
     rows = 0
-    for batch in train_dataset(spec, classes, plan).select_columns(COLUMNS).iter_batches(
+    for batch in data.train_dataset().select_columns(COLUMNS).iter_batches(
             batch_size=64, batch_format="numpy"):
         rows += len(batch["label"])
     return rows, time.perf_counter() - start
@@ -58,17 +56,14 @@ def raw_batches(shards: list[Path], size: int = 128):
             yield from stream_batches(f, str(shard), size)
 
 
-def local_pass(spec, classes, plan, shards) -> tuple[int, float]:
-    cfg = StageConfig.from_spec(spec, classes)
+def local_pass(data: DataPlan, shards) -> tuple[int, float]:
+    spec = data.spec
+    factors = np.array(data.rebalance.factors) if spec.rebalance.strategy != "none" else None
+    path = sample_path(spec, StageConfig.from_spec(spec, data.classes), "train", factors=factors)
     start = time.perf_counter()
     rows = 0
     for raw in raw_batches(shards):
-        batch = prepare_batch(raw, cfg)
-        kept = batch["drop_reason"] == ""
-        batch = {k: v[kept] for k, v in batch.items()}
-        if spec.rebalance.strategy != "none":
-            batch = rebalance_batch(batch, np.array(plan.factors), spec.rebalance.seed, 0)
-        batch = augment_batch(batch, spec.augment, spec.modalities, 0)
+        batch = run_path(raw, path, epoch=0)
         rows += len(batch["label"])
     return rows, time.perf_counter() - start
 
@@ -85,22 +80,21 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="mmpipe-bench-"))
     write_demo(data, seed=0, scale=args.scale)
     specs = {name: load_spec(data / "spec.yaml", sets) for name, sets in CONFIGS.items()}
-    classes = resolve_classes(specs["align only"])
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    plans = {name: plan_rebalance(s, classes) for name, s in specs.items()}
+    plans = {name: DataPlan(s) for name, s in specs.items()}
     shards = sorted((data / "train").glob("*.tar"))
 
     for name, spec in specs.items():  # warm-up: worker processes import the augmentation libraries once
-        ray_pass(spec, classes, plans[name])
+        ray_pass(plans[name])
     timings: dict[str, list[float]] = {name: [] for name in specs}
     rows: dict[str, int] = {}
     for _ in range(args.repeats):
         for name, spec in specs.items():
-            n, seconds = ray_pass(spec, classes, plans[name])
+            n, seconds = ray_pass(plans[name])
             rows[name] = n
             timings[name].append(n / seconds)
-    local = {name: local_pass(spec, classes, plans[name], shards) for name, spec in specs.items()}
+    local = {name: local_pass(plans[name], shards) for name in specs}
 
     print(f"machine: {platform.machine()}, {args.cpus} CPUs for Ray, Python {platform.python_version()}")
     print(f"data: demo --scale {args.scale}, train split ({sum(1 for _ in shards)} shards)")

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 from bench_common import demo_data, machine_line, quiet_line, start_ray
 
-from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.streaming.plan import DataPlan
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.spec import load_spec
 
@@ -64,9 +64,9 @@ def synthetic(spec, batch_size: int, device):
         yield b
 
 
-def fed(spec, classes, plan, batch_size: int, cpus: int):
+def fed(data: DataPlan, batch_size: int, cpus: int):
     """Pipeline batches on at most ``cpus`` CPUs, epoch after epoch, pinned for fast copies to a GPU."""
-    ds = train_dataset(spec, classes, plan, columns=input_columns(spec))
+    ds = data.train_dataset(columns=input_columns(data.spec))
     ds.context.execution_options.resource_limits = ds.context.execution_options.resource_limits.copy(cpu=cpus)
     while True:
         yield from ds.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=4,
@@ -99,16 +99,16 @@ def main() -> None:
     results = []
     for size in args.sizes:
         spec = load_spec(data / "spec.yaml", [f"modalities.image.size=[{size}, {size}]"])
-        classes = resolve_classes(spec)
-        plan = plan_rebalance(spec, classes)
+        data_plan = DataPlan(spec)
+        classes = data_plan.classes
         torch.manual_seed(0)
         model = MultimodalClassifier(spec, len(classes)).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         base = train_steps(model, optimizer, synthetic(spec, args.batch_size, device), device, args.steps)
-        for _ in train_dataset(spec, classes, plan).iter_batches(batch_size=None):
+        for _ in data_plan.train_dataset().iter_batches(batch_size=None):
             pass  # warm-up epoch: Ray's workers start and import the augmentation libraries outside the timing
         for cpus in sweep:
-            rate = train_steps(model, optimizer, fed(spec, classes, plan, args.batch_size, cpus), device, args.steps)
+            rate = train_steps(model, optimizer, fed(data_plan, args.batch_size, cpus), device, args.steps)
             results.append((size, cpus, base, rate))
             print(f"{size} px, {cpus} CPUs: synthetic {base:.0f}/s, fed {rate:.0f}/s, ratio {rate / base:.2f}",
                   flush=True)

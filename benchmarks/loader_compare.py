@@ -27,7 +27,7 @@ import numpy as np
 from bench_common import demo_data, machine_line, median, quiet_line, start_ray
 from torch_loader import StageStream, make_loader
 
-from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
+from pipeline.data.streaming.plan import DataPlan
 from pipeline.data.shards.check import expand_shards
 from pipeline.model.classifier import input_columns
 from pipeline.spec import load_spec
@@ -55,8 +55,9 @@ def main() -> None:
     print(quiet_line(), flush=True)
     data = demo_data(args.scale)
     spec = load_spec(data / "spec.yaml")
-    classes = resolve_classes(spec)
-    plan = plan_rebalance(spec, classes)  # from manifest.json, for both loaders
+    data_plan = DataPlan(spec)
+    classes = data_plan.classes
+    plan = data_plan.rebalance  # from manifest.json, for both loaders
     factors = np.array(plan.factors) if spec.rebalance.strategy != "none" else None
 
     # The DataLoader's workers are forked before Ray starts in this process, then kept (persistent_workers).
@@ -65,7 +66,7 @@ def main() -> None:
     timed(loader)
     timed(inline)
     start_ray(args.cpus)
-    ray_ds = train_dataset(spec, classes, plan, columns=input_columns(spec))
+    ray_ds = data_plan.train_dataset(columns=input_columns(spec))
 
     def ray_pass():
         return timed(ray_ds.iter_torch_batches(batch_size=args.batch_size, drop_last=False))

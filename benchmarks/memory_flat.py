@@ -46,7 +46,7 @@ def child(data: Path, cpus: int, batch_size: int) -> None:
     import ray
     from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-    from pipeline.data.streaming.split import plan_rebalance, resolve_classes, train_dataset
+    from pipeline.data.streaming.plan import DataPlan
     from pipeline.model.classifier import input_columns
     from pipeline.spec import load_spec
 
@@ -63,8 +63,7 @@ def child(data: Path, cpus: int, batch_size: int) -> None:
             done.wait(POLL_S)
 
     spec = load_spec(data / "spec.yaml")
-    classes = resolve_classes(spec)
-    ds = train_dataset(spec, classes, plan_rebalance(spec, classes), columns=input_columns(spec))
+    ds = DataPlan(spec).train_dataset(columns=input_columns(spec))
     print("streaming", flush=True)  # the parent resets its peaks here: Ray start-up is not the data's memory
     sampler = threading.Thread(target=poll, daemon=True)
     sampler.start()

@@ -1,8 +1,8 @@
 """The standard single-node alternative: webdataset + torch DataLoader running mmpipe's own stage functions.
 
 Per worker: its share of the shards (webdataset splits by worker) -> raw batches shaped like
-``read_webdataset(decoder=None)`` output -> prepare_batch (clean + align) -> keep_rows -> rebalance_batch ->
-augment_batch -> the model's input columns as tensors. Deduplication uses an in-process index per worker (the
+``read_webdataset(decoder=None)`` output -> the sample path as training runs it (stages/path.py: clean -> align ->
+keep -> rebalance -> augment -> tokenize -> the model's input columns) -> tensors. Deduplication uses an in-process index per worker (the
 natural DataLoader equivalent of the Ray actor; it sees only its worker's shards).
 """
 
@@ -11,12 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.data.stages.align import keep_rows
-from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.dedupe import DuplicateIndex
-from pipeline.data.stages.rebalance import rebalance_batch
-from pipeline.data.stages.path import prepare_batch
+from pipeline.data.stages.path import run_path, sample_path
 from pipeline.model.classifier import input_columns
 from pipeline.spec import JobSpec
 
@@ -52,14 +49,10 @@ class StageStream(torch.utils.data.IterableDataset):
         np.random.default_rng(self.epoch).shuffle(order)  # file shuffle per epoch, as the Ray path does
         raw = wds.WebDataset(order, shardshuffle=False, empty_check=False).batched(
             self.batch_size, collation_fn=raw_collate, partial=True)
-        columns = input_columns(spec)
+        path = sample_path(spec, cfg, "train", duplicates, self.factors, input_columns(spec))
         for batch in raw:
-            batch = keep_rows(prepare_batch(batch, cfg, duplicates))
-            if self.factors is not None:
-                batch = rebalance_batch(batch, self.factors, spec.rebalance.seed, self.epoch)
-            if spec.augment.enabled:
-                batch = augment_batch(batch, spec.augment, spec.modalities, self.epoch)
-            yield {c: torch.from_numpy(np.ascontiguousarray(batch[c])) for c in columns}
+            batch = run_path(batch, path, self.epoch)
+            yield {c: torch.from_numpy(np.ascontiguousarray(v)) for c, v in batch.items()}
         self.epoch += 1
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
-from pipeline.data.stages.report import SplitReport
+from pipeline.data.stages.report import REPORT_COLUMNS, SplitReport
 from pipeline.registry import ModelRef, Registry
 
 SPLIT = "predict"
@@ -77,7 +77,8 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
     import pyarrow.parquet as pq
     import ray
 
-    from pipeline.data.streaming.split import build_split
+    from pipeline.data.streaming.plan import DataPlan
+    from pipeline.model.classifier import input_columns
 
     if not out.endswith(".parquet"):
         raise PredictError(f"--out {out}: the output is one Parquet file; name it *.parquet")
@@ -88,7 +89,9 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
     spec = loaded.spec.model_copy(deep=True)
     spec.data.splits = {SPLIT: list(shards)}
     spec.clean.dedupe = dedupe  # every sample gets a prediction unless asked otherwise
-    split = build_split(spec, SPLIT, loaded.classes, labels_required=False)
+    # Every row, unlabelled ones too, carrying only what the Predictor reads (its model's inputs)
+    columns = list(dict.fromkeys([*REPORT_COLUMNS, *input_columns(spec)]))
+    split = DataPlan(spec, loaded.classes).split(SPLIT, labels_required=False, columns=columns)
     report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks),
                          bad_shards=[{"path": c.path, "error": c.error} for c in split.bad_shards])
 

@@ -12,14 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 MODALITIES = ("image", "text", "audio")
-
-FUSIONS = ("concat", "sum", "gated", "attention", "tensor", "low_rank", "film", "late",
-           "image_only", "text_only", "audio_only")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "nadam", "adadelta", "rmsprop")
-LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted")
 
 
 class SpecError(ValueError):
@@ -33,6 +29,25 @@ class Strict(BaseModel):
 
 def _lower_exts(exts: list[str]) -> list[str]:
     return [e.lower().lstrip(".") for e in exts]
+
+
+def unknown_name(kind: str, name: str, known) -> str:
+    """The message for a name missing from a registry: close matches first, then every known name."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return (f"unknown {kind} {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "") +
+            f"; known: {', '.join(sorted(known))}")
+
+
+def _registered(kind: str):
+    """A field whose value names an entry of a registry that lives above this module (fusions, optimizers,
+    losses). The schema accepts any string; ``pipeline.spec_checks`` passes the registries' names as the
+    validation context ({kind: names}), so the check reports with the field's path like any schema error."""
+    def check(name: str, info: ValidationInfo) -> str:
+        known = (info.context or {}).get(kind)
+        if known is not None and name not in known:
+            raise ValueError(unknown_name(kind, name, known))
+        return name
+    return check
 
 
 # ---------------------------------------------------------------- data & contract
@@ -152,11 +167,29 @@ class LabelSpec(Strict):
 
 class CleanSpec(Strict):
     min_image_side: int = Field(8, ge=1, description="smaller images are dropped (image_too_small)")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard (image_too_large)")
+    max_image_pixels: int = Field(25_000_000, ge=1, description="decompression-bomb guard, from the header "
+                                                                "(image_too_large)")
     max_text_chars: int = Field(10_000, ge=1, description="longer texts are dropped (text_too_long)")
     min_audio_seconds: float = Field(0.05, ge=0, description="shorter clips are dropped (audio_too_short)")
+    max_audio_seconds: float = Field(120.0, gt=0, description="longer clips are dropped (audio_too_long)")
+    max_audio_channels: int = Field(8, ge=1, description="clips with more are dropped (audio_too_many_channels)")
+    # Memory limits for untrusted shards (docs/untrusted-data.md). With these defaults one read task holds at most
+    # a raw batch (max_batch_bytes) + a decoded chunk (max_decoded_batch_bytes) + one sample being decoded (under
+    # 256 MiB) and its aligned output: about 1 GiB over the interpreter's own, within a 1.5 GiB budget per task.
+    max_member_bytes: int = Field(64 << 20, ge=1, description="bytes of one tar member, stored or after gunzip "
+                                                               "(member_too_large)")
+    max_header_bytes: int = Field(1 << 20, ge=512, description="bytes of one pax or GNU long-name header; a "
+                                                                "larger one makes the shard bad (header_too_large)")
+    max_batch_bytes: int = Field(256 << 20, ge=1, description="member bytes per raw read batch (a batch ends early "
+                                                               "rather than grow past it; nothing is dropped)")
+    max_decoded_batch_bytes: int = Field(256 << 20, ge=1, description="decoded image/audio bytes held at once: "
+                                         "a batch is cleaned and aligned in chunks of this (nothing is dropped); "
+                                         "a single sample above it is dropped (image_too_large, audio_too_long)")
     silence_peak: float = Field(1e-4, ge=0, description="clips whose peak |x| is below are silent (audio_silent)")
     dedupe: bool = Field(True, description="drop exact duplicates (same content and label) within a split")
+    cross_split_duplicates: Literal["report", "drop_from_train"] = Field(
+        "report", description="samples of train whose content is also in another split: counted per split pair in "
+                              "the data report, or also dropped from train (duplicate_of_eval)")
     on_bad_shard: Literal["skip", "fail"] = "skip"
 
 
@@ -199,7 +232,8 @@ class RebalanceSpec(Strict):
 
 
 class ModelSpec(Strict):
-    fusion: Literal[FUSIONS] = "concat"  # type: ignore[valid-type]
+    fusion: str = Field("concat", description="a name in pipeline/model/fusion.py (FUSIONS, or a unimodal "
+                                                "baseline: image_only, text_only, audio_only)")
     hidden: int = Field(64, ge=4)
     dropout: float = Field(0.1, ge=0, lt=1)
     modality_dropout: float = Field(0.0, ge=0, lt=1, description="hide each modality with this probability "
@@ -209,6 +243,7 @@ class ModelSpec(Strict):
     text_encoder: Literal["transformer", "gru"] = "transformer"
     pretrained: str | None = Field(None, description="a local checkpoint (best.pt) whose matching weights are "
                                                      "loaded before training")
+    _fusion = field_validator("fusion")(_registered("fusion"))
 
 
 METRIC_NAMES = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "auc")
@@ -224,21 +259,32 @@ def _metric_name(v: str) -> str:
 class TrainSpec(Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
-    optimizer: Literal[OPTIMIZERS] = "adamw"  # type: ignore[valid-type]
+    optimizer: str = Field("adamw", description="a name in pipeline/train/optim.py OPTIMIZERS")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_epochs: float = Field(0.0, ge=0)
-    grad_clip: float | None = Field(None, gt=0)
-    loss: Literal[LOSSES] = "ce"  # type: ignore[valid-type]
+    warmup_epochs: float = Field(0.0, ge=0, description="lr rises linearly over this many epochs (step k of W "
+                                                         "warm-up steps uses lr*k/W), then decays to 0 on a cosine")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global L2 norm of the gradients to this")
+    loss: str = Field("ce", description="a name in pipeline/model/losses.py LOSSES")
     class_balanced_beta: float | None = Field(
-        0.999, ge=0, lt=1, description="effective-number class weights for weighted_ce (and focal unless null)")
+        0.999, ge=0, lt=1, description="effective-number class weights for weighted_ce (which needs it) and "
+                                       "focal (null: focal without class weights)")
     focal_gamma: float = Field(2.0, ge=0, description="focal loss focusing parameter")
     logit_tau: float = Field(1.0, ge=0, description="logit adjustment strength (x log class prior)")
     early_stopping_metric: str = "val.macro_f1"
     early_stopping_patience: int | None = Field(None, ge=1)
     _metric = field_validator("early_stopping_metric")(_metric_name)
+    _optimizer = field_validator("optimizer")(_registered("optimizer"))
+    _loss = field_validator("loss")(_registered("loss"))
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _weighted_ce_has_beta(self) -> "TrainSpec":
+        if self.loss == "weighted_ce" and self.class_balanced_beta is None:
+            raise ValueError("train.loss=weighted_ce weighs classes by train.class_balanced_beta, which is null; "
+                             "set it (e.g. 0.999) or use train.loss=ce")
+        return self
 
 
 class ScalingSpec(Strict):
@@ -467,9 +513,10 @@ def _resolve_local_paths(spec: JobSpec, base: Path) -> JobSpec:
     return spec
 
 
-def _validated(raw: dict[str, Any], source: str) -> JobSpec:
+def _validated(raw: dict[str, Any], source: str, registries: dict[str, Any] | None = None) -> JobSpec:
+    """``registries`` ({kind: names}) adds the registry checks of fields such as model.fusion."""
     try:
-        return JobSpec.model_validate(raw)
+        return JobSpec.model_validate(raw, context=registries)
     except ValidationError as err:
         raise SpecError(format_errors(err, source)) from None
 

@@ -1,6 +1,7 @@
-"""Checks of a job spec that need more than its schema: augmentation transforms are built and tried, the search
-space is sampled against the schema. One floor above ``pipeline.spec`` (which imports nothing of the pipeline), so
-every user-supplied spec enters through ``load_job`` / ``job_from_dict``."""
+"""Checks of a job spec that need more than its schema: names are looked up in the model's and trainer's
+registries (model.fusion, train.optimizer, train.loss), augmentation transforms are built and tried, the search
+space is sampled against the schema and the registries. One floor above ``pipeline.spec`` (which imports nothing
+of the pipeline), so every user-supplied spec enters through ``load_job`` / ``job_from_dict``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ from typing import Any
 
 from pipeline.spec import (AugmentSpec, JobSpec, ModalitiesSpec, SpecError, _resolve_local_paths, _validated,
                            read_spec_file)
+
+
+@functools.lru_cache(maxsize=1)
+def registries() -> dict[str, list[str]]:
+    """{kind: names} for the spec fields checked against a registry (the validation context of ``_validated``).
+    Imported here, not in pipeline.spec, so loading the schema alone needs no torch."""
+    from pipeline.model.fusion import fusion_names
+    from pipeline.model.losses import LOSSES
+    from pipeline.train.optim import OPTIMIZERS
+
+    return {"fusion": fusion_names(), "optimizer": list(OPTIMIZERS), "loss": list(LOSSES)}
 
 
 def _transform_problems(spec: JobSpec) -> list[tuple[str, str]]:
@@ -35,13 +47,13 @@ def spec_problems(spec: JobSpec, raw: dict[str, Any], source: str) -> list[tuple
     if spec.tune.search_space:
         from pipeline.tune.space import problems as space_problems
 
-        problems += space_problems(raw, spec.tune.search_space, lambda r: _validated(r, source))
+        problems += space_problems(raw, spec.tune.search_space, lambda r: _validated(r, source, registries()))
     return problems
 
 
 def job_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None) -> JobSpec:
-    """Schema and cross-checks; every problem at once, naming its field."""
-    spec = _validated(raw, source)
+    """Schema, registry names and cross-checks; every problem at once, naming its field."""
+    spec = _validated(raw, source, registries())
     problems = spec_problems(spec, raw, source)
     if problems:
         raise SpecError("\n".join([f"{source}: {len(problems)} problem(s) in the job spec:"] +

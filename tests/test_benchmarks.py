@@ -46,3 +46,9 @@ def test_gpu_feeding_quick():
     assert "no CUDA GPU" in run("gpu_feeding.py", "--quick")
     out = run("gpu_feeding.py", "--quick", "--cpu")  # the same code path, on the CPU and labelled so
     assert "CPU ONLY" in out and "64 px, 2 CPUs: synthetic " in out and " ratio " in out
+
+
+def test_hostile_memory_quick_prints_both_corpora_and_the_ratios():
+    out = run("hostile_memory.py", "--quick")
+    assert "\nclean: validate " in out and "\nhostile: validate " in out
+    assert "ratio hostile/clean: peak RSS " in out and " wall time " in out

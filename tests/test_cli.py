@@ -1,12 +1,78 @@
 import json
 import subprocess
+import sys
 
 import pytest
+import typer
+import typer.main
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.cli.common import BAD_INPUT, FAILED, USER_ERRORS, exits_on_error
 
 runner = CliRunner()
+
+
+def _command_paths(command, path=()):
+    """Every command and sub-command of the app, as the argument lists that name them."""
+    yield list(path)
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _command_paths(sub, (*path, name))
+
+
+COMMANDS = list(_command_paths(typer.main.get_command(app)))
+
+
+def test_every_command_group_is_seen():
+    names = {" ".join(p) for p in COMMANDS}
+    assert {"pack", "train", "run", "submit", "registry list", "jobs logs", "schedule serve"} <= names
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "mmpipe")
+def test_help_of_every_command(path):
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and "--help" in result.output
+
+
+def test_help_loads_neither_torch_nor_ray():
+    code = "import sys; from pipeline.cli import app; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_python_dash_m_runs_the_same_app():  # how the scheduler and cluster jobs start `mmpipe run`
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "schedule", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "Recurring runs of a job spec" in out
+
+
+def test_every_listed_user_error_is_a_real_exception_class():
+    import importlib
+
+    for module, names in USER_ERRORS.items():
+        for name in names:
+            assert issubclass(getattr(importlib.import_module(module), name), Exception), f"{module}.{name}"
+
+
+def test_the_guard_turns_library_errors_into_one_line_and_an_exit_code():
+    from pipeline.registry import RegistryError
+    from pipeline.spec import SpecError
+
+    guarded = typer.Typer()
+
+    @guarded.command()
+    def go(what: str) -> None:
+        with exits_on_error(FAILED):
+            raise {"registry": RegistryError("no version 7 in r/ (已注册: 1, 2)"), "spec": SpecError("train.lr: bad"),
+                   "bug": KeyError("k")}[what]
+
+    failed = runner.invoke(guarded, ["registry"])
+    assert failed.exit_code == FAILED and failed.output == "error: no version 7 in r/ (已注册: 1, 2)\n"
+    spec = runner.invoke(guarded, ["spec"])  # a refused spec is bad input whatever the guard's code
+    assert spec.exit_code == BAD_INPUT and spec.output == "error: train.lr: bad\n"
+    bug = runner.invoke(guarded, ["bug"])  # not a library error: a traceback, not a tidy line hiding a bug
+    assert isinstance(bug.exception, KeyError)
 
 
 def test_console_script_lists_commands():

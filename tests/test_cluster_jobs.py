@@ -96,7 +96,7 @@ def test_working_dir_holds_code_and_spec_only(tmp_path):
     (ROOT / "pipeline" / "__pycache__").mkdir(exist_ok=True)
     staged = stage_working_dir(tmp_path / "wd", "name: x\n", ["pipeline/examples/"])
     names = {p.relative_to(staged).as_posix() for p in staged.rglob("*")}
-    assert {"pipeline/cli.py", "pipeline/spec.py", SHIPPED_SPEC} <= names
+    assert {"pipeline/cli/__init__.py", "pipeline/cli/__main__.py", "pipeline/spec.py", SHIPPED_SPEC} <= names
     assert not any("__pycache__" in n or n.endswith((".tar", ".pyc")) or n.startswith(("runs", "tests", ".git"))
                    for n in names)
 

@@ -101,3 +101,25 @@ def test_pack_csv_extra_cells_and_index_labels_with_classes(tmp_path):
     result = pack_manifest(tmp_path / "m.csv", tmp_path / "out", classes=["cat", "dog"], progress=False)
     assert [s["line"] for s in result.skipped] == [3] and "more cell" in result.skipped[0]["reason"]
     assert result.manifest["class_histogram"] == {"cat": 0, "dog": 2}
+
+
+def test_pack_keeps_media_inside_the_manifest_folder_and_refuses_escaping_keys(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    make_media(src)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password", encoding="utf-8")
+    (src / "media" / "link.txt").symlink_to(secret)
+    rows = ["key,text,text_path,label",
+            f"abs,,{secret},cat", "dots,,../secret.txt,cat", "sym,,media/link.txt,dog",
+            "../up,x,,cat", "/root,x,,dog", "ok1,x,media/t0.txt,cat", "ok2,y,,dog"]
+    (src / "m.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = pack_manifest(src / "m.csv", tmp_path / "out", progress=False)
+    reasons = [s["reason"] for s in result.skipped]
+    assert sum("outside the manifest's folder" in r for r in reasons) == 3
+    assert sum("absolute or contains '..'" in r for r in reasons) == 2
+    shards = b"".join(p.read_bytes() for p in (tmp_path / "out").rglob("*.tar"))
+    assert b"password" not in shards and b"ok1" in shards
+    # with the flag, the same files are read (the owner's choice)
+    result = pack_manifest(src / "m.csv", tmp_path / "out2", progress=False, allow_outside=True)
+    assert sum("outside" in s["reason"] for s in result.skipped) == 0

@@ -1,12 +1,9 @@
-"""Rebalancing: factors per strategy, seeded realised histograms within the stated tolerance, losses."""
+"""Rebalancing: factors per strategy, seeded realised histograms within the stated tolerance (losses: test_losses)."""
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from pipeline.data.stages.rebalance import RebalanceError, expected_histogram, rebalance_batch, sampling_factors, tolerance
-from pipeline.model.losses import class_balanced_weights, focal_loss, make_loss
 from pipeline.spec import RebalanceSpec, spec_from_dict, spec_warnings
 
 CLASSES = ["a", "b", "c", "d"]
@@ -67,19 +64,6 @@ def test_copies_are_numbered():
     out = rebalance_batch({"__key__": np.array(["x", "y"], dtype=object), "label": np.array([0, 1])},
                           np.array([3.0, 1.0]), 0, 0)
     assert out["label"].tolist() == [0, 0, 0, 1] and out["copy"].tolist() == [0, 1, 2, 0]
-
-
-def test_losses():
-    w = class_balanced_weights([1000, 10], 0.999)
-    assert w[1] > w[0] and torch.isclose(w.mean(), torch.tensor(1.0))
-    logits, target = torch.randn(8, 4), torch.randint(0, 4, (8,))
-    assert torch.isclose(focal_loss(logits, target, 0.0), F.cross_entropy(logits, target))
-    assert focal_loss(logits, target, 2.0) < F.cross_entropy(logits, target)
-    la = make_loss("logit_adjusted", [1, 1, 1, 1], tau=1.0)
-    assert torch.isclose(la(logits, target), F.cross_entropy(logits, target))  # uniform prior: plain CE
-    skewed = make_loss("logit_adjusted", [97, 1, 1, 1], tau=1.0)
-    assert skewed(logits, torch.zeros(8, dtype=torch.long)) < F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
-    assert make_loss("weighted_ce", COUNTS)(logits, target).ndim == 0
 
 
 def test_warn_when_resampling_and_reweighting_are_stacked():

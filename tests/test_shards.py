@@ -47,10 +47,15 @@ def test_truncated_empty_and_garbage_shards_are_named(tmp_path):
     (tmp_path / "cut.tgz").write_bytes(gz[: len(gz) // 2])
     (tmp_path / "empty.tar").write_bytes(b"")
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file at all" * 30)
-    for name, pattern in [("cut.tar", "truncated|end of data"), ("cut.tgz", "end of data|Compressed file ended"),
-                          ("empty.tar", "empty"), ("junk.tar", "ReadError")]:
+    for name, pattern, reason in [("cut.tar", "truncated", "shard_truncated"),
+                                  ("cut.tgz", "gzip stream truncated", "shard_truncated"),
+                                  ("empty.tar", "empty", "shard_corrupt"),
+                                  ("junk.tar", "unreadable tar header at byte 0", "shard_corrupt")]:
         check = check_shard(str(tmp_path / name))
         assert check.error and re.search(pattern, check.error), (name, check.error)
+        assert check.reason == reason and check.usable == (reason == "shard_truncated"), (name, check)
+    # the complete samples before the damage are counted (the one cut off is not): all 5 of cut.tar
+    assert check_shard(str(tmp_path / "cut.tar")).samples == 5
 
 
 def test_non_contiguous_and_repeated_members(tmp_path):

@@ -76,11 +76,50 @@ BAD_CASES = {
     "audio_too_short": (good(wav=wav(0.01)), None),
     "audio_silent": (good(wav=wav(amp=0.0)), None),
     "segment_invalid": (good(json=json.dumps({"start": 0.4, "end": 0.1}).encode()), None),
+    # limits for untrusted data: a .gz member is refused while inflating, before it exceeds the limit
+    "member_too_large": ({"png.gz": gzip.compress(png() + b"\0" * 5000), "cls": b"0"},
+                         {"clean__max_member_bytes": 2000}),
+    "audio_too_long": (good(wav=wav(2.0)), {"clean__max_audio_seconds": 1.0}),
+    "audio_too_many_channels": (good(wav=wav(channels=3)), {"clean__max_audio_channels": 2}),
 }
 
 
 def test_every_reason_has_a_case():
-    assert set(BAD_CASES) | {"duplicate", "sample_error"} == set(DROP_REASONS)
+    # duplicate_of_eval is decided across splits (streaming), not by clean_batch
+    assert set(BAD_CASES) | {"duplicate", "sample_error", "duplicate_of_eval"} == set(DROP_REASONS)
+
+
+def test_limits_refuse_before_holding_the_whole_member():
+    """A .txt.gz inflating past the text limit is text_too_long without inflating it all; a sample the tar reader
+    marked (a member over max_member_bytes) is dropped with the reader's reason; decoded audio stops at the cap."""
+    from pipeline.data.stages.contract import DROP_COLUMN
+    from pipeline.data.stages.decode import Rejected, decode_audio
+
+    bomb = gzip.compress(b"x" * (50 << 20))  # 50 MB of text in ~50 KB
+    out = run([{**good(), "txt": None, "txt.gz": bomb}], cfg(clean__max_text_chars=100))
+    assert out["drop_reason"][0] == "text_too_long" and "403 bytes" in out["drop_detail"][0]
+    batch = raw_batch([good(), good(txt=b"another")])
+    batch[DROP_COLUMN] = np.array([None, "member_too_large: 'k1.png' (99999999 bytes)"], dtype=object)
+    out = prepare_batch(batch, cfg())
+    assert list(out["drop_reason"]) == ["", "member_too_large"] and "99999999" in out["drop_detail"][1]
+    with pytest.raises(Rejected, match="audio_too_long"):
+        decode_audio(wav(2.0, channels=2), 0.0, 0.0, max_seconds=100.0, max_bytes=4 * 2 * 8000)
+
+
+def test_clean_in_chunks_keeps_every_row_in_order():
+    """clean_bounded cleans and aligns a batch in chunks under max_decoded_batch_bytes: same rows, same result."""
+    from pipeline.data.stages.align import align_batch
+    from pipeline.data.stages.clean import clean_bounded, clean_chunks
+
+    samples = [good(txt=f"text {i}".encode()) for i in range(6)] + [good(png=png()[:60])]
+    small = cfg(clean__max_decoded_batch_bytes=40_000)  # a row decodes to ~18 KB (image 1.8 KB, audio 16 KB)
+    chunks = list(clean_chunks(raw_batch(samples), small))
+    assert len(chunks) > 2 and sum(len(c["label"]) for c in chunks) == 7
+    whole = prepare_batch(raw_batch(samples), cfg())
+    bounded = clean_bounded(raw_batch(samples), small, then=lambda b: align_batch(b, small))
+    assert list(bounded["__key__"]) == list(whole["__key__"])
+    assert list(bounded["drop_reason"]) == list(whole["drop_reason"])
+    assert np.array_equal(bounded["image"], whole["image"])
 
 
 def test_an_unforeseen_error_drops_the_sample_not_the_batch(monkeypatch):
@@ -217,3 +256,43 @@ def test_refused_image_formats_and_invisible_text():
     Image.new("RGB", (20, 20)).save(buf, format="PPM")
     out = run([good(png=buf.getvalue()), good(txt="\u200b\x00 \ufeff".encode())])
     assert list(out["drop_reason"]) == ["image_undecodable", "text_empty"]
+
+
+def test_the_sample_path_is_one_ordered_list_and_tokenizes_text_once(monkeypatch):
+    from pipeline.data.stages import tokenize
+    from pipeline.data.stages.path import run_path, sample_path
+
+    spec = spec_from_dict({"modalities": {"image": {"size": [16, 24]}, "text": {"max_tokens": 12},
+                                          "audio": {"sample_rate": 8000, "seconds": 0.5}},
+                           "augment": {"seed": 1, "text": [{"name": "RandomCharAug", "p": 1.0,
+                                                            "params": {"action": "swap"}}]},
+                           "rebalance": {"strategy": "oversample"}})
+    c = StageConfig.from_spec(spec, CLASSES)
+    factors = np.array([2.0, 1.0, 1.0])
+
+    def names(purpose, **kw):
+        return [s.name for s in sample_path(spec, c, purpose, **kw)]
+    assert names("train", factors=factors, columns=["text"]) == \
+        ["clean", "align", "keep", "rebalance", "augment", "tokenize", "select"]
+    assert names("eval") == ["clean", "align", "keep", "tokenize"]
+    assert names("report") == ["clean", "align", "tokenize"]
+    with pytest.raises(ValueError, match="factors"):
+        sample_path(spec, c, "train")
+
+    calls = []
+    real = tokenize.encode_batch
+    monkeypatch.setattr(tokenize, "encode_batch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    batch = raw_batch([good(__key__="a"), good(__key__="b", txt="一只猫坐在垫子上".encode(), cls=b"1"),
+                       good(__key__="c", cls=b"7")])
+    out = run_path(batch, sample_path(spec, c, "train", factors=factors), epoch=3)
+    assert len(calls) == 1  # one tokenization per batch, after augmentation
+    assert list(out["__key__"]) == ["a", "a", "b"]  # c dropped (unknown label), class cat oversampled twice
+    assert "text" in out and list(out)[list(out).index("text_raw") + 1] == "text"  # columns in align's order
+    assert set(out["text_raw"]) != {"a small cat", "一只猫坐在垫子上"}  # augmented
+    t = c.modalities.text
+    assert np.array_equal(out["text"], real(list(out["text_raw"]), t.max_tokens, t.tokenizer, t.vocab_size,
+                                            t.lowercase))
+    # without augmentation the ids are those of the cleaned text, as the report path makes them
+    report = run_path(raw_batch([good(__key__="a")]), sample_path(spec, c, "report"))
+    assert np.array_equal(report["text"], real(["a small cat"], t.max_tokens, t.tokenizer, t.vocab_size,
+                                               t.lowercase))

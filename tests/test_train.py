@@ -35,11 +35,23 @@ def test_metrics_equal_scikit_learn_on_fixed_predictions():
 
 
 @pytest.mark.ray
-def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, tmp_path):
+def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, tmp_path, monkeypatch):
+    from pipeline.data.shards import manifest
+    from pipeline.data.streaming import plan
     from pipeline.train.trainer import run_training
+
+    # One training reads manifest.json once and checks each split's shards once (its data plan's), however many
+    # times it reads the splits (rebalance counts, val, test, the data report).
+    manifest_reads, checked = [], []
+    read, check = manifest.read_manifest, plan.check_shards
+    monkeypatch.setattr(manifest, "read_manifest", lambda path: (read(path), manifest_reads.append(path))[0])
+    monkeypatch.setattr(plan, "check_shards", lambda paths: (checked.append(paths), check(paths))[1])
 
     spec = load_spec(demo_dir / "spec.yaml", FAST + ["model.fusion=gated", "train.loss=logit_adjusted"])
     result = run_training(spec, tmp_path / "run")
+    assert manifest_reads == [str(demo_dir / "manifest.json")]
+    split_of = {path: name for name in ("train", "val", "test") for path in map(str, (demo_dir / name).glob("*"))}
+    assert sorted(split_of[paths[0]] for paths in checked) == ["test", "train", "val"]
     m = result.metrics
     assert m["test.macro_f1"] > 0.5, m  # chance is ~0.17 for 6 classes
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())

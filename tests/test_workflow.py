@@ -29,10 +29,17 @@ def _sha(path) -> str:
 def workflows(ray_session, demo_dir, tmp_path_factory):
     """Two runs into one registry: a weak model first (becomes champion: there is none), then a stronger one
     that was interrupted after training and resumed."""
+    from pipeline.train import trainer
+
     root = tmp_path_factory.mktemp("workflows")
     registry = root / "registry"
-    weak = run_workflow(_spec(demo_dir, registry, "train.epochs=1", "train.lr=0.00001"), str(root / "weak"),
-                        say=lambda m: None)
+    scored: list[str] = []  # the split of every evaluation of a model (training's test, the evaluate step's)
+    evaluate = trainer.evaluate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "evaluate", lambda model, ds, spec, classes, prefix:
+                      (scored.append(prefix), evaluate(model, ds, spec, classes, prefix))[1])
+        weak = run_workflow(_spec(demo_dir, registry, "train.epochs=1", "train.lr=0.00001"), str(root / "weak"),
+                            say=lambda m: None)
 
     strong_dir = root / "strong"
     strong = _spec(demo_dir, registry, "train.epochs=4", "train.lr=0.003")
@@ -43,7 +50,18 @@ def workflows(ray_session, demo_dir, tmp_path_factory):
     said: list[str] = []
     resumed = run_workflow(strong, str(strong_dir), say=said.append)
     return {"root": root, "registry": Registry(str(registry)), "weak": weak, "resumed": resumed, "said": said,
-            "best_before": best_before, "strong_dir": strong_dir, "demo_dir": demo_dir}
+            "best_before": best_before, "strong_dir": strong_dir, "demo_dir": demo_dir, "weak_scored": scored}
+
+
+def test_one_run_scores_its_model_on_the_test_split_once(workflows):
+    """Training scores best.pt on test; the evaluate step of the same run takes those metrics, unchanged."""
+    assert workflows["weak_scored"] == ["test"]
+    weak = workflows["root"] / "weak"
+    trained = json.loads((weak / "train" / "metrics.json").read_text())
+    evaluation = json.loads((weak / "evaluate" / "evaluation.json").read_text())
+    assert evaluation["split"] == "test" and evaluation["confusion"] == trained["test.confusion"]
+    assert evaluation["metrics"] == {k: v for k, v in trained.items()
+                                     if k.startswith("test.") and k != "test.confusion"}
 
 
 def test_a_run_interrupted_after_train_resumes_without_retraining(workflows):

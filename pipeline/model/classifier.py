@@ -31,7 +31,7 @@ class MultimodalClassifier(nn.Module):
         if "text" in self.modalities:
             encoders["text"] = TextEncoder(h, mods.text.vocab_size, mods.text.max_tokens, spec.model.text_encoder)
         if "audio" in self.modalities:
-            encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, width=spec.model.audio_width)
+            encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, spec.model.audio_width)
         self.encoders = nn.ModuleDict(encoders)
         fusion = "concat" if spec.model.fusion in UNIMODAL else spec.model.fusion
         self.fusion = build_fusion(fusion, self.modalities, h, num_classes, spec.model.dropout)

@@ -3,6 +3,9 @@
     image  uint8 (B, H, W, 3)  -> small residual CNN
     text   int64 (B, L)        -> embedding + transformer encoder (or GRU), masked mean over tokens
     audio  float32 (B, N)      -> log-mel spectrogram computed in torch -> 2-D CNN
+
+Sizes the spec chooses (hidden, widths, vocabulary, text encoder kind) have no defaults here: the classifier passes
+the spec's.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def _cnn(c_in: int, width: int, hidden: int) -> nn.Sequential:
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, hidden: int, width: int = 16):
+    def __init__(self, hidden: int, width: int):
         super().__init__()
         self.net = _cnn(3, width, hidden)
 
@@ -44,7 +47,7 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    def __init__(self, hidden: int, vocab_size: int, max_tokens: int, kind: str = "transformer", layers: int = 2):
+    def __init__(self, hidden: int, vocab_size: int, max_tokens: int, kind: str, layers: int = 2):
         super().__init__()
         self.kind = kind
         self.embed = nn.Embedding(vocab_size, hidden, padding_idx=0)
@@ -85,7 +88,7 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
 
 
 class AudioEncoder(nn.Module):
-    def __init__(self, hidden: int, sample_rate: int, n_mels: int = 40, width: int = 16):
+    def __init__(self, hidden: int, sample_rate: int, width: int, n_mels: int = 40):
         super().__init__()
         self.n_fft = 512 if sample_rate > 12000 else 256
         self.hop = self.n_fft // 4

@@ -7,10 +7,10 @@ out of whatever it pools, gates or attends over (tests check that an absent inpu
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
+
+from pipeline.spec import unknown_name
 
 FUSIONS: dict[str, type["Fusion"]] = {}
 
@@ -25,9 +25,7 @@ def register(name: str):
 
 def build_fusion(name: str, modalities: list[str], hidden: int, num_classes: int, dropout: float) -> "Fusion":
     if name not in FUSIONS:
-        close = difflib.get_close_matches(name, list(FUSIONS), n=3)
-        raise ValueError(f"unknown fusion {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "") +
-                         f"; known: {', '.join(sorted(FUSIONS))}")
+        raise ValueError(unknown_name("fusion", name, FUSIONS))
     return FUSIONS[name](modalities, hidden, num_classes, dropout)
 
 
@@ -196,3 +194,8 @@ class Late(Fusion):
 
 # Unimodal baselines: the same code path (encoder -> fusion -> head) with one modality.
 UNIMODAL = {"image_only": "image", "text_only": "text", "audio_only": "audio"}
+
+
+def fusion_names() -> list[str]:
+    """Every value model.fusion may take: the registered fusions and the unimodal baselines."""
+    return [*FUSIONS, *UNIMODAL]

@@ -1,5 +1,6 @@
-"""Loss-side answers to class imbalance, for the trainer.
+"""The train.loss table, with the loss-side answers to class imbalance. β, γ and τ come from the train section.
 
+    ce              plain cross-entropy
     weighted_ce     cross-entropy with class-balanced weights from the effective number of samples:
                     w_c ∝ (1 - β) / (1 - β^n_c), normalised to mean 1 (Cui et al., 2019)
     focal           focal loss, (1 - p_t)^γ · CE, optionally class-balanced (Lin et al., 2017)
@@ -9,9 +10,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.spec import TrainSpec, unknown_name
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def class_balanced_weights(counts, beta: float) -> torch.Tensor:
@@ -38,19 +45,35 @@ def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, prior: torch
     return F.cross_entropy(adjusted, target)
 
 
-def make_loss(name: str, counts_seen, *, beta: float | None = 0.999, gamma: float = 2.0, tau: float = 1.0):
-    """``loss(logits, target)`` for a train.loss name; ``counts_seen`` is the per-class count per epoch as the
-    model sees it (after rebalancing)."""
-    counts = np.asarray(counts_seen, dtype=np.float64)
-    if name == "ce":
-        return F.cross_entropy
-    if name == "weighted_ce":
-        weight = class_balanced_weights(counts, beta if beta is not None else 0.999)
-        return lambda logits, target: F.cross_entropy(logits.float(), target, weight=weight.to(logits.device))
-    if name == "focal":
-        weight = class_balanced_weights(counts, beta) if beta is not None else None
-        return lambda logits, target: focal_loss(logits, target, gamma, weight)
-    if name == "logit_adjusted":
-        prior = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
-        return lambda logits, target: logit_adjusted_loss(logits, target, prior, tau)
-    raise ValueError(f"unknown loss {name!r}")
+def _cross_entropy(t: TrainSpec, counts: np.ndarray) -> LossFn:
+    return F.cross_entropy
+
+
+def _weighted_ce(t: TrainSpec, counts: np.ndarray) -> LossFn:
+    weight = class_balanced_weights(counts, t.class_balanced_beta)  # the spec requires a beta for weighted_ce
+    return lambda logits, target: F.cross_entropy(logits.float(), target, weight=weight.to(logits.device))
+
+
+def _focal(t: TrainSpec, counts: np.ndarray) -> LossFn:
+    weight = class_balanced_weights(counts, t.class_balanced_beta) if t.class_balanced_beta is not None else None
+    return lambda logits, target: focal_loss(logits, target, t.focal_gamma, weight)
+
+
+def _logit_adjusted(t: TrainSpec, counts: np.ndarray) -> LossFn:
+    prior = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
+    return lambda logits, target: logit_adjusted_loss(logits, target, prior, t.logit_tau)
+
+
+# train.loss name -> factory (train section, per-class counts) -> loss(logits, target); the spec validates
+# train.loss against these names (pipeline.spec_checks)
+LOSSES: dict[str, Callable[[TrainSpec, np.ndarray], LossFn]] = {
+    "ce": _cross_entropy, "weighted_ce": _weighted_ce, "focal": _focal, "logit_adjusted": _logit_adjusted,
+}
+
+
+def make_loss(t: TrainSpec, counts_seen) -> LossFn:
+    """``loss(logits, target)`` for ``t.loss`` with the train section's β, γ and τ; ``counts_seen`` is the
+    per-class count per epoch as the model sees it (after rebalancing)."""
+    if t.loss not in LOSSES:
+        raise ValueError(unknown_name("loss", t.loss, LOSSES))
+    return LOSSES[t.loss](t, np.asarray(counts_seen, dtype=np.float64))

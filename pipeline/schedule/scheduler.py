@@ -30,8 +30,16 @@ from pipeline.schedule.policy import backoff, plan
 from pipeline.schedule.store import Lease, Run, Schedule, Store, iso
 
 LEASE = "scheduler"
-LEASE_TTL = timedelta(seconds=60)  # serve renews every pass (≤ poll interval, 15 s by default)
+POLL_S = 15.0  # serve's longest sleep between passes: how late a finished run may be noticed
+LEASE_TTL = timedelta(seconds=60)  # serve renews every pass (≤ poll interval, POLL_S by default)
 UNKNOWN_TIMEOUT = timedelta(hours=1)  # a run whose status cannot be read this long is failed
+
+# A new schedule's policies unless `mmpipe schedule add` says otherwise (policy.py says what each one means)
+DEFAULT_CONCURRENCY = "forbid"
+DEFAULT_MISSED = "skip"
+DEFAULT_TRIGGER = "always"
+DEFAULT_RETRIES = 2  # extra attempts when a run cannot be started or vanished
+DEFAULT_GRACE_S = 600  # seconds after its due time a run still counts as on time
 
 log = logging.getLogger("mmpipe.schedule")
 
@@ -125,7 +133,7 @@ class Scheduler:
         self._failing.pop(key, None)
         return None
 
-    def serve(self, stop: threading.Event, poll_s: float = 15.0) -> None:
+    def serve(self, stop: threading.Event, poll_s: float = POLL_S) -> None:
         """Pass after pass until ``stop`` is set; sleeps until the next due time or ``poll_s`` (runs are polled)."""
         waiting_for: str | None = None
         try:

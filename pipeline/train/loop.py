@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
@@ -21,8 +22,9 @@ import torch.distributed as dist
 
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.model.losses import make_loss
-from pipeline.spec import JobSpec, TrainSpec
+from pipeline.spec import JobSpec
 from pipeline.train.metrics import Accumulator
+from pipeline.train.optim import apply_gradients, lr_schedule, make_optimizer
 
 STATE_FILE = "state.pt"
 
@@ -30,32 +32,6 @@ STATE_FILE = "state.pt"
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model, with or without DDP around it (DDP exists only with more than one worker)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def make_optimizer(t: TrainSpec, params) -> torch.optim.Optimizer:
-    o, wd = t.optimizer, t.weight_decay
-    if o == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, weight_decay=wd)
-    if o in ("momentum", "nesterov"):
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=o == "nesterov", weight_decay=wd)
-    if o == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=wd)
-    if o == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=wd)
-    if o == "nadam":
-        return torch.optim.NAdam(params, lr=t.lr, weight_decay=wd)
-    if o == "adadelta":
-        return torch.optim.Adadelta(params, lr=t.lr, weight_decay=wd)
-    return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=wd)
-
-
-def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def metric_mode(name: str) -> str:
@@ -66,6 +42,43 @@ def improved(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value > best if mode == "max" else value < best
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs in a row without a new best ``metric`` (never when patience is None).
+    ``best`` and ``stale`` ride in the checkpoint, so a resumed run continues the count."""
+    metric: str
+    patience: int | None
+    best: float | None = None
+    stale: int = 0
+
+    def update(self, metrics: dict) -> bool:
+        """Record one epoch's metrics; True when training should stop now."""
+        value = metrics.get(self.metric, float("nan"))
+        if improved(value, self.best, metric_mode(self.metric)):
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+
+def checkpoint_state(model, optimizer, scheduler, stopper: EarlyStopping, epoch: int, history: list,
+                     stopped: bool, **extra) -> dict:
+    """What ``state.pt`` holds after ``epoch``: everything ``resume`` needs, plus ``extra`` (spec, classes...)."""
+    return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch, "best": stopper.best, "stale": stopper.stale,
+            "history": history, "stopped": stopped, **extra}
+
+
+def resume(state: dict, model, optimizer, scheduler, stopper: EarlyStopping, epochs: int) -> tuple[int, list]:
+    """Load ``state`` into the model, optimizer, schedule and early stopping; (first epoch to run, history).
+    A run that early-stopped gets ``epochs`` as its first epoch: a re-run must not train on."""
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    stopper.best, stopper.stale = state["best"], state["stale"]
+    return (epochs if state.get("stopped") else state["epoch"] + 1), state["history"]
 
 
 def _barrier() -> None:
@@ -100,23 +113,18 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)  # DDP (gradients all-reduced in backward) + device
     optimizer = make_optimizer(t, model.parameters())
     steps_per_epoch = max(1, int(config["rows_per_epoch"] // (world * t.batch_size)))
-    scheduler = warmup_cosine(optimizer, int(t.warmup_epochs * steps_per_epoch), t.epochs * steps_per_epoch)
-    loss_fn = make_loss(t.loss, config["counts_seen"], beta=t.class_balanced_beta, gamma=t.focal_gamma,
-                        tau=t.logit_tau)
+    scheduler = lr_schedule(t, optimizer, steps_per_epoch)
+    loss_fn = make_loss(t, config["counts_seen"])
     columns = input_columns(spec)
-    metric, mode = t.early_stopping_metric, metric_mode(t.early_stopping_metric)
+    stopper = EarlyStopping(t.early_stopping_metric, t.early_stopping_patience)
+    metric = stopper.metric
 
-    start_epoch, best, stale, history = 0, None, 0, []
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group, or a re-run of the same run directory
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best, stale, history = state["epoch"] + 1, state["best"], state["stale"], state["history"]
-        if state.get("stopped"):
-            start_epoch = t.epochs  # it early-stopped: a re-run must not train on
+        start_epoch, history = resume(state, model, optimizer, scheduler, stopper, t.epochs)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
@@ -147,12 +155,7 @@ def train_loop(config: dict) -> None:
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
                 logits = model(batch)                                  # (B, C)
                 loss = loss_fn(logits, batch["label"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            apply_gradients(loss, model, optimizer, scheduler, t.grad_clip)
             train_acc.add(logits.detach(), batch["label"], loss.item() * len(batch["label"]))
 
         # ---- validate: every val row once across the ranks (batch i goes to rank i % world)
@@ -173,23 +176,17 @@ def train_loop(config: dict) -> None:
         val_metrics = val_acc.all_reduce().compute(classes, "val")
         metrics.update(_scalars(val_metrics))
 
-        value = metrics.get(metric, float("nan"))
-        if improved(value, best, mode):
-            best, stale = value, 0
-        else:
-            stale += 1
-        metrics["best." + metric] = best
+        stop = stopper.update(metrics)
+        metrics["best." + metric] = stopper.best
         history.append(metrics)
-        stop = t.early_stopping_patience is not None and stale >= t.early_stopping_patience
 
         # ---- checkpoint from rank 0; every rank reports
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best, "stale": stale,
-                            "history": history, "spec": config["spec"], "classes": classes, "stopped": stop,
-                            "val_confusion": val_metrics["val.confusion"]}, Path(d) / STATE_FILE)
+                torch.save(checkpoint_state(model, optimizer, scheduler, stopper, epoch, history, stop,
+                                            spec=config["spec"], classes=classes,
+                                            val_confusion=val_metrics["val.confusion"]), Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 print(f"epoch {epoch + 1}/{t.epochs}: train loss {metrics['train.loss']:.3f} "
                       f"acc {metrics['train.accuracy']:.3f} | val loss {metrics['val.loss']:.3f} "
@@ -197,7 +194,7 @@ def train_loop(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
         if stop:
             if rank == 0:
-                print(f"early stopping: {metric} has not improved for {stale} epochs", flush=True)
+                print(f"early stopping: {metric} has not improved for {stopper.stale} epochs", flush=True)
             break
 
 

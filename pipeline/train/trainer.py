@@ -1,4 +1,5 @@
-"""Driver side of training: data report, rebalance plan, TorchTrainer, then test evaluation and artifacts."""
+"""Driver side of training: rebalance plan, TorchTrainer, then test evaluation, data report and artifacts, all
+from one DataPlan."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.streaming.split import build_split, plan_rebalance, resolve_classes, train_dataset, validate_splits
 from pipeline.data.streaming.epoch import EpochClock
+from pipeline.data.streaming.plan import DataPlan, RebalancePlan
 from pipeline.data.streaming.warmup import warm_data_workers
 from pipeline.io import atomic_write_text
 from pipeline.model.classifier import MultimodalClassifier, input_columns
@@ -87,31 +88,33 @@ def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str],
     return acc.compute(classes, prefix)
 
 
-def build_trainer(spec: JobSpec, classes: list[str], plan, val, resources: dict, run_config,
+def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict, run_config,
                   inject_failure: dict | None = None):
-    """The TorchTrainer for one training of ``spec`` (``mmpipe train`` and every Tune trial): the train split
+    """The TorchTrainer for one training of ``data.spec`` (``mmpipe train`` and every Tune trial): the train split
     streams rebalanced and augmented per epoch (an EpochClock the loop advances); ``val`` is read whole by each
     rank."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    clock = EpochClock(0)
+    spec, clock = data.spec, EpochClock(0)
     return TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "classes": classes, "epoch_clock": clock,
-                           "rows_per_epoch": float(sum(plan.expected)), "counts_seen": plan.expected,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "classes": data.classes, "epoch_clock": clock,
+                           "rows_per_epoch": float(sum(rebalance.expected)), "counts_seen": rebalance.expected,
                            "inject_failure": inject_failure},
         scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
                                      resources_per_worker=resources),
-        datasets={"train": train_dataset(spec, classes, plan, epoch=clock, columns=input_columns(spec)),
+        datasets={"train": data.train_dataset(epoch=clock, columns=input_columns(spec), rebalance=rebalance),
                   "val": val},
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=run_config)
 
 
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,
-                 name: str = "train", data_report: bool = True) -> TrainResult:
-    """``data_report=False``: the caller already has this data's report (the workflow's validate-data step)."""
+                 name: str = "train", data_report: bool = True, data_plan: DataPlan | None = None) -> TrainResult:
+    """``data_report=False``: the caller already has this data's report (the workflow's validate-data step).
+    ``data_plan``: the run's DataPlan (built here when not given); this training reads it through
+    ``data_plan.for_spec(spec)``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -120,13 +123,13 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     for split in ("train", "val"):
         if split not in spec.data.splits:
             raise TrainError(f"training needs data.splits.{split}")
-    classes = resolve_classes(spec)
+    data = data_plan.for_spec(spec) if data_plan is not None else DataPlan(spec)
     check_resumable(spec, run_dir, name)
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
 
     # Class counts for rebalancing from manifest.json when it describes these shards (else a label-only pass):
     # training starts without first reading every split. The data report's full pass runs after training.
-    plan = plan_rebalance(spec, classes)
+    plan = data.rebalance
     per_rank = sum(plan.expected) / spec.scaling.num_workers
     if per_rank < spec.train.batch_size:
         raise TrainError(f"an epoch gives each of the {spec.scaling.num_workers} workers about {per_rank:.0f} "
@@ -134,10 +137,10 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
                          "Lower train.batch_size or scaling.num_workers, or rebalance less aggressively.")
 
     data_progress(False)  # datasets below run inside the training workers: bars there interleave with the log
-    val = build_split(spec, "val", classes).kept().select_columns(input_columns(spec))
+    val = data.eval_dataset("val", columns=input_columns(spec))
     metric = spec.train.early_stopping_metric
     resources = worker_resources(spec)
-    trainer = build_trainer(spec, classes, plan, val, resources, RunConfig(
+    trainer = build_trainer(data, plan, val, resources, RunConfig(
         name=name, storage_path=str(run_dir / "ray"),
         failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
@@ -151,15 +154,15 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
         result = trainer.fit()
     finally:  # also when training fails: the report may say why
         if data_report:
-            write_data_report(spec, run_dir, plan)
+            write_data_report(data, run_dir, plan)
     if result.error:
         raise TrainError(f"training failed: {result.error}")
-    return finish(spec, classes, run_dir, result)
+    return finish(data, run_dir, result)
 
 
-def write_data_report(spec: JobSpec, run_dir: Path, plan) -> None:
+def write_data_report(data: DataPlan, run_dir: Path, plan: RebalancePlan) -> None:
     """Every row of every split read, cleaned and counted (rows in = kept + dropped), with the rebalance plan used."""
-    report = validate_splits(spec)
+    report = data.validate()
     report.rebalance = plan.to_dict()
     report.write_json(run_dir / "data_report.json")
     report.print()
@@ -178,8 +181,9 @@ def _load_state(checkpoint) -> dict:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def finish(spec: JobSpec, classes: list[str], run_dir: Path, result) -> TrainResult:
+def finish(data: DataPlan, run_dir: Path, result) -> TrainResult:
     """Best checkpoint -> best.pt, test evaluation, metrics.json and plots."""
+    spec, classes = data.spec, data.classes
     if result.checkpoint is None:
         raise TrainError("training reported no checkpoint")
     latest = _load_state(result.checkpoint)
@@ -189,7 +193,7 @@ def finish(spec: JobSpec, classes: list[str], run_dir: Path, result) -> TrainRes
     best_epoch = best["history"][-1]
     test = {}
     if "test" in spec.data.splits:
-        test = evaluate(model, build_split(spec, "test", classes).kept(), spec, classes, "test")
+        test = evaluate(model, data.eval_dataset("test"), spec, classes, "test")
     metrics = {**{k: v for k, v in best_epoch.items()}, **test, "best_epoch": best["epoch"],
                "epochs_run": latest["epoch"] + 1, "classes": classes}
     torch.save({"model": best["model"], "classes": classes, "spec": best["spec"], "epoch": best["epoch"],

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.streaming.split import build_split, plan_rebalance, resolve_classes, validate_splits
+from pipeline.data.streaming.plan import DataPlan, plan_rebalance
 from pipeline.io import atomic_write_text
 from pipeline.ray_runtime import data_progress
 from pipeline.spec import JobSpec, dump_spec
@@ -56,9 +56,10 @@ def concurrent_trials(spec: JobSpec, total_cpus: float) -> int:
 TRIAL_CPU = 0.01  # the trial function only waits on fit(); its Train workers hold the CPUs (0 is refused)
 
 
-def _trainable(config: dict, base: dict, classes: list[str], counts: list[int], val, storage: str,
+def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], val, storage: str,
                concurrent: int) -> None:
-    """One trial: a TorchTrainer over this trial's spec, reporting every epoch to Tune."""
+    """One trial: a TorchTrainer over this trial's spec, reporting every epoch to Tune (its shards already checked
+    by ``data``, the experiment's plan)."""
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -66,8 +67,9 @@ def _trainable(config: dict, base: dict, classes: list[str], counts: list[int], 
     from pipeline.train.trainer import build_trainer, worker_resources
 
     spec = trial_spec(base, config)
-    plan = plan_rebalance(spec, classes, counts, "shared counts")
-    build_trainer(spec, classes, plan, val, worker_resources(spec, concurrent, TRIAL_CPU * concurrent),
+    trial = data.for_spec(spec, data.classes)
+    plan = plan_rebalance(spec, trial.classes, counts, "shared counts")
+    build_trainer(trial, plan, val, worker_resources(spec, concurrent, TRIAL_CPU * concurrent),
                   RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
                             failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
                             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -98,7 +100,8 @@ def _search_alg(spec: JobSpec):
     return OptunaSearch()
 
 
-def run_tune(spec: JobSpec, out_dir: str | Path) -> TuneResult:
+def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = None) -> TuneResult:
+    """``data_plan``: the run's DataPlan (built here when not given)."""
     import ray
     from ray import tune
 
@@ -106,22 +109,22 @@ def run_tune(spec: JobSpec, out_dir: str | Path) -> TuneResult:
         raise TuneError("tune.search_space is empty: nothing to search")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = resolve_classes(spec)
+    data = data_plan.for_spec(spec) if data_plan is not None else DataPlan(spec)
     base = spec.model_dump(mode="json")
     search_alg = _search_alg(spec)
 
     # Shared work, once: the data report (exact kept counts for every trial's rebalancing) and the val set.
-    report = validate_splits(spec, ["train", "val"])
+    report = data.validate(["train", "val"])
     hist = report.splits["train"].class_histogram
-    counts = [hist.get(c, 0) for c in classes]
+    counts = [hist.get(c, 0) for c in data.classes]
     report.write_json(out_dir / "data_report.json")
     data_progress(False)
     all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} | {"label"})
-    val = build_split(spec, "val", classes).kept().select_columns(all_columns).materialize()
+    val = data.eval_dataset("val", columns=all_columns).materialize()
 
     concurrent = concurrent_trials(spec, ray.cluster_resources().get("CPU", 1.0))
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base=base, classes=classes, counts=counts, val=val,
+        tune.with_parameters(_trainable, base=base, data=data, counts=counts, val=val,
                              storage=str(out_dir / "trials"), concurrent=concurrent),
         {"CPU": TRIAL_CPU})
     path = out_dir / EXPERIMENT

@@ -11,11 +11,14 @@ import time
 import traceback
 import uuid
 from datetime import datetime, timezone
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.spec import JobSpec
 from pipeline.workflow.rundir import RunDir, fingerprint, output_files
 from pipeline.workflow.steps import STEPS, StepContext, step_inputs
+
+if TYPE_CHECKING:
+    from pipeline.data.streaming.plan import DataPlan
 
 
 class WorkflowFailed(RuntimeError):
@@ -42,15 +45,17 @@ def _outcome(ctx: StepContext) -> dict:
             "promoted": promote.get("promoted"), "decision": decision}
 
 
-def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the workflow; returns run.json's content. Raises WorkflowFailed after recording it."""
+def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str], None] = print,
+                 data_plan: "DataPlan | None" = None) -> dict:
+    """Run (or resume) the workflow; returns run.json's content. Raises WorkflowFailed after recording it.
+    ``data_plan``: the run's DataPlan (its steps share one, built on first use when not given)."""
     run = RunDir(run_dir or default_run_dir(spec))
     previous = run.read_run() or {}
     record = {"name": spec.name, "run_id": previous.get("run_id") or uuid.uuid4().hex,
               "spec_sha256": fingerprint(spec.model_dump(mode="json")), "status": "running",
               "started": _now(), "ended": None, "attempt": previous.get("attempt", 0) + 1,
               "steps": [], "outcome": None}
-    ctx = StepContext(spec, run, record["run_id"], say)
+    ctx = StepContext(spec, run, record["run_id"], say, data_plan=data_plan)
     upstream: dict[str, str] = {}  # step -> fingerprint of its outputs
     steps = spec.steps()
     run.write_run(record)

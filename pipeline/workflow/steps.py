@@ -4,6 +4,7 @@ nothing it depends on changed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -12,15 +13,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.io import atomic_write_text
 from pipeline.model.checkpoint import load_model
+from pipeline.spec import STEPS as STEP_NAMES
 from pipeline.spec import JobSpec
 from pipeline.spec_checks import load_job as load_spec
 from pipeline.workflow.champion import decide
 from pipeline.registry import Registry
 from pipeline.workflow.rundir import RunDir, fingerprint
+
+if TYPE_CHECKING:
+    from pipeline.data.streaming.plan import DataPlan
 
 
 class WorkflowError(RuntimeError):
@@ -34,6 +39,18 @@ class StepContext:
     run_id: str
     say: Callable[[str], None] = print
     results: dict = field(default_factory=dict)  # step -> summary, of this and earlier attempts
+    data_plan: "DataPlan | None" = None  # the run's one data plan, shared by its steps (built on first use)
+    # (sha256 of a best.pt, split) -> its metrics on this run's data, scored in this process: a split is scored
+    # once per checkpoint, whichever step needs it first
+    scores: dict = field(default_factory=dict)
+
+    @property
+    def data(self) -> "DataPlan":
+        if self.data_plan is None:
+            from pipeline.data.streaming.plan import DataPlan
+
+            self.data_plan = DataPlan(self.spec)
+        return self.data_plan
 
     @property
     def registry(self) -> Registry:
@@ -107,10 +124,9 @@ def step_inputs(spec: JobSpec, step: str, upstream: dict[str, str]) -> dict:
 # ---------------------------------------------------------------- the steps
 
 def validate_data(ctx: StepContext, ws: Path) -> dict:
-    from pipeline.data.streaming.split import validate_splits
     from pipeline.data.shards.fingerprint import data_fingerprint
 
-    report = validate_splits(ctx.spec)
+    report = ctx.data.validate()
     report.write_json(ws / "data_report.json")
     data = data_fingerprint(ctx.spec)
     atomic_write_text(ws / "data.json", json.dumps(data, indent=2))
@@ -124,7 +140,7 @@ def validate_data(ctx: StepContext, ws: Path) -> dict:
 def tune(ctx: StepContext, ws: Path) -> dict:
     from pipeline.tune.runner import run_tune
 
-    result = run_tune(ctx.spec, ws)
+    result = run_tune(ctx.spec, ws, data_plan=ctx.data)
     return {"trials": result.trials, "best_metric": result.best_metric, "best_config": result.best_config}
 
 
@@ -140,24 +156,31 @@ def train(ctx: StepContext, ws: Path) -> dict:
 
     # validate-data already read and counted every split: its report stands for this run's, not a second pass
     reported = "validate-data" in ctx.spec.steps()
-    result = run_training(_training_spec(ctx), ws, data_report=not reported)
+    spec = _training_spec(ctx)
+    result = run_training(spec, ws, data_report=not reported, data_plan=ctx.data)
     if reported:
         shutil.copyfile(ctx.outputs("validate-data") / "data_report.json", ws / "data_report.json")
+    if spec.data == ctx.spec.data:  # scored on this run's test data with the code evaluate uses: no second pass
+        ctx.scores[(_sha256(ws / "best.pt"), "test")] = {k: v for k, v in result.metrics.items()
+                                                          if k.startswith("test.")}
     keep = ("best_epoch", "epochs_run", "val.macro_f1", "val.accuracy")
     return {k: result.metrics[k] for k in keep if k in result.metrics}
 
 
-def score(model, model_spec: JobSpec, data_spec: JobSpec, split: str, classes: list[str]) -> dict:
-    """``model`` (trained with ``model_spec``'s modalities and alignment) on ``data_spec``'s ``split``."""
-    from pipeline.data.streaming.split import build_split
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def score(model, model_spec: JobSpec, data: "DataPlan", split: str, classes: list[str]) -> dict:
+    """``model`` (trained with ``model_spec``'s modalities and alignment) on the run's ``split`` (``data``)."""
     from pipeline.train.trainer import evaluate
 
-    if split not in data_spec.data.splits:
+    if split not in data.spec.data.splits:
         raise WorkflowError(f"the holdout split {split!r} (registry.holdout) is not in data.splits "
-                            f"(have: {', '.join(data_spec.data.splits) or 'none'})")
+                            f"(have: {', '.join(data.spec.data.splits) or 'none'})")
     spec = model_spec.model_copy(deep=True)
-    spec.data = data_spec.data.model_copy(deep=True)
-    return evaluate(model, build_split(spec, split, classes).kept(), spec, classes, split)
+    spec.data = data.spec.data.model_copy(deep=True)
+    return evaluate(model, data.for_spec(spec, classes).eval_dataset(split), spec, classes, split)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -166,10 +189,10 @@ def _scalars(metrics: dict) -> dict:
 
 
 def evaluate_step(ctx: StepContext, ws: Path) -> dict:
-    train_dir = ctx.outputs("train")
-    model, model_spec, classes = load_model(train_dir / "best.pt", str(train_dir / "best.pt"))
+    best = ctx.outputs("train") / "best.pt"
+    model, model_spec, classes = load_model(best, str(best))
     split = ctx.spec.registry.holdout
-    metrics = score(model, model_spec, ctx.spec, split, classes)
+    metrics = ctx.scores.get((_sha256(best), split)) or score(model, model_spec, ctx.data, split, classes)
     atomic_write_text(ws / "evaluation.json", json.dumps({"split": split, "classes": classes,
                                                           "metrics": _scalars(metrics),
                                                           "confusion": metrics[f"{split}.confusion"]}, indent=2))
@@ -224,7 +247,7 @@ def promote(ctx: StepContext, ws: Path) -> dict:
                                     f"{evaluation['classes']}: not comparable. Promote by hand if intended: "
                                     f"mmpipe registry promote {registry.uri} {version}")
             # NaN stays NaN here (not None): decide() must not read a scoreless champion as "no champion"
-            champion_score = score(loaded.model, loaded.spec, ctx.spec, reg.holdout, loaded.classes).get(key)
+            champion_score = score(loaded.model, loaded.spec, ctx.data, reg.holdout, loaded.classes).get(key)
         decision = decide(reg.metric, evaluation["metrics"].get(key), champion_score, reg.min_improvement)
         decision.update({"challenger_version": version, "champion_version": champion, "split": reg.holdout,
                          "run_dir": ctx.run.uri,
@@ -248,7 +271,7 @@ def predict_step(ctx: StepContext, ws: Path) -> dict:
     return {"out": result.out, "version": result.version, "rows": result.rows, "predicted": result.predicted}
 
 
-STEPS: dict[str, Callable[[StepContext, Path], dict]] = {
-    "validate-data": validate_data, "tune": tune, "train": train, "evaluate": evaluate_step,
-    "register": register, "promote": promote, "predict": predict_step,
-}
+# Step names and their order are the spec's (pipeline.spec.STEPS, which workflow.steps is validated against); the
+# functions are listed in that order, so the table has exactly the names the spec accepts (strict: one each).
+STEPS: dict[str, Callable[[StepContext, Path], dict]] = dict(zip(
+    STEP_NAMES, (validate_data, tune, train, evaluate_step, register, promote, predict_step), strict=True))

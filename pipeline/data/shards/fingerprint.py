@@ -9,8 +9,8 @@ import json
 
 import fsspec
 
-from pipeline.data.streaming.split import find_manifest
 from pipeline.data.shards.check import expand_shards
+from pipeline.data.shards.manifest import find_manifest
 from pipeline.spec import JobSpec
 
 # In order of preference: a content-derived stamp (object stores) beats a time (mtime locally).

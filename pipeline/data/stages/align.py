@@ -1,10 +1,10 @@
 """Align: cleaned values -> fixed shapes, a presence mask per modality, and ``keep_rows`` to drop marked rows.
 
 In:  the output of ``clean_batch``.
-Out: ``image`` uint8 (B, H, W, 3) · ``text`` int64 (B, L) + ``text_raw`` str · ``audio`` float32 (B, N) ·
-     ``label`` int64 (B,)
+Out: ``image`` uint8 (B, H, W, 3) · ``text_raw`` str (the cleaned text; the tokenize stage makes its ids after
+     augmentation) · ``audio`` float32 (B, N) · ``label`` int64 (B,)
      ``present_<modality>`` bool (B,) for each enabled modality · ``__key__``, ``__url__``, ``drop_reason``,
-     ``drop_detail`` str. Absent or dropped modalities are zeros with present = False.
+     ``drop_detail`` str. Absent or dropped modalities are zeros (text: "") with present = False.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from PIL import Image
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.decode import Rejected
-from pipeline.data.stages.tokenize import encode_batch
 
 
 def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -97,9 +96,9 @@ def fit_audio(wave: np.ndarray, rate: int, target_rate: int, n: int, crop: str,
 
 
 def aligned_row_bytes(mods, roles: list[str] | None = None) -> int:
-    """Bytes of one aligned row's arrays as align_batch makes them (a ModalitiesSpec): uint8 image, float32
-    audio, int64 token ids, label and presence flags; ``roles``: only these modalities (default: all enabled).
-    Strings (keys, raw text) are left out."""
+    """Bytes of one row's arrays as the sample path emits them (a ModalitiesSpec): uint8 image, float32 audio,
+    int64 token ids (the tokenize stage's), label and presence flags; ``roles``: only these modalities (default:
+    all enabled). Strings (keys, raw text) are left out."""
     size = 8 + 3
     if mods.image and (roles is None or "image" in roles):
         size += mods.image.size[0] * mods.image.size[1] * 3
@@ -136,16 +135,16 @@ def align_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.
             except Exception as e:  # drop this sample, not the batch
                 reasons[i], details[i] = "sample_error", f"audio align: {type(e).__name__}: {str(e)[:200]}"
         out["audio"] = audio
-    if mods.text:
-        texts = [t if not reasons[i] else None for i, t in enumerate(batch["text"])]
-        out["text_raw"] = np.array([t or "" for t in texts], dtype=object)  # for text augmentation
-        out["text"] = encode_batch(texts, mods.text.max_tokens, mods.text.tokenizer, mods.text.vocab_size,
-                                   mods.text.lowercase)
+    if mods.text:  # "" where absent or dropped: kept as a string for augmentation, tokenized after it
+        texts = batch["text"]
+        out["text_raw"] = np.array([t if t is not None and not reasons[i] else "" for i, t in enumerate(texts)],
+                                   dtype=object)
     kept = np.array([not r for r in reasons], dtype=bool)
     for role in cfg.enabled:
         present = np.array([v is not None for v in batch[role]], dtype=bool) & kept
         out[f"present_{role}"] = present
-        out[role][~present] = 0  # a row dropped after decoding must not carry data
+        if role != "text":  # text_raw is already "" there
+            out[role][~present] = 0  # a row dropped after decoding must not carry data
     out["drop_reason"], out["drop_detail"] = reasons, details
     return out
 

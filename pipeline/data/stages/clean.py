@@ -13,23 +13,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
 
 from pipeline.data.stages.config import StageConfig
-from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN, Member, pick_members
-from pipeline.data.stages.decode import Rejected, decode_audio, decode_image, decode_text
+from pipeline.data.stages.contract import (DROP_COLUMN, KEY_COLUMN, URL_COLUMN, Member, pick_member,
+                                           role_columns)
+from pipeline.data.stages.decode import Rejected, decode_audio, decode_image, decode_text, text_byte_limit
 from pipeline.data.stages.dedupe import content_hash
 
 # Every reason a sample can be dropped, in the order the report lists them.
 DROP_REASONS = (
-    "meta_invalid", "label_missing", "label_unknown",
+    "member_too_large", "meta_invalid", "label_missing", "label_unknown",
     "image_missing", "text_missing", "audio_missing", "no_modality",
     "image_undecodable", "image_too_small", "image_too_large",
     "text_undecodable", "text_invalid_utf8", "text_empty", "text_too_long",
-    "audio_undecodable", "audio_too_short", "audio_silent",
-    "segment_invalid", "duplicate", "sample_error",
+    "audio_undecodable", "audio_too_short", "audio_too_long", "audio_too_many_channels", "audio_silent",
+    "segment_invalid", "duplicate", "duplicate_of_eval", "sample_error",
 )
 
 
@@ -99,27 +101,44 @@ def label_value(label_member: Member, meta: dict, cfg: StageConfig) -> object:
 
 def _decode_member(role: str, member: Member, cfg: StageConfig):
     if member.error:
-        raise Rejected(f"{role}_undecodable", member.error)
+        raise Rejected(member.reason or f"{role}_undecodable", member.error)
     c = cfg.clean
     if role == "image":
         h, w = cfg.modalities.image.size
-        return decode_image(member.data, c.min_image_side, c.max_image_pixels, draft_size=(w, h))
+        return decode_image(member.data, c.min_image_side, min(c.max_image_pixels, c.max_decoded_batch_bytes // 3),
+                            draft_size=(w, h))
     if role == "text":
         return decode_text(member.data, c.max_text_chars)
-    return decode_audio(member.data, c.min_audio_seconds, c.silence_peak)
+    return decode_audio(member.data, c.min_audio_seconds, c.silence_peak, c.max_audio_seconds,
+                        c.max_audio_channels, c.max_decoded_batch_bytes)
 
 
-def _clean_row(i: int, members: dict[str, list[Member]], meta_members: list[Member], label_members: list[Member],
-               cfg: StageConfig) -> tuple[dict, int, list[bytes | None]]:
-    """Decoded values, label index and the content parts to hash, for row ``i``; raises Rejected."""
-    meta = parse_meta(meta_members[i])
+def _member_limits(role: str, cfg: StageConfig) -> tuple[int, str]:
+    """(bytes a .gz member of ``role`` may inflate to, the reason when it inflates past them)."""
+    if role == "text":
+        return min(cfg.clean.max_member_bytes, text_byte_limit(cfg.clean.max_text_chars)), "text_too_long"
+    return cfg.clean.max_member_bytes, "member_too_large"
+
+
+def _clean_row(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]], cfg: StageConfig
+               ) -> tuple[dict, int, list[bytes | None]]:
+    """Decoded values, label index and the content parts to hash, for row ``i``; raises Rejected. ``columns``:
+    each role's member columns (``role_columns``); members are opened here, one row at a time."""
+    dropped = batch[DROP_COLUMN][i] if DROP_COLUMN in batch else None
+    if dropped:  # the tar reader could not hold the sample whole
+        reason, _, detail = str(dropped).partition(": ")
+        raise Rejected(reason, detail)
+    limit = cfg.clean.max_member_bytes
+    meta_member = pick_member(batch, columns["meta"], i, limit)
+    meta = parse_meta(meta_member)
     try:
-        label = parse_label(label_value(label_members[i], meta, cfg), cfg.classes, cfg.label.format)
+        label = parse_label(label_value(pick_member(batch, columns["label"], i, limit), meta, cfg), cfg.classes,
+                            cfg.label.format)
     except Rejected:
         if cfg.labels_required:
             raise
         label = -1
-    row = {role: members[role][i] for role in cfg.enabled}
+    row = {role: pick_member(batch, columns[role], i, *_member_limits(role, cfg)) for role in cfg.enabled}
     for role, member in row.items():
         if getattr(cfg.modalities, role).required and not member.present:
             raise Rejected(f"{role}_missing", f"required {role} member absent")
@@ -127,50 +146,95 @@ def _clean_row(i: int, members: dict[str, list[Member]], meta_members: list[Memb
         raise Rejected("no_modality", "no image, text or audio member")
     decoded = {role: _decode_member(role, m, cfg) if m.present else None for role, m in row.items()}
     decoded["meta"] = meta
-    meta_bytes = meta_members[i].data if meta_members[i].present else None
+    meta_bytes = meta_member.data if meta_member.present else None
     return decoded, label, [str(label).encode(), meta_bytes] + [row[r].data for r in cfg.enabled]
+
+
+class _Chunk:
+    """Cleaned rows of one chunk of a batch, and the decoded bytes they hold."""
+
+    def __init__(self) -> None:
+        self.keys, self.urls, self.reasons, self.details, self.rates, self.labels = [], [], [], [], [], []
+        self.values: dict[str, list] = {"image": [], "text": [], "audio": [], "meta": []}
+        self.hashes: dict[int, str] = {}
+        self.held = 0
+
+    def add(self, key: str, url: str, i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]],
+            cfg: StageConfig) -> None:
+        row = len(self.keys)
+        self.keys.append(key)
+        self.urls.append(url)
+        reason = detail = ""
+        decoded, label, rate = {}, -1, 0
+        try:
+            decoded, label, parts = _clean_row(i, batch, columns, cfg)
+            self.hashes[row] = content_hash(parts)
+        except Rejected as r:
+            reason, detail = r.reason, r.detail
+        except Exception as e:  # a decoder bug or an input no check foresaw: drop this sample, not the batch
+            reason, detail = "sample_error", f"{type(e).__name__}: {str(e)[:200]}"
+        if decoded.get("audio") is not None:
+            decoded["audio"], rate = decoded["audio"]
+        for name, column in self.values.items():
+            value = decoded.get(name, {} if name == "meta" else None)
+            column.append(value)
+            self.held += value.nbytes if isinstance(value, np.ndarray) else len(value) if isinstance(value, str) else 0
+        self.reasons.append(reason)
+        self.details.append(detail)
+        self.labels.append(label)
+        self.rates.append(rate)
+
+    def finish(self, duplicates: Duplicates | None) -> dict[str, np.ndarray]:
+        if duplicates is not None and self.hashes:
+            rows = list(self.hashes)
+            row_ids = [f"{self.urls[i]}::{self.keys[i]}" for i in rows]
+            for i, row_id, owner in zip(rows, row_ids, duplicates.claim([self.hashes[i] for i in rows], row_ids)):
+                if owner != row_id:
+                    self.reasons[i], self.details[i] = "duplicate", f"same content as {owner}"
+                    self.values["image"][i] = self.values["text"][i] = self.values["audio"][i] = None
+        return {
+            KEY_COLUMN: _object_column(self.keys), URL_COLUMN: _object_column(self.urls),
+            **{name: _object_column(v) for name, v in self.values.items()},
+            "audio_rate": np.array(self.rates, dtype=np.int64), "label": np.array(self.labels, dtype=np.int64),
+            "drop_reason": _object_column(self.reasons), "drop_detail": _object_column(self.details),
+        }
+
+
+def clean_chunks(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """``clean_batch`` in consecutive chunks of rows, each holding about ``clean.max_decoded_batch_bytes`` of
+    decoded values at most (a chunk ends after the row that reaches it; one row alone is held under that limit by
+    the decoders). Together the chunks hold every row, in order."""
+    keys = [str(k) for k in batch[KEY_COLUMN]]
+    urls = [str(u) for u in batch[URL_COLUMN]] if URL_COLUMN in batch else [""] * len(keys)
+    columns = {role: role_columns(list(batch), getattr(cfg.modalities, role).extensions) for role in cfg.enabled}
+    columns["meta"] = role_columns(list(batch), cfg.modalities.meta_extensions)
+    columns["label"] = role_columns(list(batch), cfg.label.extensions)
+    chunk = _Chunk()
+    for i, (key, url) in enumerate(zip(keys, urls)):
+        chunk.add(key, url, i, batch, columns, cfg)
+        if chunk.held >= cfg.clean.max_decoded_batch_bytes and i < len(keys) - 1:
+            yield chunk.finish(duplicates)
+            chunk = _Chunk()
+    yield chunk.finish(duplicates)
+
+
+def concat_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batches with the same columns -> one, rows in order."""
+    if len(batches) == 1:
+        return batches[0]
+    return {c: np.concatenate([b[c] for b in batches]) for c in batches[0]}
 
 
 def clean_batch(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None
                 ) -> dict[str, np.ndarray]:
-    keys = [str(k) for k in batch[KEY_COLUMN]]
-    urls = [str(u) for u in batch[URL_COLUMN]] if URL_COLUMN in batch else [""] * len(keys)
-    n = len(keys)
-    members = {role: pick_members(batch, getattr(cfg.modalities, role).extensions) for role in cfg.enabled}
-    meta_members = pick_members(batch, cfg.modalities.meta_extensions)
-    label_members = pick_members(batch, cfg.label.extensions)
+    """Every row cleaned, at once (the decoded values of the whole batch are held together)."""
+    return concat_batches(list(clean_chunks(batch, cfg, duplicates)))
 
-    values: dict[str, list] = {"image": [None] * n, "text": [None] * n, "audio": [None] * n, "meta": [{}] * n}
-    rates = np.zeros(n, dtype=np.int64)
-    labels = np.full(n, -1, dtype=np.int64)
-    reasons, details = [""] * n, [""] * n
-    hashes: dict[int, str] = {}
-    for i in range(n):
-        try:
-            decoded, labels[i], parts = _clean_row(i, members, meta_members, label_members, cfg)
-        except Rejected as r:
-            reasons[i], details[i] = r.reason, r.detail
-            continue
-        except Exception as e:  # a decoder bug or an input no check foresaw: drop this sample, not the batch
-            reasons[i], details[i] = "sample_error", f"{type(e).__name__}: {str(e)[:200]}"
-            continue
-        for name, value in decoded.items():
-            if name == "audio" and value is not None:
-                value, rates[i] = value
-            values[name][i] = value
-        hashes[i] = content_hash(parts)
 
-    if duplicates is not None and hashes:
-        rows = list(hashes)
-        row_ids = [f"{urls[i]}::{keys[i]}" for i in rows]
-        for i, row_id, owner in zip(rows, row_ids, duplicates.claim([hashes[i] for i in rows], row_ids)):
-            if owner != row_id:
-                reasons[i], details[i] = "duplicate", f"same content as {owner}"
-                values["image"][i] = values["text"][i] = values["audio"][i] = None
-
-    return {
-        KEY_COLUMN: _object_column(keys), URL_COLUMN: _object_column(urls),
-        **{name: _object_column(v) for name, v in values.items()},
-        "audio_rate": rates, "label": labels,
-        "drop_reason": _object_column(reasons), "drop_detail": _object_column(details),
-    }
+def clean_bounded(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None,
+                  then: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """clean -> ``then`` (align: fixed, small shapes) chunk by chunk, so that no more than one chunk of decoded
+    images and waveforms is ever held: a batch of 128 large images costs one chunk, not 128 images."""
+    return concat_batches([then(c) if then else c for c in clean_chunks(batch, cfg, duplicates)])

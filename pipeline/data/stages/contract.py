@@ -8,18 +8,22 @@ the member is gzip-compressed and is opened transparently.
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.data.stages.gunzip import GzipError, OutputTooLarge, gunzip_bytes
+from pipeline.spec import CleanSpec
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 # Columns Ray's read_webdataset adds beside the member columns.
 KEY_COLUMN, URL_COLUMN = "__key__", "__url__"
+# Set by the tar reader on a sample it could not read whole: "reason: detail" (e.g. a member over the size limit).
+DROP_COLUMN = "__dropped__"
 
-# Largest member we are willing to gunzip; larger is treated as a decompression bomb.
-MAX_MEMBER_BYTES = 256 * 1024 * 1024
+# Largest member we gunzip unless told otherwise; larger output is treated as a decompression bomb.
+MAX_MEMBER_BYTES = CleanSpec().max_member_bytes
 
 
 def split_member_name(name: str) -> tuple[str, str] | tuple[None, None]:
@@ -36,10 +40,12 @@ def base_extension(ext: str) -> str:
 
 @dataclass(frozen=True)
 class Member:
-    """One role's member of one sample: its bytes, its extension, or why it could not be opened."""
+    """One role's member of one sample: its bytes, its extension, or why it could not be opened (``reason``: the
+    drop reason that says so, when it is not the role's ``<role>_undecodable``)."""
     data: bytes | None = None
     ext: str | None = None
     error: str | None = None
+    reason: str | None = None
 
     @property
     def present(self) -> bool:
@@ -53,43 +59,33 @@ def role_columns(columns: list[str], extensions: list[str]) -> list[str]:
     return sorted(hits, key=lambda c: (order[base_extension(c)], c))
 
 
-def pick_members(batch: dict[str, np.ndarray], extensions: list[str]) -> list[Member]:
-    """For each row, the first present member among the role's extensions, gunzipped when it ends in .gz."""
-    n = len(batch[KEY_COLUMN])
+def pick_members(batch: dict[str, np.ndarray], extensions: list[str], limit: int = MAX_MEMBER_BYTES,
+                 over: str = "member_too_large") -> list[Member]:
+    """For each row, the first present member among the role's extensions (see ``pick_member``)."""
     cols = role_columns(list(batch), extensions)
-    out: list[Member] = []
-    for i in range(n):
-        member = Member()
-        for col in cols:
-            value = batch[col][i]
-            if not isinstance(value, (bytes, bytearray, memoryview)):
-                continue  # absent: None, or NaN where pandas filled a missing member
-            member = _open(bytes(value), col)
-            break
-        out.append(member)
-    return out
+    return [pick_member(batch, cols, i, limit, over) for i in range(len(batch[KEY_COLUMN]))]
 
 
-def _open(data: bytes, column: str) -> Member:
+def pick_member(batch: dict[str, np.ndarray], cols: list[str], i: int, limit: int = MAX_MEMBER_BYTES,
+                over: str = "member_too_large") -> Member:
+    """Row ``i``'s first present member among ``cols`` (from ``role_columns``), gunzipped when it ends in .gz; a
+    member inflating past ``limit`` bytes is refused with reason ``over`` before more is produced. One row at a
+    time, so a batch never holds more than one sample's inflated members."""
+    for col in cols:
+        value = batch[col][i]
+        if isinstance(value, (bytes, bytearray, memoryview)):  # else absent: None, or NaN where pandas filled one
+            return _open(bytes(value), col, limit, over)
+    return Member()
+
+
+def _open(data: bytes, column: str, limit: int, over: str) -> Member:
     ext = base_extension(column)
     if not column.lower().endswith(".gz"):
         return Member(data=data, ext=ext)
     try:
-        return Member(data=gunzip_bounded(data), ext=ext)
-    except (OSError, EOFError, zlib.error) as e:
+        return Member(data=gunzip_bytes(data, limit), ext=ext)
+    except OutputTooLarge as e:
+        return Member(ext=ext, error=f"member .{column}: {e}", reason=over)
+    except GzipError as e:
         return Member(ext=ext, error=f"member .{column}: {e}")
 
-
-def gunzip_bounded(data: bytes, limit: int = MAX_MEMBER_BYTES) -> bytes:
-    """Decompress gzip, refusing output beyond ``limit`` bytes (a gzip bomb must not exhaust memory)."""
-    out = b""
-    while True:  # a .gz file may hold several members, one after another
-        d = zlib.decompressobj(wbits=31)
-        out += d.decompress(data, limit + 1 - len(out))
-        if len(out) > limit:
-            raise OSError(f"decompresses to more than {limit} bytes")
-        if not d.eof:
-            raise EOFError("truncated gzip stream (not valid gzip)")
-        data = d.unused_data
-        if not data.strip(b"\x00"):
-            return out

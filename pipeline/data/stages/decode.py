@@ -33,7 +33,9 @@ def decode_image(data: bytes, min_side: int, max_pixels: int, draft_size: tuple[
     """Bytes -> uint8 ``(H, W, 3)`` RGB. ``draft_size`` (W, H) lets JPEG decode at a reduced scale, never below it."""
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own bomb guard, at our limit, for formats sized only on load
     try:
-        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        with warnings.catch_warnings():  # over the limit is refused just below, with our reason
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         w, h = img.size
     except Image.DecompressionBombError as e:
         raise Rejected("image_too_large", str(e)[:200]) from None
@@ -69,7 +71,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def text_byte_limit(max_chars: int) -> int:
+    """Bytes a text of ``max_chars`` characters can take in UTF-8 (4 per character, and a BOM)."""
+    return 4 * max_chars + 3
+
+
 def decode_text(data: bytes, max_chars: int) -> str:
+    if len(data) > text_byte_limit(max_chars):  # refused before decoding: no string of it is ever built
+        raise Rejected("text_too_long", f"{len(data)} bytes: more than max_text_chars {max_chars} characters")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -98,15 +107,28 @@ def wav_truncation(data: bytes) -> str | None:
     return "no data chunk"
 
 
-def decode_audio(data: bytes, min_seconds: float, silence_peak: float) -> tuple[np.ndarray, int]:
-    """Bytes -> (float32 ``(frames, channels)``, sample rate)."""
+def decode_audio(data: bytes, min_seconds: float, silence_peak: float, max_seconds: float = float("inf"),
+                 max_channels: int = 1 << 16, max_bytes: int = 1 << 62) -> tuple[np.ndarray, int]:
+    """Bytes -> (float32 ``(frames, channels)``, sample rate). The format is sniffed from the content (a ``.wav``
+    member may hold FLAC), so the limits are checked on what the decoder reports, and decoding itself stops one
+    frame past them whatever the header claimed: never more than ``max_bytes`` of samples are allocated."""
     cut = wav_truncation(data)
     if cut:
         raise Rejected("audio_undecodable", f"truncated WAV: {cut}")
     try:
-        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate, channels = f.samplerate, f.channels
+            if channels > max_channels:
+                raise Rejected("audio_too_many_channels", f"{channels} channels > max_audio_channels {max_channels}")
+            if rate <= 0:
+                raise Rejected("audio_undecodable", f"sample rate {rate}")
+            cap = int(min(max_seconds * rate, max_bytes // (4 * channels)))
+            wave = f.read(frames=cap + 1, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as e:
         raise Rejected("audio_undecodable", str(e)[:200]) from None
+    if len(wave) > cap:
+        raise Rejected("audio_too_long", f"more than {cap} frames at {rate} Hz x {channels} channels "
+                                         f"(max_audio_seconds {max_seconds:g}, at most {max_bytes} decoded bytes)")
     if not np.isfinite(wave).all():
         raise Rejected("audio_undecodable", "contains NaN or infinite samples")
     seconds = len(wave) / rate

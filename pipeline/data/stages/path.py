@@ -1,21 +1,104 @@
-"""The per-batch data path, in order. Each stage is a plain function over ``dict[str, np.ndarray]``.
+"""The sample path: every stage a batch goes through, in order, as one list built from the spec. Each stage is a
+plain function over ``dict[str, np.ndarray]`` batches; the read datasource (streaming/source.py) runs the list on
+each batch of one shard inside its read task, and reads the epoch once per batch for the stages that need it.
 
-    raw members (bytes per extension)
-      -> clean_batch    decoded values + drop_reason per row (duplicates claimed across shards)
-      -> align_batch    fixed shapes + present_<modality> masks; rows dropped here get a reason too
-    (keep_rows then removes marked rows for training; the report counts them first)
+    raw members  __key__, __url__ and one bytes column per member extension (None where a sample lacks it)
+    clean      -> decoded values (image RGB, text str, audio wave + rate, meta), label, drop_reason/drop_detail
+                  per row; exact duplicates claimed across shards
+    align      -> fixed shapes: image uint8 (B,H,W,3), audio float32 (B,N), text_raw str, label int64 (B,),
+                  present_<modality> bool; rows dropped here get a reason too
+    keep       -> only the kept rows, without drop_reason/drop_detail           (train, eval)
+    rebalance  -> rows repeated or left out by their class factor, + copy        (train, rebalance.strategy set)
+    augment    -> image / audio / text_raw changed per (seed, epoch, key, copy)  (train, transforms listed)
+    tokenize   -> text int64 (B, max_tokens) from text_raw                      (text enabled)
+    select     -> only the columns asked for                                     (columns given)
+
+Purposes: ``train`` is the train split as training reads it; ``eval`` the kept rows of a split as they are
+(validation, test, holdout scoring); ``report`` every row, dropped ones marked (the data report, prediction).
+Rebalancing runs before augmentation (DESIGN lists them the other way round): undersampled rows then cost no
+augmentation, and each oversampled copy gets its own random augmentation instead of a duplicate. Text is
+tokenized once, last, so augmented text needs no second pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from pipeline.data.stages.align import align_batch
+from pipeline.data.stages.align import align_batch, keep_rows
+from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.clean import Duplicates, clean_batch
 from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.rebalance import rebalance_batch
+from pipeline.data.stages.tokenize import tokenize_batch
+from pipeline.spec import JobSpec
+
+Batch = dict[str, np.ndarray]
+PURPOSES = ("train", "eval", "report")
 
 
-def prepare_batch(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None
-                  ) -> dict[str, np.ndarray]:
-    """clean -> align, fused so decoded images and waveforms never leave the process."""
-    return align_batch(clean_batch(batch, cfg, duplicates), cfg)
+@dataclass
+class Stage:
+    """One step of the path: ``fn(batch, **args)``, plus ``epoch=`` for the stages whose draws change per epoch."""
+    name: str
+    fn: Callable[..., Batch]
+    args: dict = field(default_factory=dict)
+    takes_epoch: bool = False
+
+    def __call__(self, batch: Batch, epoch: int) -> Batch:
+        return self.fn(batch, **self.args, epoch=epoch) if self.takes_epoch else self.fn(batch, **self.args)
+
+
+def select_columns(batch: Batch, columns: list[str]) -> Batch:
+    return {c: batch[c] for c in columns}
+
+
+def augments(spec: JobSpec) -> bool:
+    a = spec.augment
+    return a.enabled and bool(a.image or a.text or a.audio)
+
+
+def _decode(cfg: StageConfig, duplicates: Duplicates | None) -> list[Stage]:
+    return [Stage("clean", clean_batch, {"cfg": cfg, "duplicates": duplicates}),
+            Stage("align", align_batch, {"cfg": cfg})]
+
+
+def _tokenize(cfg: StageConfig) -> list[Stage]:
+    return [Stage("tokenize", tokenize_batch, {"text": cfg.modalities.text})] if cfg.modalities.text else []
+
+
+def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Duplicates | None = None,
+                factors: np.ndarray | None = None, columns: list[str] | None = None) -> list[Stage]:
+    """The stages for ``purpose`` (one of PURPOSES). ``factors``: rebalance factors per class (train, when
+    rebalance.strategy is not none); ``columns``: keep only these at the end (e.g. a model's inputs)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose {purpose!r} is not one of {PURPOSES}")
+    path = _decode(cfg, duplicates)
+    if purpose != "report":
+        path.append(Stage("keep", keep_rows))
+    if purpose == "train":
+        if spec.rebalance.strategy != "none":
+            if factors is None:
+                raise ValueError(f"rebalance.strategy {spec.rebalance.strategy!r} needs the factors per class")
+            path.append(Stage("rebalance", rebalance_batch, {"factors": np.asarray(factors),
+                                                             "seed": spec.rebalance.seed}, takes_epoch=True))
+        if augments(spec):
+            path.append(Stage("augment", augment_batch, {"augment": spec.augment, "modalities": spec.modalities},
+                              takes_epoch=True))
+    path += _tokenize(cfg)
+    if columns:
+        path.append(Stage("select", select_columns, {"columns": list(columns)}))
+    return path
+
+
+def run_path(batch: Batch, path: list[Stage], epoch: int = 0) -> Batch:
+    for stage in path:
+        batch = stage(batch, epoch)
+    return batch
+
+
+def prepare_batch(batch: Batch, cfg: StageConfig, duplicates: Duplicates | None = None) -> Batch:
+    """clean -> align -> tokenize: every row, dropped ones marked (the report path without a spec)."""
+    return run_path(batch, _decode(cfg, duplicates) + _tokenize(cfg))

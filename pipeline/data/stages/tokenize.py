@@ -7,7 +7,8 @@ are possible but rare at the default vocabulary; there is no vocabulary file to 
 
 ``bytes``: UTF-8 bytes shifted by 2, so every string of every script round-trips exactly.
 
-Id 0 is padding; id 1 is reserved.
+Id 0 is padding; id 1 is reserved. ``tokenize_batch`` is the sample path's tokenize stage: it runs once per row,
+after text augmentation (align and augment keep the text as a string).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import unicodedata
 import zlib
 
 import numpy as np
+
+from pipeline.spec import TextSpec
 
 PAD_ID = 0
 FIRST_ID = 2
@@ -50,7 +53,8 @@ def _byte_ids(text: str) -> list[int]:
     return [FIRST_ID + b for b in text.encode("utf-8")]
 
 
-def encode_batch(texts: list[str | None], max_tokens: int, kind: str = "hash", vocab_size: int = 8192,
+def encode_batch(texts: list[str | None], max_tokens: int, kind: str = "hash",
+                 vocab_size: int = TextSpec.model_fields["vocab_size"].default,
                  lowercase: bool = True) -> np.ndarray:
     """Token ids ``(B, max_tokens)`` int64, right-padded with 0 and truncated; None rows are all padding."""
     out = np.zeros((len(texts), max_tokens), dtype=np.int64)
@@ -60,6 +64,22 @@ def encode_batch(texts: list[str | None], max_tokens: int, kind: str = "hash", v
         ids = _hash_ids(text, vocab_size, lowercase) if kind == "hash" else _byte_ids(text)
         ids = ids[:max_tokens]
         out[row, : len(ids)] = ids
+    return out
+
+
+def tokenize_batch(batch: dict[str, np.ndarray], text: TextSpec) -> dict[str, np.ndarray]:
+    """``text_raw`` (str) -> ``text`` int64 (B, text.max_tokens), placed right after ``text_raw``; rows whose text is
+    absent or dropped (``present_text`` False) are all padding. Never drops a row: every text that decoding let
+    through (valid UTF-8, not empty) has ids, so the data report needs no count from here."""
+    present = batch["present_text"] if "present_text" in batch else np.ones(len(batch["text_raw"]), dtype=bool)
+    ids = encode_batch([s if p else None for s, p in zip(batch["text_raw"], present)], text.max_tokens,
+                       text.tokenizer, text.vocab_size, text.lowercase)
+    out: dict[str, np.ndarray] = {}
+    for column, values in batch.items():
+        if column != "text":  # ids of an earlier text_raw would be stale
+            out[column] = values
+        if column == "text_raw":
+            out["text"] = ids
     return out
 
 

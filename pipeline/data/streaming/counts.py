@@ -1,5 +1,8 @@
-"""Training class counts for rebalancing: from manifest.json when it describes exactly the spec's shards, else a
-label-only pass over the shards (only label members are kept; nothing else is decoded)."""
+"""Training class counts for rebalancing when manifest.json cannot give them: a label-only pass over the shards.
+
+Each shard's read task runs one stage on the project's own tar reader: the label members (and meta, for labels
+in JSON) are opened and counted, nothing else is decoded, and one row of counts per batch leaves the task.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ from pipeline.data.stages.clean import label_value, parse_label, parse_meta
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.contract import pick_members
 from pipeline.data.stages.decode import Rejected
-from pipeline.data.shards.check import check_shards, expand_shards
-from pipeline.spec import JobSpec
+from pipeline.data.stages.path import Stage
+from pipeline.data.streaming.source import read_prepared
+
+# Raw samples per batch: each batch becomes one row of counts.
+LABEL_PASS_BATCH_SIZE = 256
 
 
 def label_counts_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.ndarray]:
@@ -28,38 +34,11 @@ def label_counts_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[s
     return {"counts": counts[None, :], "invalid": np.array([invalid])}
 
 
-def _manifest_counts(spec: JobSpec, split: str, classes: list[str]) -> np.ndarray | None:
-    from pipeline.data.streaming.split import find_manifest
-
-    found = find_manifest(spec)
-    if not found:
-        return None
-    path, manifest = found
-    entry = manifest.get("splits", {}).get(split)
-    if not entry or "class_histogram" not in entry:
-        return None
-    root = path.rsplit("/", 1)[0]
-    listed = {f"{root}/{s['path']}" for s in entry.get("shards", [])}
-    if listed != set(expand_shards(spec.data.splits[split])):
-        return None  # the spec reads other shards than the manifest describes
-    return np.array([entry["class_histogram"].get(c, 0) for c in classes], dtype=np.int64)
-
-
-def class_counts(spec: JobSpec, split: str, classes: list[str]) -> tuple[np.ndarray, str]:
-    """(counts per class, where they came from)."""
-    counts = _manifest_counts(spec, split, classes)
-    if counts is not None:
-        return counts, "manifest.json"
-    import ray
-
-    cfg = StageConfig.from_spec(spec, classes)
-    suffixes = list(cfg.label.extensions) + (list(cfg.modalities.meta_extensions) if cfg.label.source == "json"
-                                             else [])
-    shards = [c.path for c in check_shards(expand_shards(spec.data.splits[split])) if not c.error]
-    ds = ray.data.read_webdataset(shards, decoder=None, override_num_blocks=len(shards),
-                                  suffixes=lambda s: s.lower().replace(".gz", "") in suffixes)
-    total = np.zeros(len(classes), dtype=np.int64)
-    for batch in ds.map_batches(label_counts_batch, fn_kwargs={"cfg": cfg}, batch_format="numpy",
-                                batch_size=4096).iter_batches(batch_size=None, batch_format="numpy"):
+def label_pass(cfg: StageConfig, shards: list[str]) -> np.ndarray:
+    """Counts per class of the rows with a usable label in ``shards`` (checked, readable ones)."""
+    ds = read_prepared(shards, [Stage("count labels", label_counts_batch, {"cfg": cfg})], LABEL_PASS_BATCH_SIZE,
+                       row_bytes=8 * (len(cfg.classes) + 1))
+    total = np.zeros(len(cfg.classes), dtype=np.int64)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         total += batch["counts"].sum(axis=0)
-    return total, "label pass"
+    return total

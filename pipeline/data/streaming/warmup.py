@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def _warm(augment_json: str, modalities_json: str) -> str | None:
     """Nobody waits for this: a failure is returned (and only costs the warm-up), never raised."""
     try:
-        import pipeline.data.streaming.split  # noqa: F401  (Ray Data, pyarrow, decoders, clean/align, the read datasource)
+        import pipeline.data.streaming.plan  # noqa: F401  (Ray Data, pyarrow, decoders, sample path, datasource)
         from pipeline.data.stages.augment.stage import _cached
 
         _cached(augment_json, modalities_json)

@@ -7,14 +7,14 @@ label members.
 from __future__ import annotations
 
 import json
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 import fsspec
 
-from pipeline.data.stages.contract import base_extension, split_member_name
+from pipeline.data.stages.contract import base_extension
 from pipeline.data.shards.check import SHARD_SUFFIXES, ShardError, expand_shards, is_compressed
+from pipeline.data.shards.tar import ShardFault, iter_members, iter_samples
 from pipeline.spec import LabelSpec, ModalitiesSpec
 
 
@@ -40,21 +40,29 @@ def from_manifest(manifest: dict) -> dict:
     return {"source": "manifest.json", "classes": manifest.get("classes", []), "splits": splits}
 
 
-def _scan_shard(path: str) -> tuple[int, Counter, Counter, int]:
-    """(samples, member extension counts, raw label counts, bytes) of one shard."""
+def _scan_shard(path: str) -> tuple[int, Counter, Counter, int, ShardFault | None]:
+    """(samples, member extension counts, raw label counts, bytes, why it is truncated) of one shard, by the
+    reader's own member iterator and limits: only label members are read, and only while small. A truncated
+    shard counts its complete samples, as the read keeps them; other damage raises ShardFault."""
     fs, fpath = fsspec.core.url_to_fs(path)
-    keys, exts, labels = set(), Counter(), Counter()
+    exts, labels = Counter(), Counter()
     label_exts = set(LabelSpec().extensions)
-    with fs.open(fpath, "rb") as f, tarfile.open(fileobj=f, mode="r|*" if is_compressed(path) else "r:") as tar:
-        for info in tar:
-            key, ext = split_member_name(info.name) if info.isreg() else (None, None)
-            if key is None:
-                continue
-            keys.add(key)
-            exts[base_extension(ext)] += 1
-            if base_extension(ext) in label_exts and ext == base_extension(ext) and info.size < 256:
-                labels[tar.extractfile(info).read().decode("utf-8", "replace").strip()] += 1
-    return len(keys), exts, labels, fs.size(fpath)
+    samples = 0
+    want = lambda ext: ext.lower() in label_exts  # noqa: E731  (not .gz labels: a count needs no inflating)
+    with fs.open(fpath, "rb") as f:
+        members = iter_members(f, want=want, size=None if is_compressed(path) else fs.size(fpath))
+        try:
+            for sample in iter_samples(members):
+                samples += 1
+                for ext, data in sample.members.items():
+                    exts[base_extension(ext)] += 1
+                    if data is not None and len(data) < 256:
+                        labels[data.decode("utf-8", "replace").strip()] += 1
+        except ShardFault as e:
+            if e.reason != "shard_truncated":
+                raise
+            return samples, exts, labels, fs.size(fpath), e
+    return samples, exts, labels, fs.size(fpath), None
 
 
 def scan(path: str) -> dict:
@@ -72,14 +80,20 @@ def scan(path: str) -> dict:
         name = Path(shard).parent.name or "all"
         split = splits.setdefault(name, {"samples": 0, "_exts": Counter(), "_labels": Counter(), "shards": []})
         try:
-            samples, exts, labels, size = _scan_shard(shard)
-        except (OSError, EOFError, tarfile.TarError) as e:
-            split["shards"].append({"path": shard, "error": f"{type(e).__name__}: {e}"})
+            samples, exts, labels, size, cut = _scan_shard(shard)
+        except ShardFault as e:
+            split["shards"].append({"path": shard, "reason": e.reason, "error": f"{e.reason}: {e.detail}"})
+            continue
+        except (OSError, EOFError, ValueError) as e:
+            split["shards"].append({"path": shard, "reason": "shard_unreadable", "error": f"{type(e).__name__}: {e}"})
             continue
         split["samples"] += samples
         split["_exts"].update(exts)
         split["_labels"].update(labels)
-        split["shards"].append({"path": shard, "samples": samples, "bytes": size})
+        entry = {"path": shard, "samples": samples, "bytes": size}
+        if cut is not None:
+            entry.update(reason=cut.reason, error=f"truncated: {cut.detail}; {samples} complete samples before it")
+        split["shards"].append(entry)
     for split in splits.values():
         exts, labels = split.pop("_exts"), split.pop("_labels")
         split["class_histogram"] = dict(sorted(labels.items(), key=lambda kv: (len(kv[0]), kv[0])))

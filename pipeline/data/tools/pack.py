@@ -94,8 +94,13 @@ class RowSkipped(Exception):
     pass
 
 
-def _read_media(base: Path, value: str, column: str) -> tuple[bytes, str]:
+def _read_media(base: Path, value: str, column: str, allow_outside: bool = False) -> tuple[bytes, str]:
     path = base / value
+    # A published dataset must not carry files from outside its source folder (an absolute path, '..' or a
+    # symlink in someone else's manifest could name ~/.ssh/id_rsa): resolved, the file must stay under ``base``.
+    if not allow_outside and not path.resolve().is_relative_to(base.resolve()):
+        raise RowSkipped(f"{column} file {value!r} lies outside the manifest's folder (absolute path, '..' or a "
+                         "symlink leading out); pack reads it only with --allow-outside")
     ext = "".join(path.suffixes[-2:]).lower().lstrip(".") if path.suffix.lower() == ".gz" else \
         path.suffix.lower().lstrip(".")
     if not ext or ext == "gz":
@@ -108,7 +113,16 @@ def _read_media(base: Path, value: str, column: str) -> tuple[bytes, str]:
         raise RowSkipped(f"{column} file unreadable: {value}: {e.strerror or e}") from None
 
 
-def row_to_sample(row: dict, line: int, base: Path, classes: list[str]) -> tuple[str, Sample]:
+def check_key(key: str) -> str:
+    """A sample key becomes member names as written: it must stay relative and inside the archive."""
+    parts = key.replace("\\", "/").split("/")
+    if key.startswith(("/", "\\")) or ".." in parts or "\x00" in key or (len(key) > 1 and key[1] == ":"):
+        raise RowSkipped(f"key {key!r} is absolute or contains '..': it would become a member name as written")
+    return key
+
+
+def row_to_sample(row: dict, line: int, base: Path, classes: list[str], allow_outside: bool = False
+                  ) -> tuple[str, Sample]:
     """(split, Sample) for one manifest row; raises RowSkipped with the reason."""
     if "__error__" in row:
         raise RowSkipped(row["__error__"])
@@ -124,7 +138,7 @@ def row_to_sample(row: dict, line: int, base: Path, classes: list[str]) -> tuple
     members: dict[str, bytes] = {}
     for column in MEDIA_COLUMNS:
         if cell(row, column):
-            data, ext = _read_media(base, cell(row, column), column)
+            data, ext = _read_media(base, cell(row, column), column, allow_outside)
             if column == "text_path":
                 ext = "txt.gz" if ext.endswith(".gz") else "txt"
             members[ext] = data
@@ -139,7 +153,7 @@ def row_to_sample(row: dict, line: int, base: Path, classes: list[str]) -> tuple
     if meta:
         members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
     members["cls"] = str(index).encode()
-    return cell(row, "split") or "train", Sample(cell(row, "key") or f"{line:08d}", members, index)
+    return cell(row, "split") or "train", Sample(check_key(cell(row, "key") or f"{line:08d}"), members, index)
 
 
 def _json_object(text: str) -> dict:
@@ -154,8 +168,10 @@ def _json_object(text: str) -> dict:
 
 def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] | None = None,
                   max_shard_bytes: int = 256 * 1024 ** 2, max_shard_samples: int | None = None,
-                  progress: bool = True, overwrite: bool = False, shuffle_seed: int | None = 0) -> PackResult:
-    """``shuffle_seed``: rows are written in a seeded random order (None keeps the manifest's order). Manifests
+                  progress: bool = True, overwrite: bool = False, shuffle_seed: int | None = 0,
+                  allow_outside: bool = False) -> PackResult:
+    """``allow_outside``: also read media outside the manifest's folder (absolute paths, '..', symlinks leading
+    out); off by default. ``shuffle_seed``: rows are written in a seeded random order (None keeps the manifest's order). Manifests
     are often sorted by class, and a shard holding one class makes every streamed batch nearly single-class."""
     manifest = Path(manifest)
     rows = read_rows(manifest)
@@ -171,7 +187,7 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
     known = default_member_extensions()
     for line, row in tqdm(rows, desc="packing", unit="row", disable=not progress):  # skipped: by line number
         try:
-            split, sample = row_to_sample(row, line, manifest.parent, classes)
+            split, sample = row_to_sample(row, line, manifest.parent, classes, allow_outside)
             writer.write(split, sample)
         except (RowSkipped, ValueError) as e:
             skipped.append({"line": line, "reason": str(e)})

@@ -1,10 +1,11 @@
 """augment_batch: the train-split augmentation stage over whole batches.
 
-In:  aligned batch (``image`` uint8 (B,H,W,3), ``text`` int64 (B,L) with ``text_raw`` str, ``audio`` float32 (B,N),
-     ``present_*``, ``__key__``, optional ``copy`` from rebalancing).
-Out: the same columns and shapes; augmented where the modality is present. Text is augmented as a string and
-     tokenized again. Every row's randomness comes from (augment.seed, epoch, key, copy): reruns reproduce,
-     epochs and oversampled copies differ.
+In:  aligned batch (``image`` uint8 (B,H,W,3), ``text_raw`` str, ``audio`` float32 (B,N), ``present_*``, ``__key__``,
+     optional ``copy`` from rebalancing).
+Out: the same columns and shapes; augmented where the modality is present. Text is augmented as a string; the
+     tokenize stage after this one makes its ids (token ids of the text before augmentation, if the batch has
+     them, are dropped: they would be stale). Every row's randomness comes from (augment.seed, epoch, key, copy):
+     reruns reproduce, epochs and oversampled copies differ.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pipeline.data.stages.augment import image as image_aug
 from pipeline.data.stages.augment import text as text_aug
 from pipeline.data.stages.augment.build import TransformError
 from pipeline.data.stages.seeds import row_ids, row_seeds
-from pipeline.data.stages.tokenize import encode_batch
 from pipeline.spec import AugmentSpec, JobSpec, ModalitiesSpec
 
 
@@ -75,10 +75,8 @@ def augment_batch(batch: dict[str, np.ndarray], augment: AugmentSpec, modalities
         texts = list(batch["text_raw"])
         for i in np.flatnonzero(batch["present_text"]):
             texts[i] = aug.text(texts[i], seeds[i] ^ np.uint64(0x5A5A))
-        t = modalities.text
         out["text_raw"] = np.array(texts, dtype=object)
-        out["text"] = encode_batch([s if p else None for s, p in zip(texts, batch["present_text"])],
-                                   t.max_tokens, t.tokenizer, t.vocab_size, t.lowercase)
+        out.pop("text", None)
     return out
 
 

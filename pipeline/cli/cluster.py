@@ -5,29 +5,22 @@ from __future__ import annotations
 import datetime
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from pipeline.cluster import ClusterError
-from pipeline.cluster import jobs as J
+from pipeline.cli.common import FAILED, console, err, exits_on_error, set_option, warn
 
-console = Console()
-err = Console(stderr=True)
+app = typer.Typer()  # submit, a plain command
+jobs_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True)
 
 AddressOption = typer.Option(None, "--address", help="Dashboard URL, e.g. http://127.0.0.1:8265 (default: the "
                                                      "spec's submit.address, then RAY_ADDRESS)")
 JobIdArg = typer.Argument(..., help="The job's submission id (from `mmpipe submit` or `mmpipe jobs list`)")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
-    raise typer.Exit(code)
-
-
-def _end(status: str, job_id: str) -> None:
+def _end(status: str, job_id: str) -> NoReturn:
     """Exit 0 only when the job succeeded, so scripts and schedulers can act on the result."""
     colour = "green" if status == "SUCCEEDED" else "red"
     err.print(f"job {job_id}: [{colour}]{status}[/]", highlight=False)
@@ -39,9 +32,10 @@ def _write(chunk: str) -> None:
     sys.stdout.flush()
 
 
+@app.command()
 def submit(
     spec: Path = typer.Argument(..., help="Job spec YAML"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a spec field (repeatable)"),
+    set_: Optional[list[str]] = set_option("Override a spec field (repeatable)"),
     address: Optional[str] = AddressOption,
     run_dir: Optional[str] = typer.Option(None, help="Run directory on storage every node sees (shared path "
                                                      "or s3:// / gs:// URI); default: workflow.run_dir"),
@@ -51,40 +45,32 @@ def submit(
                                                         "succeeded"),
 ) -> None:
     """Run the spec's workflow (`mmpipe run`) on a Ray cluster as a Ray job; prints the job id and its URL."""
-    from pipeline.spec import SpecError
-    from pipeline.spec_checks import load_job as load_spec
+    from pipeline.cluster import jobs as J
+    from pipeline.spec_checks import load_job
 
-    try:
-        spec_address = None if address else load_spec(spec, set_ or []).submit.address
+    with exits_on_error(FAILED):  # a spec error exits 2 (bad input), a cluster error 1
+        spec_address = None if address else load_job(spec, set_ or []).submit.address
         conn = J.connect(address, spec_address)
         plan = J.plan_submission(spec, conn.address, set_ or [], run_dir)
         for w in plan.warnings:
-            err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            warn(w)
         job_id = J.send(conn, plan, submission_id)
-    except SpecError as e:
-        _fail(str(e))
-    except ClusterError as e:
-        _fail(str(e), code=1)
     console.print(f"submitted {job_id}\n  dashboard: {J.dashboard_url(conn.address, job_id)}\n"
                   f"  run dir:   {plan.run_dir}\n  follow:    mmpipe jobs logs {job_id} --follow "
                   f"--address {conn.address}", highlight=False, soft_wrap=True)
     if follow or wait:
-        try:
-            _end(J.follow(conn, job_id, _write) if follow else J.wait_for(conn, job_id), job_id)
-        except ClusterError as e:
-            _fail(str(e), code=1)
-
-
-jobs_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True)
+        with exits_on_error(FAILED):
+            final = J.follow(conn, job_id, _write) if follow else J.wait_for(conn, job_id)
+        _end(final, job_id)
 
 
 @jobs_app.command("list")
+@exits_on_error(FAILED)
 def list_(address: Optional[str] = AddressOption) -> None:
     """Every job the cluster knows, newest first."""
-    try:
-        found = J.list_jobs(address)
-    except ClusterError as e:
-        _fail(str(e), code=1)
+    from pipeline.cluster import jobs as J
+
+    found = J.list_jobs(address)
     table = Table()
     table.add_column("job id", no_wrap=True)  # copied into other commands: never cut short
     table.add_column("status", no_wrap=True)
@@ -102,42 +88,36 @@ def list_(address: Optional[str] = AddressOption) -> None:
 
 
 @jobs_app.command()
+@exits_on_error(FAILED)
 def status(job_id: str = JobIdArg, address: Optional[str] = AddressOption) -> None:
     """The job's status, and its error when it failed."""
-    try:
-        info = J.job_info(address, job_id)
-    except ClusterError as e:
-        _fail(str(e), code=1)
+    from pipeline.cluster import jobs as J
+
+    info = J.job_info(address, job_id)
     console.print(f"{job_id}: {info.status.value}", highlight=False)
     if info.message:
         console.print(info.message, highlight=False, markup=False, soft_wrap=True)
 
 
 @jobs_app.command()
+@exits_on_error(FAILED)
 def logs(job_id: str = JobIdArg, address: Optional[str] = AddressOption,
          follow: bool = typer.Option(False, "--follow", "-f", help="Stream new lines until the job ends; exit 1 "
                                                                    "unless it succeeded")) -> None:
     """The job's driver log (stdout and stderr of `mmpipe run`)."""
-    try:
-        if not follow:
-            _write(J.job_logs(address, job_id))
-            return
-        final = J.follow(J.connect(address), job_id, _write)
-    except ClusterError as e:
-        _fail(str(e), code=1)
-    _end(final, job_id)
+    from pipeline.cluster import jobs as J
+
+    if not follow:
+        _write(J.job_logs(address, job_id))
+        return
+    _end(J.follow(J.connect(address), job_id, _write), job_id)
 
 
 @jobs_app.command()
+@exits_on_error(FAILED)
 def stop(job_id: str = JobIdArg, address: Optional[str] = AddressOption) -> None:
     """Ask the job to stop (its driver gets SIGTERM, then SIGKILL)."""
-    try:
-        stopped = J.stop_job(address, job_id)
-    except ClusterError as e:
-        _fail(str(e), code=1)
+    from pipeline.cluster import jobs as J
+
+    stopped = J.stop_job(address, job_id)
     console.print(f"{job_id}: {'stopping' if stopped else 'was not running'}", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(submit)
-    app.add_typer(jobs_app, name="jobs")

@@ -10,53 +10,42 @@ import signal
 import sqlite3
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from pipeline.cli.common import BAD_INPUT, FAILED, console, err, exits_on_error, fail, set_option, warn
 from pipeline.schedule import store as store_mod
+from pipeline.schedule.scheduler import (DEFAULT_CONCURRENCY, DEFAULT_GRACE_S, DEFAULT_MISSED, DEFAULT_RETRIES,
+                                         DEFAULT_TRIGGER, POLL_S, UNKNOWN_TIMEOUT)
 from pipeline.schedule.policy import CONCURRENCY, MISSED, TRIGGERS
 
-group = typer.Typer(help="Recurring runs of a job spec on a cron schedule (local or on a Ray cluster).",
-                    no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+app = typer.Typer(help="Recurring runs of a job spec on a cron schedule (local or on a Ray cluster).",
+                  no_args_is_help=True)
 
 StateOption = typer.Option(None, "--state", envvar=store_mod.ENV_VAR, show_envvar=True,
                            help="Schedule state file (SQLite; on a local disk). Default: ~/.mmpipe/schedule.db")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(group, name="schedule")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _open(state: Optional[Path]):
     try:
         return store_mod.Store(state)
     except (OSError, RuntimeError, sqlite3.Error) as e:
-        _fail(f"schedule state {state or store_mod.default_path()}: {e}")
+        fail(f"schedule state {state or store_mod.default_path()}: {e}")
 
 
 def _get(store, name: str):
-    try:
+    with exits_on_error(BAD_INPUT):
         return store.get(name)
-    except store_mod.NoSuchSchedule as e:
-        _fail(str(e))
 
 
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> str:
     if value not in choices:
-        _fail(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+        fail(f"{flag} {value!r}: choose one of {', '.join(choices)}")
     return value
 
 
@@ -79,11 +68,12 @@ def _logging(debug: bool = False) -> None:
 
 
 DebugOption = typer.Option(False, "--debug", help="Log tracebacks of failed passes (and other detail)")
-UnknownTimeoutOption = typer.Option(3600, "--unknown-timeout", min=1, help="Seconds a run's status may stay "
-                                    "unreadable (cluster unreachable) before the run is marked failed")
+UnknownTimeoutOption = typer.Option(int(UNKNOWN_TIMEOUT.total_seconds()), "--unknown-timeout", min=1,
+                                    help="Seconds a run's status may stay unreadable (cluster unreachable) before "
+                                         "the run is marked failed")
 
 
-@group.command()
+@app.command()
 def add(
     name: str = typer.Argument(..., help="Schedule name (letters, digits, . _ -); names the runs folder too"),
     spec: Path = typer.Option(..., "--spec", help="Job spec to run, e.g. jobs/retrain.yaml (stored absolute)"),
@@ -91,20 +81,19 @@ def add(
                                                   "schedule.cron)"),
     tz: Optional[str] = typer.Option(None, "--timezone", help="IANA time zone of the cron expression (default: "
                                                               "the spec's schedule.timezone, UTC)"),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override for every run: --set train.epochs=5 "
-                                                                 "(repeatable)"),
+    sets: Optional[list[str]] = set_option("Override for every run: --set train.epochs=5 (repeatable)"),
     address: Optional[str] = typer.Option(None, help="Ray dashboard URL: submit each run to this cluster "
                                                      "(default: run locally as a subprocess)"),
-    concurrency: str = typer.Option("forbid", help="A due time while a run is active: forbid (skip it), allow, "
-                                                   "replace (stop the active run)"),
-    missed: str = typer.Option("skip", help="Due times passed while no scheduler ran: skip, or run_once "
-                                            "(one catch-up run)"),
-    trigger: str = typer.Option("always", help="always, or data-changed (fire only when the data's manifest or "
-                                               "shard listing changed since the last successful run)"),
-    retries: int = typer.Option(2, min=0, help="Extra attempts when a run cannot be started or its process/job "
-                                               "vanished (backoff 30 s, 1 min, 2 min, …)"),
-    grace: int = typer.Option(600, min=0, help="Seconds after its due time a run still counts as on time "
-                                               "(later: --missed decides)"),
+    concurrency: str = typer.Option(DEFAULT_CONCURRENCY, help="A due time while a run is active: forbid (skip "
+                                                              "it), allow, replace (stop the active run)"),
+    missed: str = typer.Option(DEFAULT_MISSED, help="Due times passed while no scheduler ran: skip, or run_once "
+                                                    "(one catch-up run)"),
+    trigger: str = typer.Option(DEFAULT_TRIGGER, help="always, or data-changed (fire only when the data's manifest "
+                                                      "or shard listing changed since the last successful run)"),
+    retries: int = typer.Option(DEFAULT_RETRIES, min=0, help="Extra attempts when a run cannot be started or its "
+                                                             "process/job vanished (backoff 30 s, 1 min, 2 min, …)"),
+    grace: int = typer.Option(DEFAULT_GRACE_S, min=0, help="Seconds after its due time a run still counts as on "
+                                                           "time (later: --missed decides)"),
     runs_dir: Optional[str] = typer.Option(None, help="Runs go to RUNS_DIR/NAME/<due UTC>/run (default: "
                                                       "'runs' beside the state file; a URI for cluster runs)"),
     shared_runs_dir: bool = typer.Option(False, "--shared-runs-dir", help="--runs-dir is a local path that the "
@@ -126,10 +115,8 @@ def add(
         name=name, spec=str(spec_path), overrides=list(sets or []), cron=cron, timezone=tz, address=address,
         concurrency=concurrency, missed=missed, trigger=trigger, retries=retries, grace_s=grace,
         runs_dir=runs_dir, cwd=os.getcwd(), paused=paused, cursor=now, created=now, updated=now)
-    try:
+    with exits_on_error(BAD_INPUT):
         store.add(sched)
-    except store_mod.ScheduleExists as e:
-        _fail(str(e))
     console.print(f"added schedule {name}: {cron} ({tz}), next run {_next(sched)}; state {store.path}",
                   highlight=False)
 
@@ -137,31 +124,26 @@ def add(
 def _check_spec(name: str, spec_path: Path, spec: Path, sets: list[str], cron: Optional[str], tz: Optional[str],
                 trigger: str) -> tuple[str, str]:
     """Validate the name, the spec and the cron expression; the cron expression and time zone to store."""
-    from pipeline.schedule.cron import CronError, check_cron
-    from pipeline.spec import SpecError
-    from pipeline.spec_checks import load_job as load_spec
+    from pipeline.schedule.cron import check_cron
+    from pipeline.spec_checks import load_job
 
     if not _NAME.match(name):
-        _fail(f"schedule name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    try:
-        job = load_spec(spec_path, sets)
-    except SpecError as e:
-        _fail(str(e))
+        fail(f"schedule name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    with exits_on_error(BAD_INPUT):
+        job = load_job(spec_path, sets)
     cron = cron or job.schedule.cron
     if not cron:
-        _fail(f"no --cron given and {spec} has no schedule.cron")
+        fail(f"no --cron given and {spec} has no schedule.cron")
     tz = tz or job.schedule.timezone
-    try:
+    with exits_on_error(BAD_INPUT):
         check_cron(cron, tz)
-    except CronError as e:
-        _fail(str(e))
     if trigger == "data-changed":
         from pipeline.schedule.trigger import TriggerError, fingerprint
 
         try:
             fingerprint(job)
         except TriggerError as e:  # data may arrive later: say so now rather than at 3 am
-            err.print(f"[yellow]warning:[/] trigger=data-changed: {e}", highlight=False, soft_wrap=True)
+            warn(f"trigger=data-changed: {e}")
     return cron, tz
 
 
@@ -176,7 +158,7 @@ def _runs_dir(runs_dir: Optional[str], state_dir: Path, remote: Optional[str], s
     chosen = str(storage.local_path(chosen).expanduser().resolve())
     if remote and not shared:
         what = "--runs-dir" if runs_dir else "the default runs folder"
-        _fail(f"{what} {chosen} is a local path but --address {remote} is another machine: runs would write "
+        fail(f"{what} {chosen} is a local path but --address {remote} is another machine: runs would write "
               "run.json there, where this scheduler cannot read their outcome; pass --runs-dir s3://… / gs://…, "
               "or a path mounted on both (shared filesystem) with --shared-runs-dir")
     return chosen
@@ -184,13 +166,10 @@ def _runs_dir(runs_dir: Optional[str], state_dir: Path, remote: Optional[str], s
 
 def _local_address(address: str) -> bool:
     """Whether the dashboard URL is on this machine (127.0.0.1, localhost, ::1); a malformed one is refused."""
-    from pipeline.cluster import ClusterError
     from pipeline.cluster.jobs import is_local, resolve_address
 
-    try:
+    with exits_on_error(BAD_INPUT):
         return is_local(resolve_address(address))
-    except ClusterError as e:
-        _fail(str(e))
 
 
 def _next(sched) -> str:
@@ -201,7 +180,7 @@ def _next(sched) -> str:
     return _local(next_due(sched.cron, parse_timezone(sched.timezone), max(sched.cursor, _now())), sched.timezone)
 
 
-@group.command("list")
+@app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
           state: Optional[Path] = StateOption) -> None:
     """All schedules with their next due time and last run."""
@@ -222,7 +201,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
     console.print(table)
 
 
-@group.command()
+@app.command()
 def show(name: str, as_json: bool = typer.Option(False, "--json", help="Print JSON"),
          state: Optional[Path] = StateOption) -> None:
     """One schedule: its settings, next due times and active runs."""
@@ -248,7 +227,7 @@ def show(name: str, as_json: bool = typer.Option(False, "--json", help="Print JS
                       f"{'pid ' + str(r.pid) if r.pid else r.job_id or ''} {r.run_dir or ''}", highlight=False)
 
 
-@group.command()
+@app.command()
 def pause(name: str, state: Optional[Path] = StateOption) -> None:
     """Stop firing new runs (active runs go on)."""
     store = _open(state)
@@ -257,7 +236,7 @@ def pause(name: str, state: Optional[Path] = StateOption) -> None:
     console.print(f"paused {name}")
 
 
-@group.command()
+@app.command()
 def resume(name: str, state: Optional[Path] = StateOption) -> None:
     """Fire again, from the next due time after now (due times during the pause are not caught up)."""
     store = _open(state)
@@ -266,7 +245,7 @@ def resume(name: str, state: Optional[Path] = StateOption) -> None:
     console.print(f"resumed {name}: next run {_next(store.get(name))}", highlight=False)
 
 
-@group.command()
+@app.command()
 def remove(name: str, force: bool = typer.Option(False, help="Remove even with active runs (they go on, "
                                                                  "untracked)"),
            state: Optional[Path] = StateOption) -> None:
@@ -275,13 +254,13 @@ def remove(name: str, force: bool = typer.Option(False, help="Remove even with a
     _get(store, name)
     active = store.active(name)
     if active and not force:
-        _fail(f"schedule {name} has {len(active)} active run(s) ({', '.join(f'#{r.id} {r.status}' for r in active)}); "
+        fail(f"schedule {name} has {len(active)} active run(s) ({', '.join(f'#{r.id} {r.status}' for r in active)}); "
               "wait for them, or pass --force")
     store.remove(name)
     console.print(f"removed {name}")
 
 
-@group.command()
+@app.command()
 def history(name: str, limit: int = typer.Option(20, min=1, help="Newest runs first, this many"),
             as_json: bool = typer.Option(False, "--json", help="Print JSON"),
             state: Optional[Path] = StateOption) -> None:
@@ -303,39 +282,34 @@ def history(name: str, limit: int = typer.Option(20, min=1, help="Newest runs fi
                       + (f"  {note}" if note else ""), highlight=False, soft_wrap=True)
 
 
-@group.command()
+@app.command()
 def tick(names: Optional[list[str]] = typer.Argument(None, help="Only these schedules (default: all)"),
          force: bool = typer.Option(False, help="Fire due times even when the data trigger says unchanged"),
          unknown_timeout: int = UnknownTimeoutOption, debug: bool = DebugOption,
          state: Optional[Path] = StateOption) -> None:
     """One pass: record finished runs, fire what is due. For system cron / systemd timers (every minute).
     Exits 1 when a schedule's pass failed (each failure is logged in one line)."""
-    from datetime import timedelta
-
     from pipeline.schedule.scheduler import Scheduler
 
     _logging(debug)
     store = _open(state)
-    try:
-        result = Scheduler(store, unknown_timeout=timedelta(seconds=unknown_timeout)).tick(force=force,
-                                                                                          names=names or None)
-    except store_mod.NoSuchSchedule as e:
-        _fail(str(e))
+    with exits_on_error(BAD_INPUT):
+        result = Scheduler(store, unknown_timeout=timedelta(seconds=unknown_timeout)).tick(
+            force=force, names=names or None)
     if not result.acquired:
         h = result.holder
         err.print(f"another scheduler ({h.host}, pid {h.pid}) holds the lease until {store_mod.iso(h.expires)}; "
                   "this pass did nothing", highlight=False)
     if result.failures:
-        _fail(f"{len(result.failures)} failure(s) in this pass: " + "; ".join(result.failures), code=1)
+        fail(f"{len(result.failures)} failure(s) in this pass: " + "; ".join(result.failures), code=FAILED)
 
 
-@group.command()
-def serve(poll: float = typer.Option(15.0, min=1.0, help="Seconds between passes (runs are polled this often)"),
+@app.command()
+def serve(poll: float = typer.Option(POLL_S, min=1.0, help="Seconds between passes (runs are polled this "
+                                                          "often)"),
           unknown_timeout: int = UnknownTimeoutOption, debug: bool = DebugOption,
           state: Optional[Path] = StateOption) -> None:
     """Run passes until Ctrl-C / SIGTERM. Runs started go on after it stops; the next scheduler picks them up."""
-    from datetime import timedelta
-
     from pipeline.schedule.scheduler import Scheduler
 
     _logging(debug)
@@ -353,7 +327,7 @@ def serve(poll: float = typer.Option(15.0, min=1.0, help="Seconds between passes
     logging.getLogger("mmpipe.schedule").info("stopped")
 
 
-@group.command()
+@app.command()
 def export(name: str,
            fmt: str = typer.Option(..., "--format", help="kuberay (RayCronJob) or k8s-cronjob (CronJob creating a "
                                                          "RayJob)"),

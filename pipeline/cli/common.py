@@ -1,0 +1,94 @@
+"""What every ``mmpipe`` command shares: the consoles, ``fail``, spec loading, the ``--set`` option, and one guard
+that turns the library's errors into a one-line message and an exit code instead of a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True)
+
+BAD_INPUT = 2  # the exit code of a problem with what was asked (spec, flags, files): fix it and ask again
+FAILED = 1  # the exit code of work that was started and did not succeed (training, a job, a registry update)
+
+SET_HELP = "Override a spec field: --set train.lr=0.01 (repeatable)."
+
+
+def set_option(help: str = SET_HELP):
+    """The repeatable ``--set FIELD=VALUE`` option of every command that loads a spec."""
+    return typer.Option(None, "--set", help=help)
+
+
+SetOption = set_option()
+
+# The errors whose message is written for the user, by the module that defines them (looked up only when that
+# module is loaded: an error of a class cannot exist before its module is imported, and importing them all here
+# would make ``mmpipe --help`` load torch and Ray).
+USER_ERRORS = {
+    "pipeline.spec": ("SpecError",),
+    "pipeline.data.streaming.split": ("DataError",),
+    "pipeline.data.shards.check": ("ShardError",),
+    "pipeline.data.tools.pack": ("ManifestError",),
+    "pipeline.examples.av_digits": ("PrepareError",),
+    "pipeline.train.trainer": ("TrainError",),
+    "pipeline.tune.runner": ("TuneError",),
+    "pipeline.registry": ("RegistryError",),
+    "pipeline.predict": ("PredictError",),
+    "pipeline.cluster": ("ClusterError",),
+    "pipeline.schedule.cron": ("CronError",),
+    "pipeline.schedule.store": ("NoSuchSchedule", "ScheduleExists"),
+}
+
+
+def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[module], name) for module, names in USER_ERRORS.items()
+                 if module in sys.modules for name in names)
+
+
+def _is_spec_error(e: BaseException) -> bool:
+    spec = sys.modules.get("pipeline.spec")
+    return spec is not None and isinstance(e, spec.SpecError)
+
+
+@contextlib.contextmanager
+def exits_on_error(code: int = BAD_INPUT, *also: type[BaseException]):
+    """Inside it (or around a decorated command), one of the library's errors (or of ``also``) ends the command
+    with ``error: <message>`` on stderr and exit ``code`` (a spec error: always BAD_INPUT)."""
+    try:
+        yield
+    except (*user_error_types(), *also) as e:
+        fail(str(e), BAD_INPUT if _is_spec_error(e) else code)  # a refused spec is bad input wherever it is met
+
+
+def load_spec(spec_path: Path, overrides: Optional[list[str]]):
+    """The job spec with overrides applied and cross-checked; its warnings printed; a bad spec exits BAD_INPUT."""
+    from pipeline.spec import spec_warnings
+    from pipeline.spec_checks import load_job
+
+    with exits_on_error(BAD_INPUT):
+        job = load_job(spec_path, overrides or [])
+    for warning in spec_warnings(job):
+        warn(warning)
+    return job
+
+
+def resolve_classes_first(job) -> None:
+    """Configuration problems (no class names) surface before Ray starts."""
+    from pipeline.data.streaming.split import resolve_classes
+
+    resolve_classes(job)

@@ -1,0 +1,101 @@
+"""Training commands: ``mmpipe train``, ``tune`` and ``demo``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.common import FAILED, SetOption, console, exits_on_error, load_spec, resolve_classes_first
+
+app = typer.Typer()
+
+
+@app.command()
+def train(
+    spec: Path = typer.Argument(..., help="Job spec YAML"),
+    set_: Optional[list[str]] = SetOption,
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<spec name>); re-running the "
+                                                  "same directory resumes from its latest checkpoint"),
+    fresh: bool = typer.Option(False, help="Discard the run directory's earlier training state first"),
+) -> None:
+    """Train the spec's model on Ray Train, evaluate on test, and write the run's artifacts."""
+    job = load_spec(spec, set_)
+    run_dir = out or Path("runs") / job.name
+    if fresh:
+        shutil.rmtree(run_dir / "ray", ignore_errors=True)
+    _train_and_summarise(job, run_dir)
+
+
+def _train_and_summarise(job, run_dir: Path) -> None:
+    from pipeline.ray_runtime import ensure_ray
+    from pipeline.train.trainer import run_training
+
+    ensure_ray()
+    with exits_on_error(FAILED):
+        result = run_training(job, run_dir)
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    m, classes = result.metrics, result.metrics["classes"]
+    split = "test" if "test.accuracy" in m else "val"
+    console.print(f"[bold]{split} metrics[/] of the best epoch ({m['best_epoch'] + 1} of {m['epochs_run']})")
+    table = Table()
+    for col in ("metric", "value"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "loss"):
+        value = m.get(f"{split}.{name}")
+        table.add_row(name, "n/a" if value is None else f"{value:.3f}")
+    console.print(table)
+    per_class = Table()
+    for col in ("class", "precision", "recall"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for c in classes:
+        per_class.add_row(c, f"{m[f'{split}.precision.{c}']:.3f}", f"{m[f'{split}.recall.{c}']:.3f}")
+    console.print(per_class)
+    console.print(f"run directory: {result.run_dir} (best.pt, metrics.json, epochs.csv, curves.png, "
+                  "confusion.png, data_report.json, spec.yaml)", soft_wrap=True)
+
+
+@app.command()
+def tune(
+    spec: Path = typer.Argument(..., help="Job spec YAML with a tune.search_space"),
+    set_: Optional[list[str]] = SetOption,
+    out: Optional[Path] = typer.Option(None, help="Experiment folder (default: runs/<spec name>-tune); running "
+                                                  "again with the same folder continues the experiment"),
+) -> None:
+    """Search fusion and optimizer settings with Ray Tune; export the best configuration as a job spec."""
+    job = load_spec(spec, set_)
+    from pipeline.ray_runtime import ensure_ray
+    from pipeline.tune.runner import run_tune
+
+    with exits_on_error(FAILED):
+        resolve_classes_first(job)
+        ensure_ray()
+        result = run_tune(job, out or Path("runs") / f"{job.name}-tune")
+    console.print(f"{result.trials} trials; best {job.tune.metric} = {result.best_metric:.4f} with "
+                  f"{result.best_config}", soft_wrap=True)
+    console.print(f"best spec: {result.best_spec_path} (run it: mmpipe train {result.best_spec_path})\n"
+                  f"best checkpoint: {result.best_checkpoint}\nresults: {result.out_dir}/trials.csv, "
+                  "trials_curves.png, best_by_choice.png", soft_wrap=True)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo data (OUT/data) and run (OUT/run)"),
+    seed: int = typer.Option(0, help="Seed of the demo data"),
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Make the demo dataset, train the default fusion model on it, evaluate, and print a summary."""
+    from pipeline.data.tools.demo import write_demo
+
+    data = out / "data"
+    write_demo(data, seed=seed, overwrite=True)
+    console.print(f"demo data written to {data}")
+    job = load_spec(data / "spec.yaml", set_)
+    shutil.rmtree(out / "run", ignore_errors=True)  # a fresh run, not a resume of an earlier demo
+    _train_and_summarise(job, out / "run")

@@ -1,0 +1,75 @@
+"""Workflow commands: ``mmpipe run`` (the spec's steps, resumable) and ``mmpipe predict`` (batch inference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli.common import (BAD_INPUT, FAILED, SetOption, console, err, exits_on_error, fail, load_spec,
+                                 resolve_classes_first)
+
+app = typer.Typer()
+
+
+@app.command()
+def run(
+    spec: Path = typer.Argument(..., help="Job spec YAML; its workflow.steps say what runs"),
+    set_: Optional[list[str]] = SetOption,
+    run_dir: Optional[str] = typer.Option(None, help="Run directory, local path or fsspec URI (default: "
+                                                     "workflow.run_dir, else runs/<spec name>). Running "
+                                                     "again resumes at the first incomplete step"),
+) -> None:
+    """Run the spec's workflow (validate-data → (tune) → train → evaluate → register → promote, or predict)."""
+    job = load_spec(spec, set_)
+    from pipeline.ray_runtime import ensure_ray
+    from pipeline.workflow.run import WorkflowFailed, default_run_dir, run_workflow
+
+    if job.data.splits:
+        with exits_on_error(BAD_INPUT):
+            resolve_classes_first(job)
+    target = run_dir or default_run_dir(job)
+    console.print(f"run directory: {target} (steps: {', '.join(job.steps())})", soft_wrap=True)
+    ensure_ray()
+    try:
+        record = run_workflow(job, target, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    except WorkflowFailed as e:  # not the guard: the message adds where the details are
+        fail(f"{e}\n(details: {target}/steps/{e.step}.json; run again to resume)", code=FAILED)
+    outcome = record["outcome"] or {}
+    if outcome.get("version") is not None:
+        console.print(f"registered version {outcome['version']} in {outcome['registry']}; "
+                      f"{'promoted to champion' if outcome['promoted'] else 'not promoted'}"
+                      f"{': ' + outcome['decision']['reason'] if outcome.get('decision') else ''}",
+                      soft_wrap=True, highlight=False)
+    console.print(f"run {record['status']}: {target}/run.json", soft_wrap=True)
+
+
+@app.command()
+def predict(
+    shards: list[str] = typer.Argument(..., help="Shard paths, globs or URIs"),
+    model: str = typer.Option(..., "--model", help="REGISTRY[:VERSION|@ALIAS]; a bare REGISTRY is @champion"),
+    out: str = typer.Option(..., "--out", help="Output .parquet file (a .report.json is written beside it)"),
+    batch_size: int = typer.Option(256, min=1),
+    actors: int = typer.Option(1, min=1, help="Model replicas; each loads the model once"),
+    gpu: bool = typer.Option(False, help="One GPU per replica"),
+    dedupe: bool = typer.Option(False, help="Mark exact duplicates instead of predicting them again"),
+) -> None:
+    """Batch inference over shards with a registered model: one row per sample, bad samples with reasons."""
+    from pipeline.predict import predict as run_predict
+    from pipeline.ray_runtime import ensure_ray
+
+    with exits_on_error(FAILED):
+        ensure_ray()
+        result = run_predict(model, shards, out, batch_size, actors, gpu, dedupe)
+    r = result.report
+    console.print(f"{result.rows} samples, {result.predicted} predicted with version {result.version}, "
+                  f"{result.rows - result.predicted} not predicted"
+                  + (f" ({', '.join(f'{k}: {v}' for k, v in r.dropped.items())})" if r.dropped else "")
+                  + f" → {result.out}", soft_wrap=True, highlight=False)
+    for bad in r.bad_shards:
+        err.print(f"[red]bad shard[/] {bad['path']}: {bad['error']}", highlight=False, soft_wrap=True)
+    for reason, examples in r.examples.items():
+        for ex in examples[:3]:
+            err.print(f"[yellow]{reason}[/] {ex['shard']} {ex['key']}: {ex['detail']}", highlight=False,
+                      soft_wrap=True)

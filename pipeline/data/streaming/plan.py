@@ -1,0 +1,222 @@
+"""One run's data plan: what the spec's data is, found out once and handed to every part of the run.
+
+A ``DataPlan`` is built once per command (``mmpipe train``, ``tune``, ``validate``, one per ``mmpipe run`` for all
+its steps) and holds the manifest (found and read once), the class names, each split's shard checks (once per
+split, on first use), the train split's class counts (manifest, else a label-only pass; at most once, on first
+use) and the rebalance plan. Everything that reads the data takes the plan instead of deriving these again: the
+train split as training reads it, the kept rows of val/test, the data report's pass, prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.data.shards.check import ShardCheck, ShardError, check_shards, expand_shards
+from pipeline.data.shards.manifest import DataError, find_manifest, manifest_counts, resolve_classes
+from pipeline.data.stages.align import aligned_row_bytes, keep_rows
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.path import sample_path
+from pipeline.data.stages.rebalance import RebalanceError, sampling_factors
+from pipeline.data.stages.report import REPORT_COLUMNS, DataReport, SplitReport
+from pipeline.data.streaming.counts import label_pass
+from pipeline.data.streaming.dedupe import RemoteDuplicateIndex
+from pipeline.data.streaming.source import read_prepared
+from pipeline.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+# Rows per batch through the sample path (and per output block): large enough to amortise the per-batch costs
+# (one dedupe actor call, one epoch-clock read, one Arrow block: ~2% at 128), small enough that a shard yields
+# several blocks and training's first batch does not wait for a whole shard.
+PREPARE_BATCH_SIZE = 128
+
+
+@dataclass
+class RebalancePlan:
+    """What rebalancing will do to one epoch of the train split (reported before training)."""
+    strategy: str
+    classes: list[str]
+    counts: list[int]
+    source: str
+    factors: list[float]
+
+    @property
+    def expected(self) -> list[float]:
+        return [c * f for c, f in zip(self.counts, self.factors)]
+
+    def to_dict(self) -> dict:
+        return {"strategy": self.strategy, "counts_from": self.source,
+                "before": dict(zip(self.classes, self.counts)),
+                "expected_after": {c: round(e, 2) for c, e in zip(self.classes, self.expected)},
+                "factors": {c: round(f, 4) for c, f in zip(self.classes, self.factors)}}
+
+
+def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int], source: str) -> RebalancePlan:
+    """Factors per class for ``counts`` (train rows per class; ``source`` says where they came from)."""
+    try:
+        factors = sampling_factors(np.array(counts), spec.rebalance, classes)
+    except RebalanceError as e:
+        raise DataError(str(e)) from None
+    return RebalancePlan(spec.rebalance.strategy, classes, [int(c) for c in counts], source, factors.tolist())
+
+
+@dataclass
+class SplitData:
+    """One split's dataset as read through the sample path, and its shard checks (bad ones left out)."""
+    name: str
+    dataset: object  # ray.data.Dataset
+    modalities: list[str]
+    checks: list[ShardCheck] = field(default_factory=list)
+
+    @property
+    def bad_shards(self) -> list[ShardCheck]:
+        return [c for c in self.checks if c.error]
+
+    def kept(self):
+        """Only the kept rows, fixed shapes (of a ``report`` dataset, which holds every row)."""
+        return self.dataset.map_batches(keep_rows, batch_format="numpy")
+
+    def report(self, classes: list[str]) -> SplitReport:
+        """Stream the split once and count every row (of a ``report`` dataset)."""
+        report = SplitReport(self.name, classes, shards=len(self.checks),
+                             bad_shards=[{"path": c.path, "error": c.error} for c in self.bad_shards])
+        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities]
+        for batch in self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy"):
+            report.add_batch(batch)
+        return report
+
+
+class _Files:
+    """What plans over the same ``data`` section share: the manifest and each split's shard checks."""
+
+    def __init__(self) -> None:
+        self.manifest: tuple[str, dict] | None = None
+        self.manifest_read = False
+        self.checks: dict[str, list[ShardCheck]] = {}
+
+
+class DataPlan:
+    """The data of one run. ``classes``: given (a trained model's), else label.classes or the manifest's."""
+
+    def __init__(self, spec: JobSpec, classes: list[str] | None = None, _files: _Files | None = None):
+        self.spec = spec
+        self._files = _files or _Files()
+        if classes is None:  # the manifest is read only when the spec does not name the classes
+            classes = spec.label.classes or resolve_classes(spec, self.manifest)
+        self.classes = list(classes)
+        self._counts: tuple[np.ndarray, str] | None = None
+        self._rebalance: RebalancePlan | None = None
+
+    @property
+    def manifest(self) -> tuple[str, dict] | None:
+        """(path, content) of manifest.json, or None when there is none; read on first use, once."""
+        if not self._files.manifest_read:
+            self._files.manifest = find_manifest(self.spec)
+            self._files.manifest_read = True
+        return self._files.manifest
+
+    def for_spec(self, spec: JobSpec, classes: list[str] | None = None) -> "DataPlan":
+        """A plan for another spec over the same data (a Tune trial's, a trained model's): shares the manifest and
+        shard checks when ``spec.data`` is this plan's, else starts afresh. Class counts are not shared (the
+        label settings may differ)."""
+        return DataPlan(spec, classes, self._files if spec.data == self.spec.data else None)
+
+    # ------------------------------------------------------------------ shards
+
+    def checks(self, split: str) -> list[ShardCheck]:
+        """Every shard of ``split``, checked (once per split). Raises DataError/ShardError before any read."""
+        if split in self._files.checks:
+            return self._files.checks[split]
+        if split not in self.spec.data.splits:
+            raise DataError(f"split {split!r} is not in data.splits "
+                            f"(have: {', '.join(self.spec.data.splits) or 'none'})")
+        checks = check_shards(expand_shards(self.spec.data.splits[split]))
+        bad = [c for c in checks if c.error]
+        for c in bad:
+            log.warning("split %s: leaving out bad shard %s: %s", split, c.path, c.error)
+        if bad and self.spec.clean.on_bad_shard == "fail":
+            raise ShardError("bad shard(s), and clean.on_bad_shard is 'fail':\n" +
+                             "\n".join(f"  {c.path}: {c.error}" for c in bad))
+        if len(bad) == len(checks):
+            raise ShardError(f"split {split!r}: none of its {len(checks)} shard(s) is readable")
+        self._files.checks[split] = checks
+        return checks
+
+    def good_shards(self, split: str) -> list[str]:
+        return [c.path for c in self.checks(split) if not c.error]
+
+    # ------------------------------------------------------------------ class counts and rebalancing
+
+    def class_counts(self) -> tuple[np.ndarray, str]:
+        """(train rows per class, where they came from): manifest.json when it describes exactly these shards,
+        else a label-only pass. Computed once, on first use."""
+        if self._counts is None:
+            checks = self.checks("train")
+            counts = manifest_counts(self.manifest, "train", [c.path for c in checks], self.classes)
+            if counts is not None:
+                self._counts = counts, "manifest.json"
+            else:
+                cfg = StageConfig.from_spec(self.spec, self.classes)
+                self._counts = label_pass(cfg, self.good_shards("train")), "label pass"
+        return self._counts
+
+    @property
+    def rebalance(self) -> RebalancePlan:
+        """The rebalance plan of the train split from ``class_counts`` (once)."""
+        if self._rebalance is None:
+            counts, source = self.class_counts()
+            self._rebalance = plan_rebalance(self.spec, self.classes, counts.tolist(), source)
+        return self._rebalance
+
+    # ------------------------------------------------------------------ datasets
+
+    def _read(self, split: str, purpose: str, labels_required: bool = True, columns: list[str] | None = None,
+              shuffle_files: bool = False, factors=None, epoch=0):
+        cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
+        duplicates = RemoteDuplicateIndex() if self.spec.clean.dedupe else None
+        path = sample_path(self.spec, cfg, purpose, duplicates, factors, columns)
+        roles = [c for c in columns if c in cfg.enabled] if columns else None
+        return read_prepared(self.good_shards(split), path, PREPARE_BATCH_SIZE,
+                             aligned_row_bytes(cfg.modalities, roles), shuffle_files, epoch)
+
+    def split(self, split: str, labels_required: bool = True, columns: list[str] | None = None) -> SplitData:
+        """Every row of ``split``, dropped ones marked (the report pass; prediction with
+        ``labels_required=False``, which keeps unlabelled samples with label -1)."""
+        ds = self._read(split, "report", labels_required, columns)
+        return SplitData(split, ds, self.spec.modalities.enabled(), self.checks(split))
+
+    def eval_dataset(self, split: str, columns: list[str] | None = None):
+        """The kept rows of ``split`` as they are (no rebalancing, no augmentation): validation, test, holdout."""
+        return self._read(split, "eval", columns=columns)
+
+    def train_dataset(self, epoch=0, columns: list[str] | None = None, rebalance: RebalancePlan | None = None,
+                      split: str = "train"):
+        """The train split as training reads it: kept rows -> rebalance -> augment -> tokenize, in the read task
+        of each shard, in a new shard order per epoch. ``epoch``: int or EpochClock; ``columns``: keep only these
+        (e.g. the model's inputs); ``rebalance``: another plan than this one's (Tune's shared counts)."""
+        factors = None
+        if self.spec.rebalance.strategy != "none":
+            factors = np.array((rebalance or self.rebalance).factors)
+        ds = self._read(split, "train", columns=columns, shuffle_files=True, factors=factors, epoch=epoch)
+        # Ray Data reserves CPUs per operator by default; on 2 CPUs that ran these read tasks one at a time (half
+        # the throughput). All the work is in one fused operator, so a reservation protects nothing. Only here:
+        # with shards read in parallel, which copy of a duplicate claims first (and is kept) depends on timing;
+        # the report pass keeps Ray's default, which on small machines reads in shard order.
+        ds.context.op_resource_reservation_enabled = False
+        return ds
+
+    def validate(self, splits: list[str] | None = None) -> DataReport:
+        """read -> clean -> align -> tokenize over every split (or ``splits``), every row counted: the data report,
+        with the rebalance plan the kept train rows just counted would give."""
+        report = DataReport(self.classes)
+        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.spec.modalities.enabled()]
+        for name in splits or list(self.spec.data.splits):  # payload columns never leave the read tasks
+            report.splits[name] = self.split(name, columns=columns).report(self.classes)
+        if "train" in report.splits:  # the kept rows just counted are the exact input of rebalancing
+            hist = report.splits["train"].class_histogram
+            report.rebalance = plan_rebalance(self.spec, self.classes, [hist.get(c, 0) for c in self.classes],
+                                              "kept rows of this validate pass").to_dict()
+        return report

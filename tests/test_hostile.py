@@ -1,0 +1,122 @@
+"""Hostile shards (tests/hostile_corpus.py) cannot crash a read, and nothing is lost without a word: every hostile
+sample is dropped with its reason, every hostile shard reported with its reason, every good sample kept (a
+truncated shard's complete samples included)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from collections import Counter
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hostile_corpus import CLASSES, Expected, write_hostile
+from pipeline.data.shards.check import check_shard
+from pipeline.data.shards.tar import TarLimits, ShardFault, iter_members, raw_batches
+from pipeline.data.stages.align import align_batch
+from pipeline.data.stages.clean import clean_bounded
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.gunzip import GzipError, gunzip_bytes
+from pipeline.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Expected]:
+    root = tmp_path_factory.mktemp("hostile")
+    return root, write_hostile(root)
+
+
+def read_all(root: Path) -> tuple[dict[str, str], dict[str, tuple[str, int]]]:
+    """The read path without Ray: check every shard, read the usable ones batch by batch (clean -> align in
+    chunks). Returns (key -> drop reason or "", shard name -> (fault reason, samples))."""
+    spec = load_spec(root / "spec.yaml")
+    cfg = StageConfig.from_spec(spec, CLASSES)
+    limits = TarLimits.from_clean(spec.clean)
+    rows, shards = {}, {}
+    for path in sorted((root / "train").iterdir()):
+        check = check_shard(str(path), limits)
+        shards[path.name] = (check.reason or "", check.samples)
+        if not check.usable:
+            continue
+        with open(path, "rb") as f:
+            for raw in raw_batches(f, str(path), 16, limits=limits):
+                out = clean_bounded(raw, cfg, then=lambda b: align_batch(b, cfg))
+                rows.update(zip(out["__key__"], out["drop_reason"]))
+    return rows, shards
+
+
+def test_every_hostile_item_is_reported_and_every_good_sample_kept(corpus):
+    root, exp = corpus
+    rows, shards = read_all(root)
+    assert {k for k, r in rows.items() if not r} == exp.kept
+    assert {k: r for k, r in rows.items() if r} == exp.dropped
+    assert {name: reason for name, (reason, _) in shards.items() if reason} == exp.bad_shards
+    for name, count in exp.salvaged.items():
+        assert shards[name][1] == count  # the check counts what the read then keeps
+
+
+def test_inspect_scans_the_corpus_without_crashing(corpus):
+    from pipeline.data.tools.inspect import scan
+
+    root, exp = corpus
+    info = scan(str(root / "train"))["splits"]["train"]
+    reported = {Path(s["path"]).name: s.get("reason") for s in info["shards"] if s.get("reason")}
+    assert reported == exp.bad_shards
+    assert info["samples"] == exp.samples  # hostile samples count as samples; the truncated tails do not
+
+
+def test_gzip_is_linear_checks_crc_and_refuses_past_its_limit():
+    storm = gzip.compress(b"a" * 16) * 20_000  # 20,000 gzip members: quadratic before (one copy per member)
+    assert gunzip_bytes(storm, 1 << 20) == b"a" * 16 * 20_000
+    with pytest.raises(ValueError, match="more than 1000 bytes"):
+        gunzip_bytes(gzip.compress(bytes(10 << 20)), 1000)
+    bad = bytearray(gzip.compress(b"hello world"))
+    bad[-6] ^= 1
+    with pytest.raises(GzipError, match="incorrect data check"):
+        gunzip_bytes(bytes(bad), 100)
+    with pytest.raises(GzipError) as cut:
+        gunzip_bytes(gzip.compress(b"hello world" * 100)[:-10], 10_000)
+    assert cut.value.truncated
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]], fmt=tarfile.PAX_FORMAT) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def test_member_iterator_limits_and_names():
+    long = "d/" + "n" * 300 + ".txt"  # needs a pax (or GNU long-name) header
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
+        name = long if fmt != tarfile.USTAR_FORMAT else "p" * 90 + "/" + "q" * 90 + ".txt"  # ustar prefix/name
+        got = list(iter_members(_tar([(tarfile.TarInfo(name), b"x"), (tarfile.TarInfo("k.猫.cls"), b"1")], fmt)))
+        assert [(m.key, m.ext, m.data) for m in got] == [(name[:-4], "txt", b"x"), ("k", "猫.cls", b"1")]
+    limits = TarLimits(member_bytes=10, header_bytes=600, batch_bytes=25)
+    got = list(iter_members(_tar([(tarfile.TarInfo("a.bin"), b"y" * 11), (tarfile.TarInfo("a.txt"), b"ok")]), limits))
+    assert [(m.too_large, m.data) for m in got] == [(True, None), (False, b"ok")]
+    with pytest.raises(ShardFault, match="header_too_large"):
+        list(iter_members(_tar([(tarfile.TarInfo("n" * 700 + ".txt"), b"x")]), limits))
+    # a batch ends early once it holds batch_bytes; nothing is dropped
+    buf = _tar([(tarfile.TarInfo(f"k{i}.txt"), b"z" * 10) for i in range(5)])
+    assert [len(b["__key__"]) for b in raw_batches(buf, "u", 100, limits=limits)] == [3, 2]
+
+
+@pytest.mark.ray
+def test_validate_reports_every_hostile_item_and_keeps_every_good_sample(corpus, ray_session):
+    """Through Ray: the data report of `mmpipe validate` (needs build_split to read truncated shards: c.usable)."""
+    from pipeline.data.streaming.split import validate_splits
+
+    root, exp = corpus
+    report = validate_splits(load_spec(root / "spec.yaml")).splits["train"]
+    as_dict = report.to_dict()
+    bad = {Path(b["path"]).name: b["error"] for b in as_dict["bad_shards"]}
+    assert set(bad) == set(exp.bad_shards) and all(exp.bad_shards[n] in e or "truncated" in e for n, e in bad.items())
+    assert as_dict["rows_kept"] == len(exp.kept)
+    assert {r: n for r, n in as_dict["dropped"].items() if n} == dict(Counter(exp.dropped.values()))
