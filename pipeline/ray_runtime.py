@@ -14,6 +14,36 @@ import sys
 IDLE_WORKER_KILL_MS = 60_000
 
 _started_here = False
+log = logging.getLogger("pipeline")
+
+
+def _start_local(**kwargs) -> None:
+    """A local instance whose services (GCS, raylet, agents, workers) listen on 127.0.0.1 only.
+
+    Ray binds its gRPC servers to loopback only when the node's IP is 127.0.0.1, but ``ray.init`` turns
+    ``_node_ip_address="127.0.0.1"`` into the machine's routable address (services.resolve_ip_for_localhost) and
+    has no bind option. The node IP comes from services.get_node_ip_address, which answers loopback when
+    ray_constants.ENABLE_RAY_CLUSTER is off (Ray's own setting for Windows and macOS, where clusters are
+    unsupported): switched off for the start only. tests/test_trust.py checks the listening sockets.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _warn_if_unauthenticated(address: str) -> None:
+    """Ray sends its token only in token mode (set from RAY_AUTH_MODE, or by ray.init when a token file exists):
+    a cluster that let us join without one lets anyone who reaches its ports run code on it."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        log.warning("joined the Ray cluster at %s without an authentication token: it does not require one, so "
+                    "anyone who can reach its ports can run code on it. Start it with token authentication "
+                    "(RAY_AUTH_MODE=token) or keep it on a private network.", address)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -24,13 +54,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    # The dashboard (bound to 127.0.0.1) serves the state API, which Ray Train's placement-group cleaner polls.
-    kwargs = dict(include_dashboard=True, num_cpus=num_cpus,
-                  _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KILL_MS}) if not address else {}
     # No address: a local instance of our own ("local"), never whichever `ray start` cluster happens to run on
     # this machine (Ray's default). RAY_ADDRESS=auto attaches to that cluster on purpose; Ray sets RAY_ADDRESS
     # for job drivers, so submitted runs join their cluster.
-    ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        _warn_if_unauthenticated(address)
+    else:  # the dashboard (bound to 127.0.0.1) serves the state API, which Ray Train's placement-group cleaner polls
+        _start_local(logging_level=logging.WARNING, include_dashboard=True, num_cpus=num_cpus,
+                     _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KILL_MS})
     _started_here = not address
     data_progress(sys.stderr.isatty())
 

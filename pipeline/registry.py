@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +23,8 @@ from datetime import datetime, timezone
 from pipeline import storage
 
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+NUMBER_RE = re.compile(r"[0-9]+")  # ASCII only: str.isdigit and int() also take '١' or '²'
+log = logging.getLogger("pipeline.registry")
 
 
 class RegistryError(RuntimeError):
@@ -40,13 +43,15 @@ def _name(n: int) -> str:
     return f"{n:06d}"
 
 
+def _number(name: str, suffix: str = "") -> int | None:
+    """The number a registry entry's name stands for (``000003.json`` -> 3), or None for any other name (``3.json``
+    too: it would stand for the same number as ``000003.json``)."""
+    stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else name
+    return int(stem) if NUMBER_RE.fullmatch(stem) and _name(int(stem)) == stem else None
+
+
 def _numbers(names: list[str], suffix: str = "") -> list[int]:
-    out = []
-    for name in names:
-        stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else name
-        if stem.isdigit():
-            out.append(int(stem))
-    return sorted(out)
+    return sorted(n for n in (_number(name, suffix) for name in names) if n is not None)
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class ModelRef:
 
     @classmethod
     def parse(cls, text: str) -> "ModelRef":
-        m = re.match(r"^(?P<reg>.+?)(?::(?P<ver>\d+)|@(?P<alias>[A-Za-z][A-Za-z0-9_-]*))?$", text)
+        m = re.match(r"^(?P<reg>.+?)(?::(?P<ver>[0-9]+)|@(?P<alias>[A-Za-z][A-Za-z0-9_-]*))?$", text)
         if not m or not m.group("reg"):
             raise RegistryError(f"{text!r} is not REGISTRY, REGISTRY:VERSION or REGISTRY@ALIAS")
         if m.group("ver"):
@@ -93,7 +98,10 @@ class Registry:
         sha = hashlib.sha256(model_file).hexdigest()
         version = None
         for n in _numbers(storage.listdir(self._path("claims")), ".json"):
-            claim = self._read_json(self._path("claims", f"{_name(n)}.json"), f"claim {n}")
+            try:
+                claim = self._read_json(self._path("claims", f"{_name(n)}.json"), f"claim {n}")
+            except RegistryError:  # unreadable: not a claim this run can recognise as its own
+                continue
             if claim.get("run_id") != run_id:
                 continue
             meta_uri = self._path("versions", _name(n), "meta.json")
@@ -119,9 +127,11 @@ class Registry:
         raise RegistryError(f"{self.uri}: could not claim a version number (too many concurrent registrations)")
 
     def versions(self) -> list[dict]:
-        """Metadata of every complete version, oldest first; incomplete ones are listed with status."""
+        """Metadata of every complete version, oldest first; incomplete ones, and stray entries in claims/ (any
+        other name; hidden ones are temporary files of a registration and left out), are listed with status."""
+        names = storage.listdir(self._path("claims"))
         out = []
-        for n in _numbers(storage.listdir(self._path("claims")), ".json"):
+        for n in _numbers(names, ".json"):
             meta_uri = self._path("versions", _name(n), "meta.json")
             if storage.exists(meta_uri):
                 try:
@@ -130,7 +140,8 @@ class Registry:
                     out.append({"version": n, "status": f"corrupt: {e}"})
             else:
                 out.append({"version": n, "status": "incomplete (registration did not finish)"})
-        return out
+        return out + [{"version": f"claims/{name}", "status": "stray entry, ignored (not NNNNNN.json)"}
+                      for name in names if _number(name, ".json") is None and not name.startswith(".")]
 
     def meta(self, version: int) -> dict:
         uri = self._path("versions", _name(version), "meta.json")
@@ -147,6 +158,8 @@ class Registry:
             raise RegistryError(f"{self.uri}: {what}: {uri} is missing") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise RegistryError(f"{self.uri}: {what}: {uri} is corrupt (not JSON: {e})") from None
+        except OSError as e:  # a folder where a file belongs, a file that cannot be read
+            raise RegistryError(f"{self.uri}: {what}: {uri} cannot be read ({e.strerror or e})") from None
         if not isinstance(value, dict):
             raise RegistryError(f"{self.uri}: {what}: {uri} is corrupt (expected a JSON object)")
         return value
@@ -199,7 +212,16 @@ class Registry:
         return entry.get("version")
 
     def aliases(self) -> dict[str, int | None]:
-        return {a: self.alias(a) for a in storage.listdir(self._path("aliases")) if ALIAS_RE.match(a)}
+        """Every readable alias and its version; one that cannot be read is left out with a warning."""
+        out = {}
+        for name in storage.listdir(self._path("aliases")):
+            if not ALIAS_RE.match(name):
+                continue
+            try:
+                out[name] = self.alias(name)
+            except RegistryError as e:
+                log.warning("alias %s left out: %s", name, e)
+        return out
 
     def set_alias(self, alias: str, version: int, expected: int | None | str = "any", reason: str = "",
                   scores: dict | None = None) -> dict:

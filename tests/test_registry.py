@@ -169,6 +169,36 @@ def test_model_refs():
     assert ModelRef.parse("runs/reg") == ModelRef("runs/reg", alias="champion")
     assert ModelRef.parse("runs/reg:3") == ModelRef("runs/reg", version=3)
     assert ModelRef.parse("s3://b/reg@staging") == ModelRef("s3://b/reg", alias="staging")
+    # Arabic-Indic digits are digits to str.isdigit and int(), not a version number here
+    assert ModelRef.parse("runs/reg:\u0661") == ModelRef("runs/reg:\u0661", alias="champion")
+
+
+def test_stray_files_and_folders_do_not_break_listing(tmp_path):
+    """Names that are not NNNNNN.json (other digits, other widths, other files) are listed as stray and skipped;
+    an entry that is a folder where a file belongs is one bad row, not a broken listing."""
+    reg = Registry(str(tmp_path / "reg"))
+    v1, v2 = add(reg, "run-a"), add(reg, "run-b")
+    claims, aliases = tmp_path / "reg" / "claims", tmp_path / "reg" / "aliases"
+    (claims / "\u0661.json").write_text('{"run_id": "x"}')  # int('١') == 1
+    (claims / "\u00b2.json").write_text("{}")  # '²'.isdigit() is True, int('²') raises
+    (claims / "2.json").write_text("{}")  # would stand for version 2 a second time
+    (claims / "notes").mkdir()
+    (claims / ".000009.json.1.abc.tmp").write_text("")  # a registration's temporary file: not worth a row
+    reg.set_alias("champion", v1)
+    (aliases / "staging" / "000001.json").mkdir(parents=True)  # a folder where an alias entry belongs
+    shutil.rmtree(tmp_path / "reg" / "versions" / "000002")
+    (tmp_path / "reg" / "versions" / "000002" / "meta.json").mkdir(parents=True)
+
+    rows = reg.versions()
+    assert [r["version"] for r in rows] == [1, 2, "claims/2.json", "claims/notes", "claims/\u00b2.json",
+                                            "claims/\u0661.json"]
+    assert "status" not in rows[0] and "meta.json cannot be read" in rows[1]["status"]
+    assert all(r["status"].startswith("stray entry") for r in rows[2:])
+    assert reg.aliases() == {"champion": v1}  # staging is unreadable: left out, with a warning
+    assert add(reg, "run-c") == 3  # registering still works
+    r = CliRunner().invoke(app, ["registry", "list", reg.uri])
+    assert r.exit_code == 0, r.output
+    assert "claims/\u0661.json" in r.output and "stray entry" in r.output
 
 
 @pytest.mark.parametrize("metric, challenger, champion, margin, promote", [

@@ -4,6 +4,8 @@ Kubernetes manifests that ``export`` writes, parsed back."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 
 import pytest
 import yaml
@@ -155,7 +157,7 @@ def test_export_kuberay_raycronjob(tmp_path, spec, monkeypatch):
     s = doc["spec"]
     assert (s["schedule"], s["timeZone"], s["suspend"]) == ("15 4 * * *", "Europe/Berlin", False)
     job = s["jobTemplate"]  # a RayJob spec, directly (no nested "spec:")
-    assert job["entrypoint"].startswith("mmpipe run jobs/retrain.yaml --run-dir \"s3://bucket/runs/Nightly_Retrain/")
+    assert job["entrypoint"].startswith("mmpipe run jobs/retrain.yaml --run-dir s3://bucket/runs/Nightly_Retrain/")
     assert "--set train.epochs=1" in job["entrypoint"]
     cluster = job["rayClusterSpec"]
     assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == "reg/mmpipe:1"
@@ -191,3 +193,29 @@ def test_export_run_once_has_no_starting_deadline_and_rejects_unknown_formats(tm
     assert "startingDeadlineSeconds" not in [d for d in docs if d["kind"] == "CronJob"][0]["spec"]
     code, out = cli("export", "Nightly_Retrain", "--format", "helm", "--state", str(tmp_path / "s.db"))
     assert code == 2 and "--format 'helm'" in out
+
+
+HOSTILE_RUNS = "s3://b/夜间 runs/$(touch PWNED)/`touch PWNED`/'q' \"d\"\n# injected: true\u2028\u202e"
+
+
+def test_export_quotes_the_runs_dir_for_the_shell_and_keeps_control_characters_out_of_comments(tmp_path, spec):
+    db = str(tmp_path / "s.db")
+    code, out = cli("add", "n", "--spec", str(spec), "--runs-dir", HOSTILE_RUNS, "--state", db)
+    assert code == 0, out
+    target = tmp_path / "n.yaml"
+    code, out = cli("export", "n", "--format", "kuberay", "--image", "i:1", "--out", str(target), "--state", db)
+    assert code == 0, out
+    text = target.read_text(encoding="utf-8")
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    assert any("夜间 runs" in c and "\\n# injected: true\\u2028\\u202e" in c for c in comments), comments
+    assert "\u2028" not in text and "\u202e" not in text
+    [doc] = yaml.safe_load_all(text)
+    assert "injected" not in doc  # the runs dir stayed inside its comment
+    # The entrypoint as a shell runs it: the date expands, the rest is one literal argument.
+    entrypoint = doc["spec"]["jobTemplate"]["entrypoint"]
+    done = subprocess.run(["sh", "-c", 'mmpipe() { printf "%s\\0" "$@"; }; ' + entrypoint], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    args = done.stdout.split("\0")[:-1]
+    run_dir = args[args.index("--run-dir") + 1]
+    assert re.fullmatch(re.escape(f"{HOSTILE_RUNS}/n/") + r"\d{8}T\d{6}Z/run", run_dir), run_dir
+    assert not (tmp_path / "PWNED").exists()

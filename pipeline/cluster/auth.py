@@ -9,11 +9,15 @@ unreadable or empty file is an error, not a fall-through), then ~/.ray/auth_toke
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cluster import ClusterError
+from pipeline.trust import readable_by_others
+
+log = logging.getLogger("pipeline.cluster")
 
 HOW_TO_SUPPLY = ("supply the cluster's token (print it on the head node with `ray get-auth-token`): save it in "
                  "~/.ray/auth_token, or point RAY_AUTH_TOKEN_PATH at a file holding it, or set RAY_AUTH_TOKEN")
@@ -60,4 +64,7 @@ def _read(path: Path, what: str) -> str:
         raise ClusterError(f"{what}: cannot read the token file {path} ({e.strerror or e})") from None
     if not value:
         raise ClusterError(f"{what}: the token file {path} is empty; {HOW_TO_SUPPLY}")
+    if readers := readable_by_others(path):  # the token lets its holder run code on the cluster
+        log.warning("the token file %s is readable by %s: anyone who can read it can run code on the cluster; "
+                    "`chmod 600 %s`", path, readers, path)
     return value

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import shlex
+import unicodedata
 from pathlib import Path
 
 import yaml
@@ -50,10 +51,19 @@ def spec_in_image(sched: Schedule) -> str:
 
 
 def entrypoint(sched: Schedule, spec_path: str, runs_dir: str) -> str:
-    # One run dir per run: the date is expanded by the shell that starts the job, at run time.
-    run_dir = f"{runs_dir.rstrip('/')}/{sched.name}/$(date -u +%Y%m%dT%H%M%SZ)/run"
+    # One run dir per run: the date is expanded by the shell that starts the job, at run time; everything else is
+    # quoted, so a runs dir or name with $, ` or quotes in it stays text.
+    prefix = shlex.quote(f"{runs_dir.rstrip('/')}/{sched.name}/")
+    run_dir = f'{prefix}"$(date -u +%Y%m%dT%H%M%SZ)"/run'
     sets = " ".join(f"--set {shlex.quote(o)}" for o in sched.overrides)
-    return f"mmpipe run {shlex.quote(spec_path)} --run-dir \"{run_dir}\"" + (f" {sets}" if sets else "")
+    return f"mmpipe run {shlex.quote(spec_path)} --run-dir {run_dir}" + (f" {sets}" if sets else "")
+
+
+def comment_safe(text: str) -> str:
+    """``text`` for one YAML comment line: control and format characters (line breaks end a comment; bidi
+    overrides hide text) written as escapes; any script's letters kept."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
+                   else c for c in text)
 
 
 def rayjob_spec(sched: Schedule, image: str, spec_path: str, runs_dir: str) -> dict:
@@ -168,5 +178,5 @@ def export(sched: Schedule, fmt: str, image: str | None = None, spec_path: str |
         notes.append("trigger=data-changed is not exported: Kubernetes fires on every due time")
     if sched.address:
         notes.append(f"--address {sched.address} is not used: each run gets its own RayCluster")
-    head = "".join(f"# {n}\n" for n in notes)
+    head = "".join(f"# {comment_safe(n)}\n" for n in notes)
     return head + yaml.safe_dump_all(docs, sort_keys=False, width=120)

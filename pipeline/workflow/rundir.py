@@ -7,18 +7,35 @@
 A step works in a local folder ``<step>.partial`` and its outputs appear in one move (a directory rename locally;
 for a URI, an upload followed by the manifest that marks them complete). Train and tune keep ``.partial`` between
 attempts: it holds their Ray checkpoints, so an interrupted training resumes instead of starting over.
+
+One ``mmpipe run`` at a time holds a run directory (``RunDir.lock``): a second would clear the first one's
+scratch folders and overwrite its manifests.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import os
 import shutil
+import socket
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import storage
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; URIs are still locked by their lock file
+    fcntl = None
+
 RESUMABLE = ("tune", "train")  # steps whose partial work (Ray checkpoints) is worth keeping
+LOCK_FILE = "run.lock"  # in the run directory (and in the local cache of a URI's run): who is running it
+
+
+class RunLocked(RuntimeError):
+    """Another mmpipe run holds this run directory; the message names it (pid, host, user, since when)."""
 
 
 def fingerprint(obj) -> str:
@@ -118,3 +135,132 @@ class RunDir:
         if not local.exists():
             storage.download_dir(self.uri_of(step), local)
         return local
+
+    # ------------------------------------------------------------ one run at a time
+
+    def lock(self) -> "RunLock":
+        """Hold this run directory until the returned lock is released (a context manager). Raises RunLocked
+        when another run holds it."""
+        return RunLock(self).acquire()
+
+
+def _holder() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "user": getpass.getuser(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "another process (it has not said which yet)"
+    return (f"pid {holder.get('pid')} on {holder.get('host')} (user {holder.get('user')}, since "
+            f"{holder.get('since')})")
+
+
+def _parse(data: bytes) -> dict | None:
+    try:
+        holder = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _gone(holder: dict | None) -> bool:
+    """Whether the holder was a process on this machine that no longer runs (its lock is stale)."""
+    if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+class RunLock:
+    """``flock`` on ``run.lock`` in the local folder (released by the kernel when the process dies, so never
+    stale), and for a URI also a lock file created exclusively there, naming its holder. A URI's lock left by a
+    process of this machine that is gone is taken over; one from another machine must be removed by hand."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.fd: int | None = None
+        self.uri: str | None = None  # the lock file this process created on the run's URI
+
+    def acquire(self) -> "RunLock":
+        self._lock_local()
+        try:
+            if self.run.remote:
+                self._lock_uri()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        if self.uri is not None:
+            _remove(self.uri)
+            self.uri = None
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # releases the flock
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _lock_local(self) -> None:
+        if fcntl is None:
+            return
+        path = self.run.work / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _parse(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise RunLocked(f"{self.run.uri} is in use by another mmpipe run: {_describe(holder)}. Two runs on "
+                            "one run directory would delete each other's work: wait for it to finish, or use "
+                            "another --run-dir.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        self.fd = fd
+
+    def _lock_uri(self) -> None:
+        uri = self.run.uri_of(LOCK_FILE)
+        body = json.dumps(_holder()).encode()
+        if storage.create_exclusive(uri, body):
+            self.uri = uri
+            return
+        try:
+            holder = _parse(storage.read_bytes(uri))
+        except FileNotFoundError:  # released just now
+            holder = {}
+        # Two processes of this machine on one URI share its local cache folder, whose flock we hold: no other
+        # process of this machine can be taking the stale lock over at the same time.
+        if holder == {} or _gone(holder):
+            if holder:
+                _remove(uri)
+            if storage.create_exclusive(uri, body):
+                self.uri = uri
+                return
+            holder = _parse(storage.read_bytes(uri))
+        raise RunLocked(f"{self.run.uri} is in use by another mmpipe run: {_describe(holder)}. Two runs on one "
+                        "run directory would delete each other's work: wait for it to finish, or use another "
+                        f"--run-dir. If that run is gone (its machine stopped), delete {uri}.")
+
+
+def _remove(uri: str) -> None:
+    if storage.is_local(uri):
+        storage.local_path(uri).unlink(missing_ok=True)
+        return
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass

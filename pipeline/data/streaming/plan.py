@@ -121,7 +121,9 @@ class DataPlan:
     def for_spec(self, spec: JobSpec, classes: list[str] | None = None) -> "DataPlan":
         """A plan for another spec over the same data (a Tune trial's, a trained model's): shares the manifest and
         shard checks when ``spec.data`` is this plan's, else starts afresh. Class counts are not shared (the
-        label settings may differ)."""
+        label settings may differ); the same spec gets this plan itself."""
+        if spec == self.spec and classes in (None, self.classes):
+            return self
         return DataPlan(spec, classes, self._files if spec.data == self.spec.data else None)
 
     # ------------------------------------------------------------------ shards
