@@ -77,7 +77,7 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
     import pyarrow.parquet as pq
     import ray
 
-    from pipeline.data.streaming.plan import DataPlan
+    from pipeline.data.streaming.plan import DataPlan, bad_shard_entries
     from pipeline.model.classifier import input_columns
 
     if not out.endswith(".parquet"):
@@ -92,8 +92,7 @@ def predict(model: str, shards: list[str], out: str, batch_size: int = 256, acto
     # Every row, unlabelled ones too, carrying only what the Predictor reads (its model's inputs)
     columns = list(dict.fromkeys([*REPORT_COLUMNS, *input_columns(spec)]))
     split = DataPlan(spec, loaded.classes).split(SPLIT, labels_required=False, columns=columns)
-    report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks),
-                         bad_shards=[{"path": c.path, "error": c.error} for c in split.bad_shards])
+    report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks), bad_shards=bad_shard_entries(split.checks))
 
     ds = split.dataset.map_batches(
         Predictor, fn_constructor_kwargs={"model_file": registry.model_bytes(version), "use_gpu": use_gpu},

@@ -5,6 +5,9 @@ states). Whoever can write one of them, or replace a folder on the way to them, 
 with shared run directories and a scheduler that resumes on its own, that is anyone with write access. A folder is
 private when it, its parents up to the run directory, and everything in it belong to this user (or root) and none
 of it is writable by group or others. POSIX only: elsewhere file modes say nothing and nothing is checked.
+
+Group write is fine for the user's private group (named after the user, their primary group, no other members):
+with the umask 002 of such systems everything the user writes is group-writable, and nobody else is in the group.
 """
 
 from __future__ import annotations
@@ -29,12 +32,26 @@ def user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def private_group(gid: int) -> bool:
+    """Whether ``gid`` is this user's private group (user private groups, as Debian and Red Hat make them)."""
+    try:
+        import grp
+        import pwd
+
+        me = pwd.getpwuid(os.getuid())
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return gid == me.pw_gid and group.gr_name == me.pw_name and set(group.gr_mem) <= {me.pw_name}
+
+
 def _problem(path: Path, st: os.stat_result) -> str | None:
     """Why ``path`` is not private, or None."""
     me = os.getuid()
     if st.st_uid not in (me, 0):  # root can write anything anyway: trusting it adds no risk
         return f"{path} belongs to {user_name(st.st_uid)}, not to you ({user_name(me)})"
-    writers = [who for bit, who in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if st.st_mode & bit]
+    group_writes = st.st_mode & stat.S_IWGRP and not private_group(st.st_gid)
+    writers = [who for bit, who in ((group_writes, "group"), (st.st_mode & stat.S_IWOTH, "others")) if bit]
     if writers:
         return f"{path} is writable by {' and '.join(writers)} (mode {stat.filemode(st.st_mode)})"
     return None
@@ -57,17 +74,15 @@ def check_private_dir(path: str | Path, what: str, root: str | Path | None = Non
     e.g. "the tune experiment to resume"."""
     if os.name != "posix":
         return
-    path = Path(path).absolute()
-    root = Path(root).absolute() if root is not None else path
+    path = Path(path).resolve()  # the folders themselves, not links to them, are what must be private
+    root = Path(root).resolve() if root is not None else path
     if root != path and root not in path.parents:
         raise ValueError(f"{path} is not inside {root}")
     problems = []
     for entry in _entries(path, root):
         try:
-            st = entry.lstat()
-        except FileNotFoundError:  # removed while we looked: nothing to trust there
-            continue
-        if stat.S_ISLNK(st.st_mode):  # a link's own mode means nothing; who could have placed it is checked above
+            st = entry.stat()  # a link's own mode means nothing: what it points at is what gets read
+        except FileNotFoundError:  # removed while we looked, or a dangling link: nothing to read there
             continue
         if problem := _problem(entry, st):
             problems.append(problem)

@@ -273,9 +273,9 @@ def test_the_sample_path_is_one_ordered_list_and_tokenizes_text_once(monkeypatch
     def names(purpose, **kw):
         return [s.name for s in sample_path(spec, c, purpose, **kw)]
     assert names("train", factors=factors, columns=["text"]) == \
-        ["clean", "align", "keep", "rebalance", "augment", "tokenize", "select"]
-    assert names("eval") == ["clean", "align", "keep", "tokenize"]
-    assert names("report") == ["clean", "align", "tokenize"]
+        ["clean+align", "keep", "rebalance", "augment", "tokenize", "select"]
+    assert names("eval") == ["clean+align", "keep", "tokenize"]
+    assert names("report") == ["clean+align", "tokenize"]
     with pytest.raises(ValueError, match="factors"):
         sample_path(spec, c, "train")
 

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from pipeline.trust import UntrustedPath, check_private_dir, readable_by_others
+from pipeline.trust import UntrustedPath, check_private_dir, private_group, readable_by_others
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes and owners are POSIX")
 
@@ -41,18 +41,38 @@ def test_a_private_experiment_is_trusted_and_a_shared_parent_outside_the_run_is_
         tmp_path.chmod(0o755)
 
 
+def shared_group(path) -> None:
+    """Give ``path`` a group other users are in (not the user's private group, whose write bit is harmless)."""
+    if private_group(path.stat().st_gid):
+        if os.geteuid() != 0:
+            pytest.skip("files get this user's private group, and only root can give them another")
+        os.chown(path, -1, 65534)
+
+
 @posix_only
-@pytest.mark.parametrize("where", ["run", "experiment", "pickle"])
-def test_anything_others_can_write_is_refused_with_the_path_and_the_fix(tmp_path, where):
+@pytest.mark.parametrize("where, mode, who", [("run", 0o775, "group"), ("experiment", 0o757, "others"),
+                                              ("pickle", 0o666, "group and others")])
+def test_anything_others_can_write_is_refused_with_the_path_and_the_fix(tmp_path, where, mode, who):
     run, exp = experiment(tmp_path)
     target = {"run": run, "experiment": exp, "pickle": exp / "trial_0" / "params.pkl"}[where]
-    target.chmod(0o775 if target.is_dir() else 0o666)
+    shared_group(target)
+    target.chmod(mode)
     with pytest.raises(UntrustedPath) as e:
         check_private_dir(exp, "the tune experiment to resume", root=run)
     message = str(e.value)
     assert message.startswith("the tune experiment to resume: refusing to resume from")
-    assert f"{target} is writable by group" in message and f"chmod -R go-w {run}" in message
+    assert f"{target} is writable by {who} (mode " in message and f"chmod -R go-w {run}" in message
     assert "another --out" in message
+
+
+@posix_only
+def test_group_write_is_fine_in_the_users_private_group(tmp_path):
+    run, exp = experiment(tmp_path)
+    if not private_group(run.stat().st_gid):
+        pytest.skip("this user's files do not get a private group")
+    for p in (run, exp, exp / "tuner.pkl"):  # as a umask of 002 leaves them
+        p.chmod(p.stat().st_mode | 0o020)
+    check_private_dir(exp, "the tune experiment to resume", root=run)
 
 
 @posix_only
@@ -164,3 +184,15 @@ def test_a_checkpoint_naming_an_unknown_augmentation_still_loads(tmp_path):
     reg = Registry(str(tmp_path / "reg"))
     version = reg.register(buf.getvalue(), "name: tiny\n", {}, "run-1")
     assert reg.load(version).spec.augment.image[0].name == "NoSuchTransform"
+
+
+@posix_only
+def test_a_link_to_a_shared_place_is_judged_by_its_target(tmp_path):
+    run, exp = experiment(tmp_path)
+    shared = tmp_path / "shared.pkl"
+    shared.write_bytes(b"\x80\x04N.")
+    shared_group(shared)
+    shared.chmod(0o666)
+    (exp / "searcher-state.pkl").symlink_to(shared)
+    with pytest.raises(UntrustedPath, match="searcher-state.pkl is writable by group and others"):
+        check_private_dir(exp, "the tune experiment to resume", root=run)

@@ -32,7 +32,7 @@ SetOption = set_option()
 # would make ``mmpipe --help`` load torch and Ray).
 USER_ERRORS = {
     "pipeline.spec": ("SpecError",),
-    "pipeline.data.streaming.split": ("DataError",),
+    "pipeline.data.shards.manifest": ("DataError",),
     "pipeline.data.shards.check": ("ShardError",),
     "pipeline.data.tools.pack": ("ManifestError",),
     "pipeline.examples.av_digits": ("PrepareError",),
@@ -43,6 +43,8 @@ USER_ERRORS = {
     "pipeline.cluster": ("ClusterError",),
     "pipeline.schedule.cron": ("CronError",),
     "pipeline.schedule.store": ("NoSuchSchedule", "ScheduleExists"),
+    "pipeline.trust": ("UntrustedPath",),
+    "pipeline.workflow.rundir": ("RunLocked",),
 }
 
 
@@ -87,8 +89,9 @@ def load_spec(spec_path: Path, overrides: Optional[list[str]]):
     return job
 
 
-def resolve_classes_first(job) -> None:
-    """Configuration problems (no class names) surface before Ray starts."""
-    from pipeline.data.streaming.split import resolve_classes
+def data_plan(job):
+    """The run's data plan, built once and handed to the library: the manifest is read and the classes resolved
+    here, so a spec without class names fails before Ray starts."""
+    from pipeline.data.streaming.plan import DataPlan
 
-    resolve_classes(job)
+    return DataPlan(job)

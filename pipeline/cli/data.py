@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import (BAD_INPUT, SetOption, console, err, exits_on_error, fail, load_spec,
-                                 resolve_classes_first, warn)
+                                 data_plan, warn)
 
 app = typer.Typer()
 
@@ -29,6 +29,9 @@ def pack(
     shuffle_seed: Optional[int] = typer.Option(0, help="Write rows in this seeded random order (shards of one "
                                                        "class starve training of mixed batches)"),
     keep_order: bool = typer.Option(False, help="Keep the manifest's row order instead of shuffling"),
+    allow_outside: bool = typer.Option(False, help="Also read media outside the manifest's folder (absolute "
+                                                   "paths, '..', symlinks leading out); off so a packed dataset "
+                                                   "cannot carry files it was not meant to"),
 ) -> None:
     """Pack media files listed in a manifest into WebDataset shards per split, with manifest.json."""
     from pipeline.data.tools.pack import pack_manifest
@@ -36,7 +39,8 @@ def pack(
     with exits_on_error(BAD_INPUT, FileExistsError):
         result = pack_manifest(manifest, out_dir, [c.strip() for c in classes.split(",")] if classes else None,
                                int(shard_mb * 1024 ** 2), shard_samples, progress=sys.stderr.isatty(),
-                               overwrite=overwrite, shuffle_seed=None if keep_order else shuffle_seed)
+                               overwrite=overwrite, shuffle_seed=None if keep_order else shuffle_seed,
+                               allow_outside=allow_outside)
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {manifest}:{s['line']}: {s['reason']}", highlight=False, soft_wrap=True)
     for w in result.warnings:
@@ -75,17 +79,16 @@ def validate(
 ) -> None:
     """Run read → clean → align over every split and print the data report."""
     job = load_spec(spec, set_)
-    from pipeline.data.streaming.split import validate_splits
     from pipeline.data.tools.plots import plot_class_distribution
     from pipeline.ray_runtime import ensure_ray
 
     if not job.data.splits:
         fail(f"{spec}: data.splits lists no splits to validate")
     with exits_on_error(BAD_INPUT):
-        resolve_classes_first(job)
+        data = data_plan(job)
     ensure_ray()
     with exits_on_error(BAD_INPUT):
-        report = validate_splits(job, split)
+        report = data.validate(split)
     report.print(console)
     if out:
         report.write_json(out)
@@ -143,7 +146,6 @@ def preview_augment(
     """Write a PNG sheet of train samples before and after augmentation (images, spectrograms, text)."""
     job = load_spec(spec, set_)
     from pipeline.data.stages.augment.stage import augment_batch
-    from pipeline.data.streaming.split import build_split, resolve_classes
     from pipeline.data.tools.plots import augment_sheet
     from pipeline.io import atomic_write_text
     from pipeline.ray_runtime import ensure_ray
@@ -152,8 +154,7 @@ def preview_augment(
         fail("the spec lists no augment.image, augment.text or augment.audio transforms")
     ensure_ray()
     with exits_on_error(BAD_INPUT):
-        classes = resolve_classes(job)
-        before = build_split(job, "train", classes).kept().take_batch(n, batch_format="numpy")
+        before = data_plan(job).eval_dataset("train").take_batch(n, batch_format="numpy")
     after = augment_batch(before, job.augment, job.modalities, epoch)
     out.mkdir(parents=True, exist_ok=True)
     roles = [m for m in job.modalities.enabled() if getattr(job.augment, m)]

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import FAILED, SetOption, console, exits_on_error, load_spec, resolve_classes_first
+from pipeline.cli.common import FAILED, SetOption, console, data_plan, exits_on_error, load_spec
 
 app = typer.Typer()
 
@@ -34,9 +34,10 @@ def _train_and_summarise(job, run_dir: Path) -> None:
     from pipeline.ray_runtime import ensure_ray
     from pipeline.train.trainer import run_training
 
-    ensure_ray()
     with exits_on_error(FAILED):
-        result = run_training(job, run_dir)
+        data = data_plan(job)
+        ensure_ray()
+        result = run_training(job, run_dir, data_plan=data)
     _print_summary(result)
 
 
@@ -74,9 +75,9 @@ def tune(
     from pipeline.tune.runner import run_tune
 
     with exits_on_error(FAILED):
-        resolve_classes_first(job)
+        data = data_plan(job)
         ensure_ray()
-        result = run_tune(job, out or Path("runs") / f"{job.name}-tune")
+        result = run_tune(job, out or Path("runs") / f"{job.name}-tune", data_plan=data)
     console.print(f"{result.trials} trials; best {job.tune.metric} = {result.best_metric:.4f} with "
                   f"{result.best_config}", soft_wrap=True)
     console.print(f"best spec: {result.best_spec_path} (run it: mmpipe train {result.best_spec_path})\n"

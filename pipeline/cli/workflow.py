@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import (BAD_INPUT, FAILED, SetOption, console, err, exits_on_error, fail, load_spec,
-                                 resolve_classes_first)
+                                 data_plan)
 
 app = typer.Typer()
 
@@ -26,14 +26,17 @@ def run(
     from pipeline.ray_runtime import ensure_ray
     from pipeline.workflow.run import WorkflowFailed, default_run_dir, run_workflow
 
+    data = None
     if job.data.splits:
         with exits_on_error(BAD_INPUT):
-            resolve_classes_first(job)
+            data = data_plan(job)
     target = run_dir or default_run_dir(job)
     console.print(f"run directory: {target} (steps: {', '.join(job.steps())})", soft_wrap=True)
     ensure_ray()
     try:
-        record = run_workflow(job, target, say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+        with exits_on_error(FAILED):
+            record = run_workflow(job, target, say=lambda m: console.print(m, highlight=False, soft_wrap=True),
+                                  data_plan=data)
     except WorkflowFailed as e:  # not the guard: the message adds where the details are
         fail(f"{e}\n(details: {target}/steps/{e.step}.json; run again to resume)", code=FAILED)
     outcome = record["outcome"] or {}

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -105,7 +106,8 @@ def write_digit_png(image8: np.ndarray, path: Path, size: int = 32) -> None:
 
 def prepare(recordings: str | Path, out_dir: str | Path, split: str = "index", test_speaker: str | None = None,
             text_informative: float = 0.4) -> Path:
-    """Write OUT_DIR/images/*.png and OUT_DIR/manifest.csv (audio paths point at the recordings). Returns it."""
+    """Write OUT_DIR/images/*.png, OUT_DIR/audio/*.wav (the recordings, copied: `mmpipe pack` reads media only
+    inside the manifest's folder) and OUT_DIR/manifest.csv. Returns the manifest's path."""
     recordings, out_dir = Path(recordings).resolve(), Path(out_dir).resolve()
     rows = parse_recordings(recordings)
     speakers = sorted({r[2] for r in rows})
@@ -115,6 +117,7 @@ def prepare(recordings: str | Path, out_dir: str | Path, split: str = "index", t
         raise PrepareError(f"--test-speaker {test_speaker!r} is not among {speakers}")
     pools = digit_pools()
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "audio").mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "manifest.csv"
     counts: dict[str, int] = defaultdict(int)
     with manifest.open("w", newline="", encoding="utf-8") as f:
@@ -125,14 +128,10 @@ def prepare(recordings: str | Path, out_dir: str | Path, split: str = "index", t
             pool = pools[(s, digit)]
             image = out_dir / "images" / f"{path.stem}.png"
             write_digit_png(pool[int(_unit(path.name, "image") * len(pool))], image)
+            shutil.copyfile(path, out_dir / "audio" / path.name)
             writer.writerow([f"{speaker}/{path.stem.replace('_', '-')}", s, str(digit),
-                             Path(_relative(path, out_dir)).as_posix(), f"images/{image.name}",
+                             f"audio/{path.name}", f"images/{image.name}",
                              caption(path.name, digit, text_informative), speaker, take])
             counts[s] += 1
     return manifest
 
-
-def _relative(path: Path, base: Path) -> str:
-    import os
-
-    return os.path.relpath(path, base)

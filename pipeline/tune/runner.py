@@ -18,6 +18,7 @@ from pipeline.data.streaming.plan import DataPlan, plan_rebalance
 from pipeline.io import atomic_write_text
 from pipeline.ray_runtime import data_progress
 from pipeline.spec import JobSpec, dump_spec
+from pipeline.trust import check_private_dir
 from pipeline.tune.space import apply, to_param_space
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
         {"CPU": TRIAL_CPU})
     path = out_dir / EXPERIMENT
     if tune.Tuner.can_restore(str(path)):
+        # Restoring unpickles the experiment's state: only from a folder nobody else can write.
+        check_private_dir(path, "the tune experiment to resume", root=out_dir)
         log.warning("continuing the tune experiment in %s", path)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     else:

@@ -48,8 +48,15 @@ def _outcome(ctx: StepContext) -> dict:
 def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str], None] = print,
                  data_plan: "DataPlan | None" = None) -> dict:
     """Run (or resume) the workflow; returns run.json's content. Raises WorkflowFailed after recording it.
-    ``data_plan``: the run's DataPlan (its steps share one, built on first use when not given)."""
+    ``data_plan``: the run's DataPlan (its steps share one, built on first use when not given). Holds the run
+    directory's lock throughout: a second ``mmpipe run`` on it fails at once (RunLocked) instead of deleting this
+    one's work."""
     run = RunDir(run_dir or default_run_dir(spec))
+    with run.lock():
+        return _run_steps(spec, run, say, data_plan)
+
+
+def _run_steps(spec: JobSpec, run: RunDir, say: Callable[[str], None], data_plan) -> dict:
     previous = run.read_run() or {}
     record = {"name": spec.name, "run_id": previous.get("run_id") or uuid.uuid4().hex,
               "spec_sha256": fingerprint(spec.model_dump(mode="json")), "status": "running",

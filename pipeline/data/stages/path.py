@@ -4,8 +4,8 @@ each batch of one shard inside its read task, and reads the epoch once per batch
 
     raw members  __key__, __url__ and one bytes column per member extension (None where a sample lacks it)
     clean      -> decoded values (image RGB, text str, audio wave + rate, meta), label, drop_reason/drop_detail
-                  per row; exact duplicates claimed across shards
-    align      -> fixed shapes: image uint8 (B,H,W,3), audio float32 (B,N), text_raw str, label int64 (B,),
+                  per row; exact duplicates claimed across shards   } one stage, run in chunks of at most
+    align      -> fixed shapes                                         } clean.max_decoded_batch_bytes decoded: image uint8 (B,H,W,3), audio float32 (B,N), text_raw str, label int64 (B,),
                   present_<modality> bool; rows dropped here get a reason too
     keep       -> only the kept rows, without drop_reason/drop_detail           (train, eval)
     rebalance  -> rows repeated or left out by their class factor, + copy        (train, rebalance.strategy set)
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from pipeline.data.stages.align import align_batch, keep_rows
 from pipeline.data.stages.augment.stage import augment_batch
-from pipeline.data.stages.clean import Duplicates, clean_batch
+from pipeline.data.stages.clean import Duplicates, clean_bounded
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.rebalance import rebalance_batch
 from pipeline.data.stages.tokenize import tokenize_batch
@@ -61,8 +62,10 @@ def augments(spec: JobSpec) -> bool:
 
 
 def _decode(cfg: StageConfig, duplicates: Duplicates | None) -> list[Stage]:
-    return [Stage("clean", clean_batch, {"cfg": cfg, "duplicates": duplicates}),
-            Stage("align", align_batch, {"cfg": cfg})]
+    # clean and align run together chunk by chunk (clean.max_decoded_batch_bytes): decoded full-size images and
+    # waveforms of at most one chunk are alive at once, whatever the shard holds.
+    return [Stage("clean+align", clean_bounded, {"cfg": cfg, "duplicates": duplicates,
+                                                 "then": partial(align_batch, cfg=cfg)})]
 
 
 def _tokenize(cfg: StageConfig) -> list[Stage]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.data.shards.check import ShardCheck, ShardError, check_shards, expand_shards
+from pipeline.data.shards.tar import TarLimits
 from pipeline.data.shards.manifest import DataError, find_manifest, manifest_counts, resolve_classes
 from pipeline.data.stages.align import aligned_row_bytes, keep_rows
 from pipeline.data.stages.config import StageConfig
@@ -73,6 +74,7 @@ class SplitData:
 
     @property
     def bad_shards(self) -> list[ShardCheck]:
+        """Shards with a fault: left out, or (truncated) read up to the damage."""
         return [c for c in self.checks if c.error]
 
     def kept(self):
@@ -81,12 +83,18 @@ class SplitData:
 
     def report(self, classes: list[str]) -> SplitReport:
         """Stream the split once and count every row (of a ``report`` dataset)."""
-        report = SplitReport(self.name, classes, shards=len(self.checks),
-                             bad_shards=[{"path": c.path, "error": c.error} for c in self.bad_shards])
+        report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks))
         columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities]
         for batch in self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy"):
             report.add_batch(batch)
         return report
+
+
+def bad_shard_entries(checks: list[ShardCheck]) -> list[dict]:
+    """The data report's record of each faulty shard: path, reason, message, and the intact samples kept from it
+    (a truncated shard's prefix; 0 for a shard left out)."""
+    return [{"path": c.path, "reason": c.reason, "error": c.error, "samples_kept": c.samples if c.usable else 0}
+            for c in checks if c.error]
 
 
 class _Files:
@@ -135,20 +143,29 @@ class DataPlan:
         if split not in self.spec.data.splits:
             raise DataError(f"split {split!r} is not in data.splits "
                             f"(have: {', '.join(self.spec.data.splits) or 'none'})")
-        checks = check_shards(expand_shards(self.spec.data.splits[split]))
+        checks = check_shards(expand_shards(self.spec.data.splits[split]), limits=self.limits)
         bad = [c for c in checks if c.error]
         for c in bad:
-            log.warning("split %s: leaving out bad shard %s: %s", split, c.path, c.error)
+            if c.usable:
+                log.warning("split %s: shard %s is truncated (%s); keeping its %d intact sample(s)", split, c.path,
+                            c.error, c.samples)
+            else:
+                log.warning("split %s: leaving out bad shard %s: %s", split, c.path, c.error)
         if bad and self.spec.clean.on_bad_shard == "fail":
             raise ShardError("bad shard(s), and clean.on_bad_shard is 'fail':\n" +
                              "\n".join(f"  {c.path}: {c.error}" for c in bad))
-        if len(bad) == len(checks):
+        if not any(c.usable for c in checks):
             raise ShardError(f"split {split!r}: none of its {len(checks)} shard(s) is readable")
         self._files.checks[split] = checks
         return checks
 
     def good_shards(self, split: str) -> list[str]:
-        return [c.path for c in self.checks(split) if not c.error]
+        """Shards to read: the sound ones, and truncated ones (the reader stops after their last whole sample)."""
+        return [c.path for c in self.checks(split) if c.usable]
+
+    @property
+    def limits(self) -> TarLimits:
+        return TarLimits.from_clean(self.spec.clean)
 
     # ------------------------------------------------------------------ class counts and rebalancing
 
@@ -162,7 +179,7 @@ class DataPlan:
                 self._counts = counts, "manifest.json"
             else:
                 cfg = StageConfig.from_spec(self.spec, self.classes)
-                self._counts = label_pass(cfg, self.good_shards("train")), "label pass"
+                self._counts = label_pass(cfg, self.good_shards("train"), self.limits), "label pass"
         return self._counts
 
     @property
@@ -182,7 +199,7 @@ class DataPlan:
         path = sample_path(self.spec, cfg, purpose, duplicates, factors, columns)
         roles = [c for c in columns if c in cfg.enabled] if columns else None
         return read_prepared(self.good_shards(split), path, PREPARE_BATCH_SIZE,
-                             aligned_row_bytes(cfg.modalities, roles), shuffle_files, epoch)
+                             aligned_row_bytes(cfg.modalities, roles), shuffle_files, epoch, self.limits)
 
     def split(self, split: str, labels_required: bool = True, columns: list[str] | None = None) -> SplitData:
         """Every row of ``split``, dropped ones marked (the report pass; prediction with

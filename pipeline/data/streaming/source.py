@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_based_datasource import FileBasedDatasource
 
-from pipeline.data.shards.tar import raw_batches
+from pipeline.data.shards.tar import DEFAULT_LIMITS, TarLimits, raw_batches
 from pipeline.data.stages.path import Stage, run_path
 from pipeline.data.streaming.epoch import EpochClock, current_epoch
 
@@ -26,25 +26,27 @@ MIN_BLOCK_BYTES = 1 << 20
 
 class PreparedShards(FileBasedDatasource):
     def __init__(self, paths: list[str], path: list[Stage], batch_size: int, epoch: "int | EpochClock" = 0,
-                 **file_kwargs):
+                 limits: TarLimits = DEFAULT_LIMITS, want=None, **file_kwargs):
         super().__init__(paths, **file_kwargs)
-        self.stages, self.batch_size, self.epoch = path, batch_size, epoch
+        self.stages, self.batch_size, self.epoch, self.limits, self.want = path, batch_size, epoch, limits, want
 
     def _read_stream(self, stream, path: str) -> Iterator:
-        for raw in raw_batches(stream, path, self.batch_size):
+        for raw in raw_batches(stream, path, self.batch_size, self.limits, self.want):
             batch = run_path(raw, self.stages, current_epoch(self.epoch))  # one clock read per batch
             if len(next(iter(batch.values()))):  # a batch whose rows were all dropped makes no block
                 yield BlockAccessor.batch_to_block(batch)
 
 
 def read_prepared(paths: list[str], path: list[Stage], batch_size: int, row_bytes: int,
-                      shuffle_files: bool = False, epoch: "int | EpochClock" = 0):
+                  shuffle_files: bool = False, epoch: "int | EpochClock" = 0, limits: TarLimits = DEFAULT_LIMITS,
+                  want=None):
     """The dataset of ``paths`` run through ``path``: one read task per shard, blocks of about one batch.
     ``row_bytes``: what one output row carries (sizes the blocks); ``epoch``: an int, or the EpochClock the
-    trainer advances (a dataset is built once and re-executed every epoch)."""
+    trainer advances (a dataset is built once and re-executed every epoch); ``limits``: the tar reader's bounds
+    (clean section); ``want(ext)``: read only those members (the others are skipped unread)."""
     import ray
 
-    source = PreparedShards(paths, path, batch_size, epoch, shuffle="files" if shuffle_files else None)
+    source = PreparedShards(paths, path, batch_size, epoch, limits, want, shuffle="files" if shuffle_files else None)
     ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
     # A read task's output buffer holds what it yields until it exceeds target_max_block_size (default 128 MiB):
     # a demo shard came out as one block when its task ended, so training's first batch waited for several whole
