@@ -18,6 +18,7 @@ from pipeline import storage
 from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.report import REPORT_COLUMNS, SplitReport
 from pipeline.registry import ModelRef, Registry
+from pipeline.spec import PredictSpec
 
 SPLIT = "predict"
 TEXT_COLUMNS = ("key", "shard", "status", "detail", "pred_class")
@@ -70,9 +71,14 @@ class Predictor:
         return out
 
 
-def predict(model: str, shards: list[str], out: str, batch_size: int = 256, actors: int = 1,
-            use_gpu: bool = False, dedupe: bool = False) -> PredictResult:
-    """Predict every sample of ``shards`` with ``model`` (REGISTRY[:VERSION|@ALIAS]) into ``out`` (.parquet)."""
+def predict(model: str, shards: list[str], out: str, batch_size: int | None = None, actors: int | None = None,
+            use_gpu: bool | None = None, dedupe: bool = False) -> PredictResult:
+    """Predict every sample of ``shards`` with ``model`` (REGISTRY[:VERSION|@ALIAS]) into ``out`` (.parquet).
+    ``batch_size``, ``actors``, ``use_gpu``: None takes the spec's predict defaults."""
+    defaults = PredictSpec()
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    actors = defaults.actors if actors is None else actors
+    use_gpu = defaults.use_gpu if use_gpu is None else use_gpu
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray

@@ -292,6 +292,11 @@ class ScalingSpec(Strict):
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines so Ray Data keeps a CPU")
     use_gpu: bool = False
     max_failures: int = Field(1, ge=-1)
+    data_cpus: int = Field(1, ge=1, description="CPUs reserved for the run's (each trial's) data read tasks, "
+                                                "which take one CPU each: training never waits on CPUs held by "
+                                                "others (pipeline/resources.py)")
+    stall_timeout_s: float = Field(300.0, gt=0, description="a long command that makes no progress (rows read, "
+                                                             "steps, trials) this long stops with a diagnostic")
 
 
 class TuneSpec(Strict):
@@ -303,7 +308,8 @@ class TuneSpec(Strict):
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial may be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung")
     search_alg: Literal["random", "optuna"] = "random"
-    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as leave Ray Data a CPU")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: as many as the cluster can feed "
+                                                                      "(workers and data CPUs of each)")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
     search_space: dict[str, Any] = Field(default_factory=dict)
     _metric = field_validator("metric")(_metric_name)

@@ -1,29 +1,79 @@
-"""Shared fixtures: one local Ray instance per test session, small demo data, raw-batch builders."""
+"""Shared fixtures and the test lanes.
+
+Markers come from what a test uses (pyproject lists them): ``ray`` for tests on the session's shared local Ray
+instance (the ``ray_session`` fixture, also through other fixtures), ``cluster`` (set by hand) for tests that start
+their own Ray, ``fast`` for everything else, and ``slow`` for tests that train through SLOW_FIXTURES. Cluster tests
+run last, and the shared instance is shut down before each, so at most one Ray instance runs at a time on the
+machine; a ray test after them starts it again. A fast test that starts Ray fails.
+"""
 
 from __future__ import annotations
 
-import io
-import tarfile
+import os
+import subprocess
+import sys
 
-import numpy as np
 import pytest
 
 from pipeline.data.tools.demo import write_demo
 
+# Fixtures that train (or run a whole workflow) before their tests: every test using one is slow.
+SLOW_FIXTURES = {"workflows", "cli_runs", "resumed_runs", "invalidated"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "ray_session" in item.fixturenames and not item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("cluster") and item.get_closest_marker("ray"):
+            raise pytest.UsageError(f"{item.nodeid}: a test is ray (the shared instance) or cluster (its own), "
+                                    "not both")
+        if not (item.get_closest_marker("ray") or item.get_closest_marker("cluster")):
+            item.add_marker(pytest.mark.fast)
+        if SLOW_FIXTURES & set(item.fixturenames) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)  # stable: cluster tests last
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")  # not imported: certainly not started
+    return ray is not None and ray.is_initialized()
+
+
+def _start_shared_ray():
+    import ray
+
+    from pipeline.ray_runtime import ensure_ray
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)  # always a local instance of our own, never a cluster's
+        ensure_ray(num_cpus=2)
+    return ray
+
 
 @pytest.fixture(scope="session")
 def ray_session():
-    import ray
-
-    # address="local": never attach to a `ray start` cluster that happens to run on this machine (cluster tests).
-    from pipeline.ray_runtime import IDLE_WORKER_KILL_MS
-
-    # As ensure_ray starts it: the dashboard's state API (Ray Train) and idle workers kept between epochs.
-    ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="ERROR",
-             _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KILL_MS})
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    """The local instance exactly as the CLI starts it (``ensure_ray``), so in-process training also warms data
+    workers; shared by the whole session."""
+    ray = _start_shared_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _one_ray_at_a_time(request):
+    """Cluster tests get the machine to themselves; a ray test after one finds the shared instance again; a fast
+    test must not start Ray."""
+    if request.node.get_closest_marker("cluster"):
+        if _ray_initialized():
+            sys.modules["ray"].shutdown()
+    elif request.node.get_closest_marker("ray") and not _ray_initialized():
+        _start_shared_ray()
+    before = _ray_initialized()
+    yield
+    if request.node.get_closest_marker("fast") and not before and _ray_initialized():
+        sys.modules["ray"].shutdown()
+        pytest.fail("a fast test started Ray: mark it ray (use the ray_session fixture) or cluster")
 
 
 @pytest.fixture(scope="session")
@@ -33,21 +83,12 @@ def demo_dir(tmp_path_factory):
     return out
 
 
-def raw_batch(samples: list[dict[str, bytes]], url: str = "shard-000.tar") -> dict[str, np.ndarray]:
-    """What read_webdataset(decoder=None) yields: one object column per member extension, None where absent."""
-    columns = sorted({c for s in samples for c in s if c != "__key__"})
-    batch = {"__key__": np.array([s.get("__key__", f"s{i:04d}") for i, s in enumerate(samples)], dtype=object),
-             "__url__": np.array([url] * len(samples), dtype=object)}
-    for c in columns:
-        col = np.empty(len(samples), dtype=object)
-        col[:] = [s.get(c) for s in samples]
-        batch[c] = col
-    return batch
-
-
-def write_tar(path, members: list[tuple[str, bytes]], mode: str = "w") -> None:
-    with tarfile.open(path, mode) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The smallest demo data, made by the real command (``mmpipe demo-data --scale 0.1``); shared by the
+    end-to-end tests."""
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo-data", str(out), "--scale", "0.1"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out

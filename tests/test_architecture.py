@@ -115,8 +115,19 @@ FORBIDDEN = {
     "pipeline.data.tools": ["ray", "pipeline.data.streaming", "pipeline.train", "pipeline.tune",
                             "pipeline.workflow"],
     "pipeline.model": ["ray", "pipeline.data.streaming", "pipeline.train", "pipeline.tune", "pipeline.workflow"],
+    "pipeline.io": ["ray", "pipeline."],
+    "pipeline.storage": ["ray", "pipeline.data", "pipeline.model", "pipeline.train", "pipeline.workflow"],
+    "pipeline.spec_checks": ["ray", "pipeline.data.streaming", "pipeline.train.trainer", "pipeline.tune.runner",
+                             "pipeline.workflow", "pipeline.cli"],
+    "pipeline.data.streaming": ["pipeline.train", "pipeline.tune", "pipeline.workflow", "pipeline.predict",
+                                "pipeline.cli"],
+    "pipeline.train": ["pipeline.tune", "pipeline.workflow", "pipeline.predict", "pipeline.cli"],
+    "pipeline.tune": ["pipeline.workflow", "pipeline.predict", "pipeline.cli"],
     "pipeline.registry": ["ray", "pipeline.workflow", "pipeline.predict", "pipeline.cli"],
     "pipeline.predict": ["pipeline.workflow", "pipeline.cli"],
+    "pipeline.workflow": ["pipeline.cli"],
+    "pipeline.schedule": ["pipeline.cli"],
+    "pipeline.cluster": ["pipeline.cli"],
 }
 
 

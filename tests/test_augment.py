@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.tokenize import encode_batch, tokenize_batch
-from pipeline.spec import SpecError
+from pipeline.spec import SpecError, TextSpec
 from pipeline.spec_checks import job_from_dict as spec_from_dict
 
 TEXTS = ["the quick brown fox", "一只敏捷的狐狸跳过了懒狗", "Быстрая лиса", ""]
@@ -21,7 +21,7 @@ def aligned_batch(n=4):
         "image": rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
         "audio": audio * np.array([1, 1, 1, 0], dtype=np.float32)[:n, None],
         "text_raw": np.array(TEXTS[:n], dtype=object),
-        "text": encode_batch([s or None for s in TEXTS[:n]], 24),
+        "text": encode_batch([s or None for s in TEXTS[:n]], TextSpec(max_tokens=24)),
         "label": np.arange(n) % 2,
         "present_image": np.array([True, True, True, False])[:n],
         "present_audio": np.array([True, True, True, False])[:n],
@@ -78,7 +78,7 @@ def test_text_family_keeps_unicode_valid_and_leaves_tokenizing_to_the_next_stage
     assert "text" not in out  # the ids of the text before augmentation would be stale
     s = spec()
     assert np.array_equal(tokenize_batch(out, s.modalities.text)["text"],
-                          encode_batch([t or None for t in texts], 24))
+                          encode_batch([t or None for t in texts], TextSpec(max_tokens=24)))
     assert out["image"] is batch["image"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # each script starts its own Ray
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

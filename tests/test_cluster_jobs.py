@@ -197,7 +197,7 @@ def authed(cluster, no_auth_env, monkeypatch):
     return cluster
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_demo_run_succeeds_and_a_broken_one_fails_with_its_error(authed, tmp_path):
     url, token = authed["url"], authed["token"]
     data = tmp_path / "data"
@@ -234,7 +234,7 @@ def test_demo_run_succeeds_and_a_broken_one_fails_with_its_error(authed, tmp_pat
     assert str(missing.parent) in J.job_info(url, bad_id).message  # the error text, as `jobs status` shows it
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_stop_unknown_id_and_cli_exit_codes(authed, tmp_path):
     url = authed["url"]
     write_demo(tmp_path / "data", seed=1, scale=0.05)
@@ -254,7 +254,7 @@ def test_stop_unknown_id_and_cli_exit_codes(authed, tmp_path):
     assert unknown.exit_code == 1 and "no job 'raysubmit_nope'" in unknown.output
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_missing_or_wrong_token_is_one_clear_message(cluster, no_auth_env, monkeypatch):
     with pytest.raises(ClusterError) as missing:
         J.job_status(cluster["url"], "raysubmit_x")

@@ -5,28 +5,10 @@ import itertools
 import pytest
 import torch
 
-from pipeline.model.classifier import MultimodalClassifier
 from pipeline.model.fusion import FUSIONS, UNIMODAL, build_fusion
-from pipeline.spec import spec_from_dict
+from support.models import MODS, batch, make
 
-MODS = ("image", "text", "audio")
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(MODS, r)]
-
-
-def make(fusion: str, **model):
-    spec = spec_from_dict({"model": {"fusion": fusion, "hidden": 16, "dropout": 0.0, **model},
-                           "modalities": {"image": {"size": [16, 16]}, "text": {"max_tokens": 8, "vocab_size": 300},
-                                          "audio": {"sample_rate": 4000, "seconds": 0.25}}})
-    torch.manual_seed(0)
-    return MultimodalClassifier(spec, 5)
-
-
-def batch(present: tuple[str, ...], n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8, generator=g),
-            "text": torch.randint(1, 300, (n, 8), generator=g),
-            "audio": torch.randn(n, 1000, generator=g),
-            **{f"present_{m}": torch.full((n,), m in present) for m in MODS}}
 
 
 @pytest.mark.parametrize("fusion", sorted(FUSIONS))
@@ -50,10 +32,17 @@ def test_fusion_forward_backward_and_no_leak(fusion, present):
 
 @pytest.mark.parametrize("fusion", sorted(UNIMODAL))
 def test_unimodal_baselines_use_one_encoder(fusion):
+    own = UNIMODAL[fusion]
     model = make(fusion)
-    assert list(model.encoders) == [UNIMODAL[fusion]]
-    out = model(batch((UNIMODAL[fusion],)))
-    out.sum().backward()
+    assert list(model.encoders) == [own]
+    model.eval()
+    a, b = batch(MODS, seed=1), batch(MODS, seed=2)  # every modality present in both
+    with torch.no_grad():
+        assert torch.allclose(model(a), model({**b, own: a[own]}), atol=1e-5)  # the other modalities are ignored
+        assert not torch.allclose(model(a), model(b), atol=1e-3)  # its own is what it reads
+    model.train()
+    model(a).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders[own].parameters())
 
 
 def test_modality_dropout_never_hides_everything():
@@ -70,8 +59,12 @@ def test_unknown_fusion_suggests():
 
 
 def test_text_gru_encoder():
-    model = make("sum", text_encoder="gru")
+    model = make("text_only", text_encoder="gru")
+    gru = model.encoders["text"].rnn
+    assert isinstance(gru, torch.nn.GRU)
     model(batch(("text",))).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+               for p in gru.parameters())  # the GRU is on the path from the tokens to the logits
 
 
 def test_pretrained_weights_load_from_a_local_file(tmp_path):

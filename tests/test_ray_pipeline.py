@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import write_tar
+from support import write_tar
 from pipeline.data.streaming.split import build_split, resolve_classes, validate_splits
 from pipeline.data.shards.check import ShardError
 from pipeline.data.stages.tokenize import decode_bytes

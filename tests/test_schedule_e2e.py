@@ -17,7 +17,8 @@ RETRAIN = Path(__file__).resolve().parents[1] / "jobs" / "retrain.yaml"
 T0 = datetime(2024, 6, 3, 2, 59, tzinfo=timezone.utc)
 
 
-@pytest.mark.ray
+@pytest.mark.cluster  # `mmpipe run` in a subprocess starts its own Ray
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_scheduled_retrain_records_version_and_promotion(tmp_path):
     data = tmp_path / "demo"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tar
+from support import write_tar
 from pipeline.schedule.launch import LocalLauncher, Poll
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.store import Schedule, Store

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from conftest import write_tar
+from support import write_tar
 from pipeline.data.shards.check import ShardError, check_shard, expand_shards
 
 

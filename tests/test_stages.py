@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from conftest import raw_batch
+from support import raw_batch
 from pipeline.data.stages.align import keep_rows
 from pipeline.data.stages.clean import DROP_REASONS
 from pipeline.data.stages.config import StageConfig
@@ -17,7 +17,7 @@ from pipeline.data.stages.dedupe import DuplicateIndex
 from pipeline.data.tools.demo import _png_with_header_size
 from pipeline.data.stages.path import prepare_batch
 from pipeline.data.stages.tokenize import decode_bytes, encode_batch
-from pipeline.spec import spec_from_dict
+from pipeline.spec import TextSpec, spec_from_dict
 
 CLASSES = ["cat", "dog", "猫"]
 
@@ -197,9 +197,9 @@ def test_gz_members_and_label_by_name_and_json_source():
 
 def test_chinese_and_other_scripts_survive_tokenization():
     texts = ["一只小猫在睡觉", "Кошка спит", "القطة نائمة", "고양이가 잔다", "naïve café 😺"]
-    ids = encode_batch(texts, 64, "bytes")
+    ids = encode_batch(texts, TextSpec(max_tokens=64, tokenizer="bytes"))
     assert [decode_bytes(row) for row in ids] == texts
-    hashed = encode_batch(texts, 64, "hash", vocab_size=8192)
+    hashed = encode_batch(texts, TextSpec(max_tokens=64))
     for text, row in zip(texts, hashed):
         assert (row[: len(text.replace(" ", ""))] >= 2).sum() > 0
     # every Chinese character is its own token: distinct characters, distinct ids, none "unknown"
@@ -290,9 +290,7 @@ def test_the_sample_path_is_one_ordered_list_and_tokenizes_text_once(monkeypatch
     assert "text" in out and list(out)[list(out).index("text_raw") + 1] == "text"  # columns in align's order
     assert set(out["text_raw"]) != {"a small cat", "一只猫坐在垫子上"}  # augmented
     t = c.modalities.text
-    assert np.array_equal(out["text"], real(list(out["text_raw"]), t.max_tokens, t.tokenizer, t.vocab_size,
-                                            t.lowercase))
+    assert np.array_equal(out["text"], real(list(out["text_raw"]), t))
     # without augmentation the ids are those of the cleaned text, as the report path makes them
     report = run_path(raw_batch([good(__key__="a")]), sample_path(spec, c, "report"))
-    assert np.array_equal(report["text"], real(["a small cat"], t.max_tokens, t.tokenizer, t.vocab_size,
-                                               t.lowercase))
+    assert np.array_equal(report["text"], real(["a small cat"], t))

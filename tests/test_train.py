@@ -85,7 +85,7 @@ def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_forward_backward():
-    from tests.test_model import batch, make
+    from support.models import batch, make
 
     model = make("attention").cuda()
     b = {k: v.cuda() for k, v in batch(("image", "text", "audio"), n=8).items()}

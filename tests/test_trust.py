@@ -144,10 +144,10 @@ LISTENERS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.ray
+@pytest.mark.cluster
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the listening sockets are read on Linux")
 def test_a_local_ray_listens_on_loopback_only(tmp_path):
-    """Its own process: the session's Ray instance (tests/conftest.py) is started without ensure_ray."""
+    """In its own process, as `mmpipe` starts it (ensure_ray), looking at every socket that process tree holds."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)

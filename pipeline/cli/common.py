@@ -45,6 +45,8 @@ USER_ERRORS = {
     "pipeline.schedule.store": ("NoSuchSchedule", "ScheduleExists"),
     "pipeline.trust": ("UntrustedPath",),
     "pipeline.workflow.rundir": ("RunLocked",),
+    "pipeline.resources": ("PlanError",),
+    "pipeline.watchdog": ("StallError",),
 }
 
 

@@ -19,9 +19,9 @@ from rich.table import Table
 
 from pipeline.cli.common import BAD_INPUT, FAILED, console, err, exits_on_error, fail, set_option, warn
 from pipeline.schedule import store as store_mod
-from pipeline.schedule.scheduler import (DEFAULT_CONCURRENCY, DEFAULT_GRACE_S, DEFAULT_MISSED, DEFAULT_RETRIES,
-                                         DEFAULT_TRIGGER, POLL_S, UNKNOWN_TIMEOUT)
-from pipeline.schedule.policy import CONCURRENCY, MISSED, TRIGGERS
+from pipeline.schedule.scheduler import POLL_S, UNKNOWN_TIMEOUT
+from pipeline.schedule.policy import (CONCURRENCY, DEFAULT_CONCURRENCY, DEFAULT_GRACE_S, DEFAULT_MISSED,
+                                      DEFAULT_RETRIES, DEFAULT_TRIGGER, MISSED, TRIGGERS)
 
 app = typer.Typer(help="Recurring runs of a job spec on a cron schedule (local or on a Ray cluster).",
                   no_args_is_help=True)

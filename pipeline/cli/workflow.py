@@ -9,6 +9,9 @@ import typer
 
 from pipeline.cli.common import (BAD_INPUT, FAILED, SetOption, console, err, exits_on_error, fail, load_spec,
                                  data_plan)
+from pipeline.spec import PredictSpec
+
+PREDICT_DEFAULTS = PredictSpec()  # the options' defaults are the spec's
 
 app = typer.Typer()
 
@@ -53,9 +56,9 @@ def predict(
     shards: list[str] = typer.Argument(..., help="Shard paths, globs or URIs"),
     model: str = typer.Option(..., "--model", help="REGISTRY[:VERSION|@ALIAS]; a bare REGISTRY is @champion"),
     out: str = typer.Option(..., "--out", help="Output .parquet file (a .report.json is written beside it)"),
-    batch_size: int = typer.Option(256, min=1),
-    actors: int = typer.Option(1, min=1, help="Model replicas; each loads the model once"),
-    gpu: bool = typer.Option(False, help="One GPU per replica"),
+    batch_size: int = typer.Option(PREDICT_DEFAULTS.batch_size, min=1),
+    actors: int = typer.Option(PREDICT_DEFAULTS.actors, min=1, help="Model replicas; each loads the model once"),
+    gpu: bool = typer.Option(PREDICT_DEFAULTS.use_gpu, help="One GPU per replica"),
     dedupe: bool = typer.Option(False, help="Mark exact duplicates instead of predicting them again"),
 ) -> None:
     """Batch inference over shards with a registered model: one row per sample, bad samples with reasons."""

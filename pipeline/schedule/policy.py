@@ -20,6 +20,13 @@ CONCURRENCY = ("forbid", "allow", "replace")
 MISSED = ("skip", "run_once")
 TRIGGERS = ("always", "data-changed")
 
+# Defaults of a new schedule (`mmpipe schedule add`)
+DEFAULT_CONCURRENCY = "forbid"
+DEFAULT_MISSED = "skip"
+DEFAULT_TRIGGER = "always"
+DEFAULT_RETRIES = 2  # extra attempts when a run cannot be started or vanished
+DEFAULT_GRACE_S = 600  # seconds after its due time a run still counts as on time
+
 BACKOFF_BASE = timedelta(seconds=30)
 BACKOFF_CAP = timedelta(minutes=30)
 

@@ -34,13 +34,6 @@ POLL_S = 15.0  # serve's longest sleep between passes: how late a finished run m
 LEASE_TTL = timedelta(seconds=60)  # serve renews every pass (≤ poll interval, POLL_S by default)
 UNKNOWN_TIMEOUT = timedelta(hours=1)  # a run whose status cannot be read this long is failed
 
-# A new schedule's policies unless `mmpipe schedule add` says otherwise (policy.py says what each one means)
-DEFAULT_CONCURRENCY = "forbid"
-DEFAULT_MISSED = "skip"
-DEFAULT_TRIGGER = "always"
-DEFAULT_RETRIES = 2  # extra attempts when a run cannot be started or vanished
-DEFAULT_GRACE_S = 600  # seconds after its due time a run still counts as on time
-
 log = logging.getLogger("mmpipe.schedule")
 
 

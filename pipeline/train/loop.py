@@ -7,6 +7,7 @@ all-reduced), checkpoint from rank 0, early-stop on the chosen metric.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.model.losses import make_loss
 from pipeline.spec import JobSpec
-from pipeline.train.metrics import Accumulator
+from pipeline.train.metrics import Accumulator, metric_mode
 from pipeline.train.optim import apply_gradients, lr_schedule, make_optimizer
 
 STATE_FILE = "state.pt"
@@ -32,10 +33,6 @@ STATE_FILE = "state.pt"
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model, with or without DDP around it (DDP exists only with more than one worker)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def metric_mode(name: str) -> str:
-    return "min" if name.endswith("loss") else "max"
 
 
 def improved(value: float, best: float | None, mode: str) -> bool:
@@ -81,6 +78,23 @@ def resume(state: dict, model, optimizer, scheduler, stopper: EarlyStopping, epo
     return (epochs if state.get("stopped") else state["epoch"] + 1), state["history"]
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short sha256 of every weight and buffer, in name order: equal only for the same state."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unwrap(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def resume_record(model, scheduler, state: dict) -> dict:
+    """What a resumed run started from, for the first epoch row after it (epochs.csv): the checkpoint's epoch, the
+    optimizer steps and the weights as loaded. Tests compare them with that epoch's own row: a run that
+    restarted from scratch has no such row, one that lost its state has other steps or weights."""
+    return {"resumed_from_epoch": state["epoch"], "resumed_steps": scheduler.last_epoch,
+            "resumed_weights": weights_fingerprint(model)}
+
+
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -119,16 +133,18 @@ def train_loop(config: dict) -> None:
     stopper = EarlyStopping(t.early_stopping_metric, t.early_stopping_patience)
     metric = stopper.metric
 
-    start_epoch, history = 0, []
+    start_epoch, history, resumed = 0, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group, or a re-run of the same run directory
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         start_epoch, history = resume(state, model, optimizer, scheduler, stopper, t.epochs)
+        resumed = resume_record(model, scheduler, state)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
     failure = config.get("inject_failure")
+    heartbeat = config.get("heartbeat")  # the driver's stall watchdog counts these (pipeline/watchdog.py)
 
     first_batch = rank == 0  # log when the first batch arrives: benchmarks/first_batch.py measures start-up by it
     for epoch in range(start_epoch, t.epochs):
@@ -156,6 +172,8 @@ def train_loop(config: dict) -> None:
                 logits = model(batch)                                  # (B, C)
                 loss = loss_fn(logits, batch["label"])
             apply_gradients(loss, model, optimizer, scheduler, t.grad_clip)
+            if heartbeat:
+                heartbeat.beat()
             train_acc.add(logits.detach(), batch["label"], loss.item() * len(batch["label"]))
 
         # ---- validate: every val row once across the ranks (batch i goes to rank i % world)
@@ -171,6 +189,8 @@ def train_loop(config: dict) -> None:
                     logits = unwrap(model)(batch)  # no DDP collectives in eval: ranks see different batch counts
                     loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum")
                 val_acc.add(logits, batch["label"], loss.item())
+                if heartbeat:
+                    heartbeat.beat()
         metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
         metrics.update(_scalars(train_acc.all_reduce().compute(classes, "train")))
         val_metrics = val_acc.all_reduce().compute(classes, "val")
@@ -178,7 +198,11 @@ def train_loop(config: dict) -> None:
 
         stop = stopper.update(metrics)
         metrics["best." + metric] = stopper.best
-        history.append(metrics)
+        # epochs.csv only (not reported): cumulative optimizer steps (the schedule's count, restored on resume),
+        # the weights this epoch's checkpoint holds, and on the first epoch after a resume what it resumed from
+        history.append({**metrics, "optimizer_steps": scheduler.last_epoch, "weights": weights_fingerprint(model),
+                        **resumed})
+        resumed = {}
 
         # ---- checkpoint from rank 0; every rank reports
         with tempfile.TemporaryDirectory() as d:

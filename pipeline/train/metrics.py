@@ -13,6 +13,11 @@ import numpy as np
 import torch
 
 
+def metric_mode(name: str) -> str:
+    """Whether ``name`` (e.g. val.macro_f1, val.loss) is better high ("max") or low ("min")."""
+    return "min" if name.endswith("loss") else "max"
+
+
 @dataclass
 class Accumulator:
     num_classes: int

@@ -14,14 +14,16 @@ import torch
 
 from pipeline.data.streaming.epoch import EpochClock
 from pipeline.data.streaming.plan import DataPlan, RebalancePlan
-from pipeline.data.streaming.warmup import warm_data_workers
+from pipeline.data.streaming.warmup import _warm, train_runtime_env
 from pipeline.io import atomic_write_text
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.ray_runtime import data_progress, started_here
+from pipeline.resources import ResourcePlan, cluster_capacity, data_reservation, plan_resources, run_data_in
 from pipeline.spec import JobSpec, dump_spec
 from pipeline.train.artifacts import write_artifacts
-from pipeline.train.loop import STATE_FILE, metric_mode, train_loop
-from pipeline.train.metrics import Accumulator
+from pipeline.train.loop import STATE_FILE, train_loop
+from pipeline.train.metrics import Accumulator, metric_mode
+from pipeline.watchdog import Heartbeat, StallError, progressed, watch
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +37,6 @@ class TrainResult:
     run_dir: Path
     metrics: dict          # test metrics (and the best epoch's validation metrics)
     best_checkpoint: Path  # run_dir / best.pt
-
-
-def worker_resources(spec: JobSpec, share: int = 1, overhead: float = 0.0) -> dict:
-    """CPUs per worker, fitted so Ray Data keeps at least one whole CPU (its tasks ask for one; with less free the
-    pipeline starves and training hangs). ``share``: trainings running side by side (Tune trials), ``overhead``:
-    CPUs held by anything else (the trials' own functions)."""
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 1.0)
-    free = total - 1.0 - overhead
-    budget = (free if free > 0 else total / 2) / share  # a one-CPU machine can only share
-    want = spec.scaling.cpus_per_worker * spec.scaling.num_workers
-    cpus = spec.scaling.cpus_per_worker
-    if want > budget:
-        cpus = budget / spec.scaling.num_workers
-        log.warning("scaling: %d workers x %.2f CPU would leave Ray Data under one of %.0f CPUs; using %.2f CPU "
-                    "per worker", spec.scaling.num_workers, spec.scaling.cpus_per_worker, total, cpus)
-    resources = {"CPU": cpus}
-    if spec.scaling.use_gpu:
-        resources["GPU"] = 1
-    return resources
 
 
 def check_resumable(spec: JobSpec, run_dir: Path, name: str) -> None:
@@ -85,27 +66,31 @@ def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str],
             logits = model(batch)
             loss = torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum")
             acc.add(logits, batch["label"], loss.item())
+            progressed(len(batch["label"]))
     return acc.compute(classes, prefix)
 
 
 def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict, run_config,
-                  inject_failure: dict | None = None):
+                  inject_failure: dict | None = None, heartbeat: Heartbeat | None = None, data_strategy=None):
     """The TorchTrainer for one training of ``data.spec`` (``mmpipe train`` and every Tune trial): the train split
     streams rebalanced and augmented per epoch (an EpochClock the loop advances); ``val`` is read whole by each
-    rank."""
+    rank. ``resources``: per worker (ResourcePlan.worker_resources); ``data_strategy``: where the datasets' tasks
+    run (the run's reserved data CPUs, pipeline/resources.py); ``heartbeat``: what the workers beat per step."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     spec, clock = data.spec, EpochClock(0)
+    train = data.train_dataset(epoch=clock, columns=input_columns(spec), rebalance=rebalance)
+    if data_strategy is not None:
+        run_data_in(data_strategy, train, val)
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "classes": data.classes, "epoch_clock": clock,
                            "rows_per_epoch": float(sum(rebalance.expected)), "counts_seen": rebalance.expected,
-                           "inject_failure": inject_failure},
+                           "inject_failure": inject_failure, "heartbeat": heartbeat},
         scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
                                      resources_per_worker=resources),
-        datasets={"train": data.train_dataset(epoch=clock, columns=input_columns(spec), rebalance=rebalance),
-                  "val": val},
+        datasets={"train": train, "val": val},
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=run_config)
 
@@ -115,9 +100,9 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     """``data_report=False``: the caller already has this data's report (the workflow's validate-data step).
     ``data_plan``: the run's DataPlan (built here when not given); this training reads it through
     ``data_plan.for_spec(spec)``."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
+    resources = plan_resources(spec, *cluster_capacity())  # before any Ray work: an impossible plan is refused
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
@@ -139,25 +124,49 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     data_progress(False)  # datasets below run inside the training workers: bars there interleave with the log
     val = data.eval_dataset("val", columns=input_columns(spec))
     metric = spec.train.early_stopping_metric
-    resources = worker_resources(spec)
-    trainer = build_trainer(data, plan, val, resources, RunConfig(
+    run_config = RunConfig(
         name=name, storage_path=str(run_dir / "ray"),
         failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
-                                           checkpoint_score_order=metric_mode(metric))),
-        inject_failure=inject_failure)
-    if started_here():  # idle workers of a cluster are not kept for us: warming them would be wasted work
-        free = ray.cluster_resources().get("CPU", 1.0) - spec.scaling.num_workers * resources["CPU"]
-        # One per CPU left to Ray Data, plus one: with one CPU free, two read tasks' workers started at once.
-        warm_data_workers(spec, count=min(8, int(free) + 1))  # overlaps Ray Train's start-up
+                                           checkpoint_score_order=metric_mode(metric)))
+    stalled = False
     try:
-        result = trainer.fit()
+        result = _fit(data, plan, val, resources, run_config, inject_failure)
+    except StallError:
+        stalled = True  # the diagnostic is the report that matters; a data pass could wait on the same thing
+        raise
     finally:  # also when training fails: the report may say why
-        if data_report:
+        if data_report and not stalled:
             write_data_report(data, run_dir, plan)
     if result.error:
         raise TrainError(f"training failed: {result.error}")
-    return finish(data, run_dir, result)
+    with watch("test evaluation", spec.scaling.stall_timeout_s):
+        return finish(data, run_dir, result)
+
+
+def _fit(data: DataPlan, rebalance: RebalancePlan, val, plan: ResourcePlan, run_config, inject_failure):
+    """trainer.fit() with the run's data CPUs reserved and a stall watchdog on the workers' heartbeat."""
+    import ray
+
+    spec = data.spec
+    heartbeat = Heartbeat()
+    try:
+        with data_reservation(spec.scaling.data_cpus) as strategy:
+            trainer = build_trainer(data, rebalance, val, plan.worker_resources(), run_config,
+                                    inject_failure=inject_failure, heartbeat=heartbeat, data_strategy=strategy)
+            if started_here():  # idle workers of a cluster are not kept for us: warming them would be wasted work
+                # One per data CPU, in the reservation where the reads will run (more would only queue there and
+                # reuse the same worker); overlaps Ray Train's start-up.
+                runtime_env = train_runtime_env()
+                if runtime_env is not None:
+                    warm = ray.remote(num_cpus=1)(_warm).options(runtime_env=runtime_env,
+                                                                 scheduling_strategy=strategy)
+                    for _ in range(min(8, spec.scaling.data_cpus)):
+                        warm.remote(spec.augment.model_dump_json(), spec.modalities.model_dump_json())
+            with watch("training", spec.scaling.stall_timeout_s, heartbeat):
+                return trainer.fit()
+    finally:
+        heartbeat.close()
 
 
 def write_data_report(data: DataPlan, run_dir: Path, plan: RebalancePlan) -> None:

@@ -10,16 +10,17 @@ Re-running the same ``tune`` with the same output folder continues the experimen
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.data.streaming.plan import DataPlan, plan_rebalance
 from pipeline.io import atomic_write_text
 from pipeline.ray_runtime import data_progress
+from pipeline.resources import DATA_BUNDLE, cluster_capacity, data_strategy, plan_resources
 from pipeline.spec import JobSpec, dump_spec
 from pipeline.trust import check_private_dir
 from pipeline.tune.space import apply, to_param_space
+from pipeline.watchdog import Heartbeat, progressed, watch
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "tune"
@@ -43,38 +44,48 @@ def trial_spec(base: dict, config: dict) -> JobSpec:
     return JobSpec.model_validate(apply(base, config))
 
 
-def per_trial_cpus(spec: JobSpec) -> float:
-    return spec.scaling.num_workers * spec.scaling.cpus_per_worker
-
-
-def concurrent_trials(spec: JobSpec, total_cpus: float) -> int:
-    """Trials that fit beside one CPU kept free for Ray Data (never fewer than one)."""
-    if spec.tune.max_concurrent_trials:
-        return spec.tune.max_concurrent_trials
-    return max(1, int(math.floor((total_cpus - 1.0 - TRIAL_CPU) / per_trial_cpus(spec))))
-
-
-TRIAL_CPU = 0.01  # the trial function only waits on fit(); its Train workers hold the CPUs (0 is refused)
+def concurrent_trials(spec: JobSpec, cpus: float, gpus: float = 0.0) -> int:
+    """Trials side by side on ``cpus``/``gpus``: each with its workers, data CPUs and function
+    (pipeline/resources.py)."""
+    return plan_resources(spec, cpus, gpus, tune=True).trials
 
 
 def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], val, storage: str,
-               concurrent: int) -> None:
+               worker_resources: dict, heartbeat: Heartbeat) -> None:
     """One trial: a TorchTrainer over this trial's spec, reporting every epoch to Tune (its shards already checked
-    by ``data``, the experiment's plan)."""
+    by ``data``, the experiment's plan). Its data tasks run in the trial's own data CPUs (DATA_BUNDLE of the
+    trial's placement group), which nothing else can take."""
+    import ray
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train.trainer import build_trainer, worker_resources
+    from pipeline.train.trainer import build_trainer
 
     spec = trial_spec(base, config)
     trial = data.for_spec(spec, data.classes)
     plan = plan_rebalance(spec, trial.classes, counts, "shared counts")
-    build_trainer(trial, plan, val, worker_resources(spec, concurrent, TRIAL_CPU * concurrent),
+    build_trainer(trial, plan, val, worker_resources,
                   RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
                             failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
                             checkpoint_config=CheckpointConfig(num_to_keep=1),
-                            callbacks=[TuneReportCallback()])).fit()
+                            callbacks=[TuneReportCallback()]),
+                  heartbeat=heartbeat,
+                  data_strategy=data_strategy(ray.util.get_current_placement_group(), DATA_BUNDLE)).fit()
+
+
+def _progress_callback():
+    """A Tune callback that counts trial results and ends as the watchdog's progress."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            progressed()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            progressed()
+
+    return Progress()
 
 
 def _scheduler(spec: JobSpec):
@@ -103,11 +114,11 @@ def _search_alg(spec: JobSpec):
 
 def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = None) -> TuneResult:
     """``data_plan``: the run's DataPlan (built here when not given)."""
-    import ray
     from ray import tune
 
     if not spec.tune.search_space:
         raise TuneError("tune.search_space is empty: nothing to search")
+    resources = plan_resources(spec, *cluster_capacity(), tune=True)  # before any Ray work: refused if impossible
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data_plan.for_spec(spec) if data_plan is not None else DataPlan(spec)
@@ -123,11 +134,12 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
     all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} | {"label"})
     val = data.eval_dataset("val", columns=all_columns).materialize()
 
-    concurrent = concurrent_trials(spec, ray.cluster_resources().get("CPU", 1.0))
+    heartbeat = Heartbeat()
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, base=base, data=data, counts=counts, val=val,
-                             storage=str(out_dir / "trials"), concurrent=concurrent),
-        {"CPU": TRIAL_CPU})
+                             storage=str(out_dir / "trials"), worker_resources=resources.worker_resources(),
+                             heartbeat=heartbeat),
+        tune.PlacementGroupFactory(resources.trial_bundles()))
     path = out_dir / EXPERIMENT
     if tune.Tuner.can_restore(str(path)):
         # Restoring unpickles the experiment's state: only from a folder nobody else can write.
@@ -140,10 +152,16 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
             trainable, param_space=to_param_space(t.search_space),
             tune_config=tune.TuneConfig(metric=t.metric, mode=t.mode, scheduler=_scheduler(spec),
                                         search_alg=search_alg, num_samples=t.num_samples,
-                                        max_concurrent_trials=concurrent),
+                                        max_concurrent_trials=resources.trials),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out_dir),
-                                      failure_config=tune.FailureConfig(max_failures=t.max_failures)))
-    results = tuner.fit()
+                                      failure_config=tune.FailureConfig(max_failures=t.max_failures),
+                                      callbacks=[_progress_callback()]))
+    try:
+        with watch("tune", spec.scaling.stall_timeout_s, heartbeat):
+            results = tuner.fit()
+    finally:
+        heartbeat.close()
+    del val, trainable, tuner  # the shared val set (and its data actors) go with the experiment
     return export(spec, base, results, out_dir)
 
 

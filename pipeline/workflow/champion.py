@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.train.loop import metric_mode
+from pipeline.train.metrics import metric_mode
 
 
 def decide(metric: str, challenger: float, champion: float | None, min_improvement: float) -> dict:

@@ -1,5 +1,5 @@
 """The workflow's steps. Each writes its outputs into a fresh folder ``ws`` and returns a small summary for its
-manifest; what a step reads of the spec is declared in ``INPUTS`` so that a re-run reuses a step only when
+manifest; what a step reads of the spec is declared in ``STEP_INPUTS`` so that a re-run reuses a step only when
 nothing it depends on changed."""
 
 from __future__ import annotations
@@ -102,22 +102,9 @@ def _predict_inputs(spec: JobSpec) -> dict:
     return {"predict": spec.model_dump(mode="json")["predict"], "version": version, "shards": shards}
 
 
-INPUTS: dict[str, tuple[Callable[[JobSpec], dict], tuple[str, ...]]] = {
-    # step: (spec slice it reads, earlier steps whose outputs it reads)
-    "validate-data": (_data_inputs, ()),
-    "tune": (lambda s: {**_sections(s, _TRAINING + ("tune",)), "data": _split_data(s, ["train", "val"])}, ()),
-    "train": (lambda s: {**_sections(s, _TRAINING), "data": _split_data(s, ["train", "val"])}, ("tune",)),
-    "evaluate": (lambda s: {"holdout": s.registry.holdout, **_sections(s, _DATA),
-                            "data": _split_data(s, [s.registry.holdout])}, ("train",)),
-    "register": (lambda s: {"registry": s.registry.uri}, ("train", "evaluate", "validate-data")),
-    "promote": (lambda s: {"registry": s.model_dump(mode="json")["registry"]}, ("register", "evaluate")),
-    "predict": (_predict_inputs, ("promote",)),
-}
-
-
 def step_inputs(spec: JobSpec, step: str, upstream: dict[str, str]) -> dict:
     """The step's inputs: its spec slice and the output fingerprints of the earlier steps it reads."""
-    slice_of, reads = INPUTS[step]
+    slice_of, reads = STEP_INPUTS[step]
     return {"spec": fingerprint(slice_of(spec)), **{f"{s}.outputs": upstream[s] for s in reads if s in upstream}}
 
 
@@ -271,7 +258,21 @@ def predict_step(ctx: StepContext, ws: Path) -> dict:
     return {"out": result.out, "version": result.version, "rows": result.rows, "predicted": result.predicted}
 
 
-# Step names and their order are the spec's (pipeline.spec.STEPS, which workflow.steps is validated against); the
-# functions are listed in that order, so the table has exactly the names the spec accepts (strict: one each).
-STEPS: dict[str, Callable[[StepContext, Path], dict]] = dict(zip(
-    STEP_NAMES, (validate_data, tune, train, evaluate_step, register, promote, predict_step), strict=True))
+# Step names and their order are the spec's (pipeline.spec.STEPS, which workflow.steps is validated against): each row
+# below is one step, in that order, so the tables hold exactly the names the spec accepts (strict: one row each).
+# A row: (what runs, the spec slice it reads, the earlier steps whose outputs it reads).
+_TABLE = dict(zip(STEP_NAMES, (
+    (validate_data, _data_inputs, ()),
+    (tune, lambda s: {**_sections(s, _TRAINING + ("tune",)), "data": _split_data(s, ["train", "val"])}, ()),
+    (train, lambda s: {**_sections(s, _TRAINING), "data": _split_data(s, ["train", "val"])}, ("tune",)),
+    (evaluate_step, lambda s: {"holdout": s.registry.holdout, **_sections(s, _DATA),
+                               "data": _split_data(s, [s.registry.holdout])}, ("train",)),
+    (register, lambda s: {"registry": s.registry.uri}, ("train", "evaluate", "validate-data")),
+    (promote, lambda s: {"registry": s.model_dump(mode="json")["registry"]}, ("register", "evaluate")),
+    (predict_step, _predict_inputs, ("promote",)),
+), strict=True))
+STEPS: dict[str, Callable[[StepContext, Path], dict]] = {name: row[0] for name, row in _TABLE.items()}
+STEP_INPUTS: dict[str, tuple[Callable[[JobSpec], dict], tuple[str, ...]]] = {
+    name: (row[1], row[2]) for name, row in _TABLE.items()}
+if {r for _, _, reads in _TABLE.values() for r in reads} - set(_TABLE):  # a misspelt step name would read nothing
+    raise RuntimeError(f"workflow step table reads unknown steps: {_TABLE}")

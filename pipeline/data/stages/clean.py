@@ -6,7 +6,10 @@ Out: one row per input row (nothing is lost here), with decoded values and ``dro
      ``image``  object: uint8 (H, W, 3) or None          ``text``  object: str or None
      ``audio``  object: float32 (frames, channels) or None  ``audio_rate`` int64
      ``meta``   object: dict                             ``label`` int64 (-1 when unknown)
-     ``drop_reason``, ``drop_detail``  object: str
+     ``drop_reason``, ``drop_detail``  object: str           ``content_hash`` object: str ("" when none)
+Duplicates: within the split (``duplicate``: a ``Duplicates`` index decides which copy is kept) and, for the train
+split with ``clean.cross_split_duplicates: drop_from_train``, content that another split holds
+(``duplicate_of_eval``: every copy, checked before the in-split claim, so no copy of it claims the content).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.contract import (DROP_COLUMN, KEY_COLUMN, URL_COLUMN, Member, pick_member,
                                            role_columns)
 from pipeline.data.stages.decode import Rejected, decode_audio, decode_image, decode_text, text_byte_limit
-from pipeline.data.stages.dedupe import content_hash
+from pipeline.data.stages.dedupe import HASH_COLUMN, ContentSet, content_hash
 
 # Every reason a sample can be dropped, in the order the report lists them.
 DROP_REASONS = (
@@ -120,10 +123,11 @@ def _member_limits(role: str, cfg: StageConfig) -> tuple[int, str]:
     return cfg.clean.max_member_bytes, "member_too_large"
 
 
-def _clean_row(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]], cfg: StageConfig
-               ) -> tuple[dict, int, list[bytes | None]]:
-    """Decoded values, label index and the content parts to hash, for row ``i``; raises Rejected. ``columns``:
-    each role's member columns (``role_columns``); members are opened here, one row at a time."""
+def _sample_parts(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]], cfg: StageConfig
+                  ) -> tuple[dict, int, dict[str, Member], list[bytes | None]]:
+    """Meta, label index, each enabled role's member and the content parts to hash, for row ``i``, nothing
+    decoded; raises Rejected. ``columns``: each role's member columns (``_columns``); members are opened here, one
+    row at a time."""
     dropped = batch[DROP_COLUMN][i] if DROP_COLUMN in batch else None
     if dropped:  # the tar reader could not hold the sample whole
         reason, _, detail = str(dropped).partition(": ")
@@ -144,10 +148,17 @@ def _clean_row(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str
             raise Rejected(f"{role}_missing", f"required {role} member absent")
     if not any(m.present for m in row.values()):
         raise Rejected("no_modality", "no image, text or audio member")
+    meta_bytes = meta_member.data if meta_member.present else None
+    return meta, label, row, [str(label).encode(), meta_bytes] + [row[r].data for r in cfg.enabled]
+
+
+def _clean_row(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]], cfg: StageConfig
+               ) -> tuple[dict, int, list[bytes | None]]:
+    """Decoded values, label index and the content parts to hash, for row ``i``; raises Rejected."""
+    meta, label, row, parts = _sample_parts(i, batch, columns, cfg)
     decoded = {role: _decode_member(role, m, cfg) if m.present else None for role, m in row.items()}
     decoded["meta"] = meta
-    meta_bytes = meta_member.data if meta_member.present else None
-    return decoded, label, [str(label).encode(), meta_bytes] + [row[r].data for r in cfg.enabled]
+    return decoded, label, parts
 
 
 class _Chunk:
@@ -184,39 +195,70 @@ class _Chunk:
         self.labels.append(label)
         self.rates.append(rate)
 
-    def finish(self, duplicates: Duplicates | None) -> dict[str, np.ndarray]:
-        if duplicates is not None and self.hashes:
-            rows = list(self.hashes)
+    def _drop(self, i: int, reason: str, detail: str) -> None:
+        self.reasons[i], self.details[i] = reason, detail
+        self.values["image"][i] = self.values["text"][i] = self.values["audio"][i] = None
+
+    def finish(self, duplicates: Duplicates | None, eval_content: ContentSet | None = None
+               ) -> dict[str, np.ndarray]:
+        rows = list(self.hashes)
+        if eval_content is not None and rows:
+            held_by = eval_content.where([self.hashes[i] for i in rows])
+            for i, split in zip(rows, held_by):
+                if split is not None:
+                    self._drop(i, "duplicate_of_eval", f"same content as a sample of split {split!r}")
+            rows = [i for i, split in zip(rows, held_by) if split is None]
+        if duplicates is not None and rows:
             row_ids = [f"{self.urls[i]}::{self.keys[i]}" for i in rows]
             for i, row_id, owner in zip(rows, row_ids, duplicates.claim([self.hashes[i] for i in rows], row_ids)):
                 if owner != row_id:
-                    self.reasons[i], self.details[i] = "duplicate", f"same content as {owner}"
-                    self.values["image"][i] = self.values["text"][i] = self.values["audio"][i] = None
+                    self._drop(i, "duplicate", f"same content as {owner}")
         return {
             KEY_COLUMN: _object_column(self.keys), URL_COLUMN: _object_column(self.urls),
             **{name: _object_column(v) for name, v in self.values.items()},
             "audio_rate": np.array(self.rates, dtype=np.int64), "label": np.array(self.labels, dtype=np.int64),
             "drop_reason": _object_column(self.reasons), "drop_detail": _object_column(self.details),
+            HASH_COLUMN: _object_column([self.hashes.get(i, "") for i in range(len(self.keys))]),
         }
 
 
-def clean_chunks(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def _columns(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, list[str]]:
+    """Each role's member columns in ``batch`` (enabled modalities, meta, label), in extension order."""
+    columns = {role: role_columns(list(batch), getattr(cfg.modalities, role).extensions) for role in cfg.enabled}
+    columns["meta"] = role_columns(list(batch), cfg.modalities.meta_extensions)
+    columns["label"] = role_columns(list(batch), cfg.label.extensions)
+    return columns
+
+
+def clean_chunks(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None,
+                 eval_content: ContentSet | None = None) -> Iterator[dict[str, np.ndarray]]:
     """``clean_batch`` in consecutive chunks of rows, each holding about ``clean.max_decoded_batch_bytes`` of
     decoded values at most (a chunk ends after the row that reaches it; one row alone is held under that limit by
     the decoders). Together the chunks hold every row, in order."""
     keys = [str(k) for k in batch[KEY_COLUMN]]
     urls = [str(u) for u in batch[URL_COLUMN]] if URL_COLUMN in batch else [""] * len(keys)
-    columns = {role: role_columns(list(batch), getattr(cfg.modalities, role).extensions) for role in cfg.enabled}
-    columns["meta"] = role_columns(list(batch), cfg.modalities.meta_extensions)
-    columns["label"] = role_columns(list(batch), cfg.label.extensions)
+    columns = _columns(batch, cfg)
     chunk = _Chunk()
     for i, (key, url) in enumerate(zip(keys, urls)):
         chunk.add(key, url, i, batch, columns, cfg)
         if chunk.held >= cfg.clean.max_decoded_batch_bytes and i < len(keys) - 1:
-            yield chunk.finish(duplicates)
+            yield chunk.finish(duplicates, eval_content)
             chunk = _Chunk()
-    yield chunk.finish(duplicates)
+    yield chunk.finish(duplicates, eval_content)
+
+
+def hash_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.ndarray]:
+    """The content hash of every row that would get one in clean, nothing decoded (rows rejected before decoding
+    are left out): what another split's train rows are checked against. A row that passes here but fails to
+    decode adds a hash no train row can match (its identical copy fails to decode too)."""
+    columns = _columns(batch, cfg)
+    hashes = []
+    for i in range(len(batch[KEY_COLUMN])):
+        try:
+            hashes.append(content_hash(_sample_parts(i, batch, columns, cfg)[3]))
+        except Exception:  # Rejected, or an input no check foresaw: clean drops it before hashing too
+            continue
+    return {HASH_COLUMN: _object_column(hashes)}
 
 
 def concat_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -226,15 +268,24 @@ def concat_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     return {c: np.concatenate([b[c] for b in batches]) for c in batches[0]}
 
 
-def clean_batch(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None
-                ) -> dict[str, np.ndarray]:
+def clean_batch(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None,
+                eval_content: ContentSet | None = None) -> dict[str, np.ndarray]:
     """Every row cleaned, at once (the decoded values of the whole batch are held together)."""
-    return concat_batches(list(clean_chunks(batch, cfg, duplicates)))
+    return concat_batches(list(clean_chunks(batch, cfg, duplicates, eval_content)))
 
 
 def clean_bounded(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Duplicates | None = None,
-                  then: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
-                  ) -> dict[str, np.ndarray]:
+                  then: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+                  eval_content: ContentSet | None = None, content_hashes: bool = False) -> dict[str, np.ndarray]:
     """clean -> ``then`` (align: fixed, small shapes) chunk by chunk, so that no more than one chunk of decoded
-    images and waveforms is ever held: a batch of 128 large images costs one chunk, not 128 images."""
-    return concat_batches([then(c) if then else c for c in clean_chunks(batch, cfg, duplicates)])
+    images and waveforms is ever held: a batch of 128 large images costs one chunk, not 128 images.
+    ``content_hashes``: keep the ``content_hash`` column (the report path: cross-split duplicates)."""
+    def finish(chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = then(chunk) if then else dict(chunk)
+        if content_hashes:
+            out[HASH_COLUMN] = chunk[HASH_COLUMN]
+        else:
+            out.pop(HASH_COLUMN, None)
+        return out
+
+    return concat_batches([finish(c) for c in clean_chunks(batch, cfg, duplicates, eval_content)])

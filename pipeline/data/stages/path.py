@@ -4,14 +4,17 @@ each batch of one shard inside its read task, and reads the epoch once per batch
 
     raw members  __key__, __url__ and one bytes column per member extension (None where a sample lacks it)
     clean      -> decoded values (image RGB, text str, audio wave + rate, meta), label, drop_reason/drop_detail
-                  per row; exact duplicates claimed across shards   } one stage, run in chunks of at most
-    align      -> fixed shapes                                         } clean.max_decoded_batch_bytes decoded: image uint8 (B,H,W,3), audio float32 (B,N), text_raw str, label int64 (B,),
+                  per row; exact duplicates claimed across shards; content another split holds dropped (train)
+    align      -> fixed shapes: image uint8 (B,H,W,3), audio float32 (B,N), text_raw str, label int64 (B,),
                   present_<modality> bool; rows dropped here get a reason too
+                  (clean and align are one stage, run in chunks of at most clean.max_decoded_batch_bytes decoded)
     keep       -> only the kept rows, without drop_reason/drop_detail           (train, eval)
     rebalance  -> rows repeated or left out by their class factor, + copy        (train, rebalance.strategy set)
     augment    -> image / audio / text_raw changed per (seed, epoch, key, copy)  (train, transforms listed)
     tokenize   -> text int64 (B, max_tokens) from text_raw                      (text enabled)
     select     -> only the columns asked for                                     (columns given)
+
+``report`` rows also carry ``content_hash`` (the data report's cross-split duplicates); the others drop it.
 
 Purposes: ``train`` is the train split as training reads it; ``eval`` the kept rows of a split as they are
 (validation, test, holdout scoring); ``report`` every row, dropped ones marked (the data report, prediction).
@@ -32,6 +35,7 @@ from pipeline.data.stages.align import align_batch, keep_rows
 from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.clean import Duplicates, clean_bounded
 from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.dedupe import ContentSet
 from pipeline.data.stages.rebalance import rebalance_batch
 from pipeline.data.stages.tokenize import tokenize_batch
 from pipeline.spec import JobSpec
@@ -61,11 +65,13 @@ def augments(spec: JobSpec) -> bool:
     return a.enabled and bool(a.image or a.text or a.audio)
 
 
-def _decode(cfg: StageConfig, duplicates: Duplicates | None) -> list[Stage]:
+def _decode(cfg: StageConfig, duplicates: Duplicates | None, eval_content: ContentSet | None = None,
+            content_hashes: bool = False) -> list[Stage]:
     # clean and align run together chunk by chunk (clean.max_decoded_batch_bytes): decoded full-size images and
     # waveforms of at most one chunk are alive at once, whatever the shard holds.
     return [Stage("clean+align", clean_bounded, {"cfg": cfg, "duplicates": duplicates,
-                                                 "then": partial(align_batch, cfg=cfg)})]
+                                                 "then": partial(align_batch, cfg=cfg),
+                                                 "eval_content": eval_content, "content_hashes": content_hashes})]
 
 
 def _tokenize(cfg: StageConfig) -> list[Stage]:
@@ -73,12 +79,14 @@ def _tokenize(cfg: StageConfig) -> list[Stage]:
 
 
 def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Duplicates | None = None,
-                factors: np.ndarray | None = None, columns: list[str] | None = None) -> list[Stage]:
+                factors: np.ndarray | None = None, columns: list[str] | None = None,
+                eval_content: ContentSet | None = None) -> list[Stage]:
     """The stages for ``purpose`` (one of PURPOSES). ``factors``: rebalance factors per class (train, when
-    rebalance.strategy is not none); ``columns``: keep only these at the end (e.g. a model's inputs)."""
+    rebalance.strategy is not none); ``columns``: keep only these at the end (e.g. a model's inputs);
+    ``eval_content``: other splits' content, dropped here as ``duplicate_of_eval`` (the train split)."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose {purpose!r} is not one of {PURPOSES}")
-    path = _decode(cfg, duplicates)
+    path = _decode(cfg, duplicates, eval_content, content_hashes=purpose == "report")
     if purpose != "report":
         path.append(Stage("keep", keep_rows))
     if purpose == "train":
@@ -102,6 +110,7 @@ def run_path(batch: Batch, path: list[Stage], epoch: int = 0) -> Batch:
     return batch
 
 
-def prepare_batch(batch: Batch, cfg: StageConfig, duplicates: Duplicates | None = None) -> Batch:
+def prepare_batch(batch: Batch, cfg: StageConfig, duplicates: Duplicates | None = None,
+                  eval_content: ContentSet | None = None) -> Batch:
     """clean -> align -> tokenize: every row, dropped ones marked (the report path without a spec)."""
-    return run_path(batch, _decode(cfg, duplicates) + _tokenize(cfg))
+    return run_path(batch, _decode(cfg, duplicates, eval_content, content_hashes=True) + _tokenize(cfg))

@@ -1,4 +1,5 @@
-"""The data report: per split, rows in = rows kept + sum of rows dropped per reason, and where every drop came from."""
+"""The data report: per split, rows in = rows kept + sum of rows dropped per reason, and where every drop came from;
+per pair of splits, the content both hold (cross-split duplicates)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.data.stages.clean import DROP_REASONS
@@ -80,10 +82,16 @@ class DataReport:
     classes: list[str]
     splits: dict[str, SplitReport] = field(default_factory=dict)
     rebalance: dict | None = None  # RebalancePlan.to_dict() for the train split
+    # CrossSplitFinder.pairs(): per split pair sharing content, {"splits": [a, b], "count", "examples": {a, b}}
+    cross_split: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"classes": self.classes, "splits": {n: s.to_dict() for n, s in self.splits.items()},
-                "rebalance": self.rebalance}
+                "cross_split_duplicates": self.cross_split, "rebalance": self.rebalance}
+
+    def shared(self, split: str, other: str) -> int:
+        """Distinct contents ``split`` and ``other`` both hold."""
+        return next((p["count"] for p in self.cross_split if set(p["splits"]) == {split, other}), 0)
 
     def write_json(self, path: str | Path) -> None:
         from pipeline.io import atomic_write_text
@@ -109,6 +117,9 @@ class DataReport:
         roles = sorted({m for s in self.splits.values() for m in s.modality_present})
         for m in roles:
             summary.add_row(f"{m} present", *(f"{self.splits[n].coverage().get(m, 0):.1%}" for n in names))
+        for other in (names if len(names) > 1 else []):
+            summary.add_row(f"same content in {other}",
+                            *("" if n == other else str(self.shared(n, other)) for n in names))
         console.print(summary)
         if self.rebalance and self.rebalance["strategy"] != "none":
             table = Table(title=f"Train classes per epoch, rebalance: {self.rebalance['strategy']}",
@@ -122,3 +133,8 @@ class DataReport:
         for n in names:
             for bad in self.splits[n].bad_shards:
                 console.print(f"[red]bad shard[/] ({n}) {bad['path']}: {bad['error']}")
+        for pair in self.cross_split:
+            a, b = pair["splits"]
+            examples = "; ".join(f"{s}: " + ", ".join(e["key"] for e in pair["examples"][s]) for s in (a, b))
+            console.print(f"[yellow]same content in {escape(a)} and {escape(b)}[/]: {pair['count']} sample(s), "
+                          f"e.g. {escape(examples)}", highlight=False)

@@ -53,16 +53,15 @@ def _byte_ids(text: str) -> list[int]:
     return [FIRST_ID + b for b in text.encode("utf-8")]
 
 
-def encode_batch(texts: list[str | None], max_tokens: int, kind: str = "hash",
-                 vocab_size: int = TextSpec.model_fields["vocab_size"].default,
-                 lowercase: bool = True) -> np.ndarray:
-    """Token ids ``(B, max_tokens)`` int64, right-padded with 0 and truncated; None rows are all padding."""
-    out = np.zeros((len(texts), max_tokens), dtype=np.int64)
+def encode_batch(texts: list[str | None], spec: TextSpec) -> np.ndarray:
+    """Token ids ``(B, spec.max_tokens)`` int64 by ``spec.tokenizer``, right-padded with 0 and truncated; None rows
+    are all padding."""
+    out = np.zeros((len(texts), spec.max_tokens), dtype=np.int64)
     for row, text in enumerate(texts):
         if not text:
             continue
-        ids = _hash_ids(text, vocab_size, lowercase) if kind == "hash" else _byte_ids(text)
-        ids = ids[:max_tokens]
+        ids = _hash_ids(text, spec.vocab_size, spec.lowercase) if spec.tokenizer == "hash" else _byte_ids(text)
+        ids = ids[:spec.max_tokens]
         out[row, : len(ids)] = ids
     return out
 
@@ -72,8 +71,7 @@ def tokenize_batch(batch: dict[str, np.ndarray], text: TextSpec) -> dict[str, np
     absent or dropped (``present_text`` False) are all padding. Never drops a row: every text that decoding let
     through (valid UTF-8, not empty) has ids, so the data report needs no count from here."""
     present = batch["present_text"] if "present_text" in batch else np.ones(len(batch["text_raw"]), dtype=bool)
-    ids = encode_batch([s if p else None for s, p in zip(batch["text_raw"], present)], text.max_tokens,
-                       text.tokenizer, text.vocab_size, text.lowercase)
+    ids = encode_batch([s if p else None for s, p in zip(batch["text_raw"], present)], text)
     out: dict[str, np.ndarray] = {}
     for column, values in batch.items():
         if column != "text":  # ids of an earlier text_raw would be stale

@@ -3,8 +3,10 @@
 A ``DataPlan`` is built once per command (``mmpipe train``, ``tune``, ``validate``, one per ``mmpipe run`` for all
 its steps) and holds the manifest (found and read once), the class names, each split's shard checks (once per
 split, on first use), the train split's class counts (manifest, else a label-only pass; at most once, on first
-use) and the rebalance plan. Everything that reads the data takes the plan instead of deriving these again: the
-train split as training reads it, the kept rows of val/test, the data report's pass, prediction.
+use), the rebalance plan, and with ``clean.cross_split_duplicates: drop_from_train`` the content hashes of the
+other splits (a hash-only pass over their shards, nothing decoded; at most once). Everything that reads the data
+takes the plan instead of deriving these again: the train split as training reads it, the kept rows of val/test,
+the data report's pass, prediction.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from pipeline.data.shards.check import ShardCheck, ShardError, check_shards, exp
 from pipeline.data.shards.tar import TarLimits
 from pipeline.data.shards.manifest import DataError, find_manifest, manifest_counts, resolve_classes
 from pipeline.data.stages.align import aligned_row_bytes, keep_rows
+from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.dedupe import HASH_COLUMN, ContentSet, CrossSplitFinder
 from pipeline.data.stages.path import sample_path
 from pipeline.data.stages.rebalance import RebalanceError, sampling_factors
-from pipeline.data.stages.report import REPORT_COLUMNS, DataReport, SplitReport
+from pipeline.data.stages.report import EXAMPLES_PER_REASON, REPORT_COLUMNS, DataReport, SplitReport
 from pipeline.data.streaming.counts import label_pass
-from pipeline.data.streaming.dedupe import RemoteDuplicateIndex
+from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
 from pipeline.data.streaming.source import read_prepared
 from pipeline.spec import JobSpec
 
@@ -81,12 +85,19 @@ class SplitData:
         """Only the kept rows, fixed shapes (of a ``report`` dataset, which holds every row)."""
         return self.dataset.map_batches(keep_rows, batch_format="numpy")
 
-    def report(self, classes: list[str]) -> SplitReport:
-        """Stream the split once and count every row (of a ``report`` dataset)."""
+    def report(self, classes: list[str], cross: CrossSplitFinder | None = None, remember: bool = True
+               ) -> SplitReport:
+        """Stream the split once and count every row (of a ``report`` dataset). ``cross``: also match the content
+        of its rows (kept, or dropped only as duplicate_of_eval) against the splits added there before
+        (``remember=False``: this split is the last)."""
         report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks))
-        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities]
+        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities] + ([HASH_COLUMN] if cross else [])
         for batch in self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy"):
             report.add_batch(batch)
+            if cross is not None:
+                usable = [r in ("", "duplicate_of_eval") for r in batch["drop_reason"]]
+                cross.add(self.name, [h if ok else "" for h, ok in zip(batch[HASH_COLUMN], usable)],
+                          batch[KEY_COLUMN], batch[URL_COLUMN], remember)
         return report
 
 
@@ -104,6 +115,7 @@ class _Files:
         self.manifest: tuple[str, dict] | None = None
         self.manifest_read = False
         self.checks: dict[str, list[ShardCheck]] = {}
+        self.eval_content: list[tuple[StageConfig, str, ContentSet]] = []  # (config, train split, other splits')
 
 
 class DataPlan:
@@ -190,13 +202,35 @@ class DataPlan:
             self._rebalance = plan_rebalance(self.spec, self.classes, counts.tolist(), source)
         return self._rebalance
 
+    # ------------------------------------------------------------------ cross-split duplicates
+
+    def eval_content(self, split: str = "train") -> ContentSet:
+        """The content hashes of every split but ``split``, from a hash-only pass over their readable shards (once
+        per data and stage settings: shared with plans of the same data, e.g. Tune trials)."""
+        cfg = StageConfig.from_spec(self.spec, self.classes)
+        for known_cfg, known_split, content in self._files.eval_content:
+            if known_split == split and known_cfg == cfg:
+                return content
+        others = [s for s in self.spec.data.splits if s != split]
+        content = ContentSet({s: content_pass(cfg, self.good_shards(s), self.limits) for s in others})
+        log.info("split %s: leaving out content also in %s (%d distinct samples there)", split,
+                 ", ".join(others) or "no other split", len(content))
+        self._files.eval_content.append((cfg, split, content))
+        return content
+
+    def _drops_eval_content(self, split: str, purpose: str) -> bool:
+        """Whether reading ``split`` for ``purpose`` drops content other splits hold: the train split (and what
+        training reads), when the spec asks for it."""
+        return self.spec.clean.cross_split_duplicates == "drop_from_train" and (split == "train" or purpose == "train")
+
     # ------------------------------------------------------------------ datasets
 
     def _read(self, split: str, purpose: str, labels_required: bool = True, columns: list[str] | None = None,
               shuffle_files: bool = False, factors=None, epoch=0):
         cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
         duplicates = RemoteDuplicateIndex() if self.spec.clean.dedupe else None
-        path = sample_path(self.spec, cfg, purpose, duplicates, factors, columns)
+        eval_content = self.eval_content(split) if self._drops_eval_content(split, purpose) else None
+        path = sample_path(self.spec, cfg, purpose, duplicates, factors, columns, eval_content)
         roles = [c for c in columns if c in cfg.enabled] if columns else None
         return read_prepared(self.good_shards(split), path, PREPARE_BATCH_SIZE,
                              aligned_row_bytes(cfg.modalities, roles), shuffle_files, epoch, self.limits)
@@ -229,11 +263,19 @@ class DataPlan:
 
     def validate(self, splits: list[str] | None = None) -> DataReport:
         """read -> clean -> align -> tokenize over every split (or ``splits``), every row counted: the data report,
-        with the rebalance plan the kept train rows just counted would give."""
+        with the content each pair of splits shares and the rebalance plan the kept train rows just counted would
+        give."""
         report = DataReport(self.classes)
-        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.spec.modalities.enabled()]
-        for name in splits or list(self.spec.data.splits):  # payload columns never leave the read tasks
-            report.splits[name] = self.split(name, columns=columns).report(self.classes)
+        names = list(splits or self.spec.data.splits)
+        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.spec.modalities.enabled()] + [HASH_COLUMN]
+        # train last: its content is only matched against the others', never held (the largest split, usually)
+        order = sorted(names, key=lambda n: n == "train")
+        cross = CrossSplitFinder(EXAMPLES_PER_REASON)
+        counted = {}
+        for name in order:  # payload columns never leave the read tasks
+            counted[name] = self.split(name, columns=columns).report(self.classes, cross, remember=name != order[-1])
+        report.splits = {name: counted[name] for name in names}
+        report.cross_split = cross.pairs(names)
         if "train" in report.splits:  # the kept rows just counted are the exact input of rebalancing
             hist = report.splits["train"].class_histogram
             report.rebalance = plan_rebalance(self.spec, self.classes, [hist.get(c, 0) for c in self.classes],

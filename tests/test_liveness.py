@@ -1,0 +1,192 @@
+"""No run hangs (issue 20): the resource plan refuses what cannot fit, a trial's data tasks run in CPUs reserved
+for them, a run that makes no progress stops with a diagnostic, and runs leave no actors or reservations behind."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import pytest
+
+from pipeline.resources import PlanError, check_predict, plan_resources
+from pipeline.spec_checks import job_from_dict
+from pipeline.watchdog import StallError, progressed, watch
+
+FAST_TRAIN = ["train.epochs=1", "train.batch_size=16", "model.hidden=32", "augment.enabled=false"]
+ONE_TRIAL = ["tune.search_space={model.fusion: {grid: [concat]}}", "tune.num_samples=1"]
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+
+def test_workers_are_fitted_beside_the_data_cpus():
+    spec = job_from_dict({"scaling": {"num_workers": 2, "cpus_per_worker": 0.5}})
+    train = plan_resources(spec, 2)
+    assert (train.cpus_per_worker, train.data_cpus, train.trials, train.per_training) == (0.5, 1, 1, 2.0)
+    trial = plan_resources(spec, 2, tune=True)  # the trial's own 0.01 comes out of the workers' share
+    assert trial.cpus_per_worker == 0.495 and trial.trials * trial.per_training <= 2
+    assert trial.trial_bundles() == [{"CPU": 0.01}, {"CPU": 1}]
+    assert plan_resources(spec, 16, tune=True).trials == 7  # 16 // (2 x 0.5 + 1 + 0.01)
+
+
+def test_an_impossible_plan_says_what_to_change():
+    with pytest.raises(PlanError) as e:
+        plan_resources(job_from_dict({"tune": {"max_concurrent_trials": 3}}), 2, tune=True)
+    assert "3 trials x (2 workers x 0.5 CPU + 1 data CPU + 0.01 trial)" in str(e.value)
+    assert "set tune.max_concurrent_trials=1" in str(e.value)
+    with pytest.raises(PlanError, match=r"= 7 CPUs, .* set scaling.num_workers=2$"):
+        plan_resources(job_from_dict({"scaling": {"num_workers": 12}}), 2.1)
+    with pytest.raises(PlanError, match="set scaling.use_gpu=false"):
+        plan_resources(job_from_dict({"scaling": {"use_gpu": True}}), 8)
+    with pytest.raises(PlanError, match="more CPUs"):
+        plan_resources(job_from_dict({}), 1)
+    with pytest.raises(PlanError, match="set --actors 1"):
+        check_predict(2, False, 2, 0)
+    check_predict(1, False, 2, 0)
+
+
+# ------------------------------------------------------------------------------------------- the watchdog
+
+def test_a_block_without_progress_stops_with_a_diagnostic():
+    start = time.monotonic()
+    with pytest.raises(StallError) as e:
+        with watch("reading", 0.5, poll_s=0.05, hint="hint: check the reader"):
+            for _ in range(600):  # 60 s unless stopped
+                time.sleep(0.1)
+    assert time.monotonic() - start < 10
+    assert "reading made no progress for 0.5 s" in str(e.value)
+    assert "made no progress" in str(e.value) and "scaling.stall_timeout_s" in str(e.value)
+    assert "hint: check the reader" in str(e.value) and "likely fix:" in str(e.value)
+
+
+def test_progress_keeps_the_watchdog_quiet():
+    with watch("reading", 0.5, poll_s=0.05):
+        for _ in range(20):  # 2 s, four timeouts long, progressing all along
+            time.sleep(0.1)
+            progressed()
+
+
+def test_a_watchdog_that_ends_with_its_block_never_fires_later():
+    with watch("quick", 0.3, poll_s=0.05):
+        pass
+    time.sleep(0.6)  # an interrupt from a leftover watchdog would surface here as KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------------------ with Ray
+
+OURS = {"_Clock", "DuplicateIndex", "_Beats", "TrainController", "RayTrainWorker", "SplitCoordinator",
+        "PlacementGroupCleaner", "_Trainable", "ImplicitFunc", "_trainable"}
+
+
+def live_actors() -> dict[str, int]:
+    """Live actors by class (Ray's own per-cluster singletons left out: they are made once and kept)."""
+    from collections import Counter
+
+    from ray.util.state import list_actors
+
+    gc.collect()
+    return dict(Counter(a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000,
+                                                          raise_on_missing_output=False)
+                        if a.class_name in OURS or a.class_name.startswith("ImplicitFunc")))
+
+
+def live_placement_groups() -> list[str]:
+    from ray.util.state import list_placement_groups
+
+    return [f"{g.name or g.placement_group_id[:8]} {g.state}"
+            for g in list_placement_groups(limit=10_000, raise_on_missing_output=False)
+            if g.state in ("CREATED", "PENDING", "RESCHEDULING")]
+
+
+def settled(baseline: dict, timeout_s: float = 60.0) -> dict:
+    """Live actors once they are back at ``baseline`` (Ray ends them asynchronously), else after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = live_actors()
+        if now == baseline and not live_placement_groups() or time.monotonic() > deadline:
+            return now
+        time.sleep(1)
+
+
+class Squatter(threading.Thread):
+    """Another job taking every CPU left free once a training holds its resources: it grabs them with a
+    placement group as soon as the Train workers' group is placed (as a previous trial's leaked group did)."""
+
+    def __init__(self, after_groups: int):
+        super().__init__(daemon=True)
+        self.after_groups, self.group, self.cpus = after_groups, None, 0.0
+        self.done = threading.Event()
+
+    def run(self):
+        import ray
+        from ray.util.placement_group import placement_group
+
+        while not self.done.is_set():
+            if len([g for g in live_placement_groups() if g.endswith("CREATED")]) >= self.after_groups:
+                self.cpus = int(ray.available_resources().get("CPU", 0) * 100) / 100
+                if self.cpus >= 0.01:
+                    self.group = placement_group([{"CPU": self.cpus}], name="squatter")
+                return
+            time.sleep(0.05)
+
+    def release(self):
+        from ray.util.placement_group import remove_placement_group
+
+        self.done.set()
+        self.join(5)
+        if self.group is not None:
+            remove_placement_group(self.group)
+
+
+@pytest.mark.ray
+def test_a_trial_reads_its_data_when_everything_else_is_taken(ray_session, demo_dir, tmp_path):
+    """The deadlock of issue 20, made deterministic: once the trial and its workers are placed, every free CPU is
+    taken. The trial's data tasks still run (in its own reserved CPU); before, they waited for a whole free CPU
+    forever while the workers waited for them. The tune also leaves no actors or reservations behind."""
+    from pipeline.spec_checks import load_job
+    from pipeline.tune.runner import run_tune
+
+    spec = load_job(demo_dir / "spec.yaml", FAST_TRAIN + ONE_TRIAL + ["scaling.cpus_per_worker=0.25",
+                                                                      "scaling.stall_timeout_s=120"])
+    baseline = settled(live_actors(), 5)
+    squatter = Squatter(after_groups=2)  # the trial's group, then its workers'
+    squatter.start()
+    start = time.monotonic()
+    try:
+        result = run_tune(spec, tmp_path / "tune")
+    finally:
+        squatter.release()
+    assert squatter.group is not None and squatter.cpus >= 0.4, "the squatter never held the free CPUs"
+    assert result.trials == 1 and result.best_checkpoint
+    assert time.monotonic() - start < 300
+    assert settled(baseline) == baseline
+    assert live_placement_groups() == []
+
+
+@pytest.mark.ray
+def test_a_training_that_cannot_start_fails_with_what_it_waits_for(ray_session, demo_dir, tmp_path):
+    """Another job holds CPUs the workers need: the run stops after its stall timeout with Ray's pending demand
+    in the message (not a silent wait), and leaves nothing behind."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from pipeline.spec_checks import load_job
+    from pipeline.train.trainer import run_training
+
+    spec = load_job(demo_dir / "spec.yaml", FAST_TRAIN + ["scaling.stall_timeout_s=20"])
+    baseline = settled(live_actors(), 5)
+    other = placement_group([{"CPU": 0.6}], name="other-job")
+    ray.get(other.ready(), timeout=30)
+    start = time.monotonic()
+    try:
+        with pytest.raises(StallError) as e:
+            run_training(spec, tmp_path / "run", data_report=False)
+    finally:
+        remove_placement_group(other)
+    assert time.monotonic() - start < 120
+    message = str(e.value)
+    assert "training made no progress for 20 s" in message
+    assert "pending demand: placement group bundle" in message and "other-job: CREATED" in message
+    assert "likely fix:" in message
+    assert settled(baseline) == baseline
+    assert live_placement_groups() == []
