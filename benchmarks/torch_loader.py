@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pipeline.data.shards.tar import to_batch
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.dedupe import DuplicateIndex
 from pipeline.data.stages.path import run_path, sample_path
@@ -19,14 +20,10 @@ from pipeline.spec import JobSpec
 
 
 def raw_collate(samples: list[dict]) -> dict[str, np.ndarray]:
-    """webdataset samples -> one object column per member extension (None where absent), + __key__, __url__."""
-    columns = {c for s in samples for c in s if not c.startswith("__")} | {"__key__", "__url__"}
-    batch = {}
-    for c in columns:
-        col = np.empty(len(samples), dtype=object)
-        col[:] = [s.get(c) for s in samples]
-        batch[c] = col
-    return batch
+    """webdataset samples -> the raw batch our tar reader makes (one object column per member extension, None where
+    absent, + __key__, __url__); webdataset's other ``__`` keys are left out."""
+    keep = ("__key__", "__url__")
+    return to_batch([{k: v for k, v in s.items() if k in keep or not k.startswith("__")} for s in samples])
 
 
 class StageStream(torch.utils.data.IterableDataset):
