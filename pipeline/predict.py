@@ -85,7 +85,10 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
 
     from pipeline.data.streaming.plan import DataPlan, bad_shard_entries
     from pipeline.model.classifier import input_columns
+    from pipeline.resources import check_predict, cluster_capacity
+    from pipeline.watchdog import progressed, watch
 
+    check_predict(actors, use_gpu, *cluster_capacity())  # before any Ray work: replicas beside the reads
     if not out.endswith(".parquet"):
         raise PredictError(f"--out {out}: the output is one Parquet file; name it *.parquet")
     ref = ModelRef.parse(model)
@@ -112,20 +115,22 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
     tmp.parent.mkdir(parents=True, exist_ok=True)
     writer, rows, predicted = None, 0, 0
     try:
-        for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"], "label": batch["label_index"],
-                              "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
-                                                      dtype=object),
-                              "drop_detail": batch["detail"]})
-            # Text columns typed up front: a first batch of only dropped rows has no class names to infer from.
-            table = pa.table({k: (pa.array(v.tolist(), pa.string()) if k in TEXT_COLUMNS else v)
-                              for k, v in batch.items()})
-            table = table.append_column("model_version", pa.array([version] * len(batch["key"]), pa.int64()))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table.cast(writer.schema))
-            rows += len(batch["key"])
-            predicted += int((batch["pred_index"] >= 0).sum())
+        with watch("prediction", spec.scaling.stall_timeout_s):  # rows written are its progress
+            for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+                report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"], "label": batch["label_index"],
+                                  "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
+                                                          dtype=object),
+                                  "drop_detail": batch["detail"]})
+                # Text columns typed up front: a first batch of only dropped rows has no class names to infer from.
+                table = pa.table({k: (pa.array(v.tolist(), pa.string()) if k in TEXT_COLUMNS else v)
+                                  for k, v in batch.items()})
+                table = table.append_column("model_version", pa.array([version] * len(batch["key"]), pa.int64()))
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                rows += len(batch["key"])
+                predicted += int((batch["pred_index"] >= 0).sum())
+                progressed(len(batch["key"]))
         if writer is None:
             raise PredictError(f"no samples in {', '.join(shards)}")
         writer.close()

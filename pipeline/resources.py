@@ -63,8 +63,9 @@ class ResourcePlan:
     def describe(self) -> str:
         trials = f"{self.trials} trial{'s' if self.trials > 1 else ''} x (" if self.trial_cpu else "("
         trial = f" + {self.trial_cpu:g} trial" if self.trial_cpu else ""
-        return (f"{self.cluster_cpus:g} CPU{'' if self.cluster_cpus == 1 else 's'}: {trials}{self.workers} workers x {self.cpus_per_worker:g} CPU + "
-                f"{self.data_cpus} data CPU{trial})")
+        cpus = f"{self.cluster_cpus:g} CPU{'' if self.cluster_cpus == 1 else 's'}"
+        return (f"{cpus}: {trials}{self.workers} workers x {self.cpus_per_worker:g} CPU + {self.data_cpus} data "
+                f"CPU{trial})")
 
 
 DATA_BUNDLE = 1  # index of the data CPUs in a trial's placement group

@@ -209,12 +209,21 @@ class TransformSpec(Strict):
 
 
 class AugmentSpec(Strict):
-    """Train split only. Transform names are the libraries' class names, e.g. HorizontalFlip, KeyboardAug, Gain."""
+    """Train split only. ``backend: cpu``: transform names are the libraries' class names (albumentations, nlpaug,
+    audiomentations), e.g. HorizontalFlip, KeyboardAug, Gain. ``backend: device``: names of the batched torch ops
+    in pipeline/model/augment.py (docs/device-augment.md), run in each training worker on its device."""
     enabled: bool = True
     seed: int = 0
+    backend: Literal["cpu", "device"] = Field(
+        "cpu", description="cpu: the libraries, in the data path's read tasks; device: torch ops on each training "
+                           "worker's device (GPU or CPU), per-sample parameters, one kernel per batch")
     image: list[TransformSpec] = Field(default_factory=list)
     text: list[TransformSpec] = Field(default_factory=list)
     audio: list[TransformSpec] = Field(default_factory=list)
+
+    def runs_on(self, backend: str) -> bool:
+        """Whether augmentation runs at all, and on ``backend`` (cpu: the data path; device: the training loop)."""
+        return self.enabled and self.backend == backend and bool(self.image or self.text or self.audio)
 
 
 class RebalanceSpec(Strict):

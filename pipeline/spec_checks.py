@@ -25,8 +25,13 @@ def registries() -> dict[str, list[str]]:
 
 
 def _transform_problems(spec: JobSpec) -> list[tuple[str, str]]:
-    """Augmentation transforms are built and tried once here, so a bad name or parameter fails at load time."""
-    if not spec.augment.enabled or not (spec.augment.image or spec.augment.text or spec.augment.audio):
+    """Augmentation transforms are built and tried once here, so a bad name or parameter fails at load time.
+    Device ops (augment.backend: device) are looked up in pipeline/model/augment.DEVICE_OPS instead."""
+    if spec.augment.runs_on("device"):
+        from pipeline.model.augment import check_device_ops
+
+        return check_device_ops(spec.augment, spec.modalities)
+    if not spec.augment.runs_on("cpu"):
         return []
     return _checked(spec.augment.model_dump_json(), spec.modalities.model_dump_json())
 

@@ -174,6 +174,14 @@ def stall_message(what: str, timeout_s: float, hint: str = "") -> str:
             + (f"\n{hint}" if hint else ""))
 
 
+def state_address() -> str:
+    """This process's cluster, for Ray's state API (which otherwise looks for one on the machine and fails when
+    several run there)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def _short(resources: dict | None) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted((resources or {}).items())
                            if not k.startswith(("node:", "bundle_group"))) + "}"
@@ -204,8 +212,10 @@ def _add_ray_state(lines: list[str]) -> tuple[float, float]:
     from ray.util.state import list_actors, list_placement_groups, list_tasks
 
     reserved, pending_cpu = 0.0, 0.0
+    address = state_address()
     try:
-        groups = [g for g in list_placement_groups(detail=True, timeout=10, raise_on_missing_output=False)
+        groups = [g for g in list_placement_groups(address=address, detail=True, timeout=10,
+                                                   raise_on_missing_output=False)
                   if g.state in ("CREATED", "PENDING", "RESCHEDULING")]
         for g in groups:
             cpus = sum(b.get("unit_resources", {}).get("CPU", 0) for b in g.bundles or [])
@@ -218,8 +228,8 @@ def _add_ray_state(lines: list[str]) -> tuple[float, float]:
     lines.extend(_demands())
     try:
         waiting = Counter()
-        for t in list_tasks(filters=[("state", "!=", "FINISHED"), ("state", "!=", "FAILED")], detail=True,
-                            timeout=10, raise_on_missing_output=False):
+        for t in list_tasks(address=address, filters=[("state", "!=", "FINISHED"), ("state", "!=", "FAILED")],
+                            detail=True, timeout=10, raise_on_missing_output=False):
             if t.type == "ACTOR_CREATION_TASK":
                 continue
             waiting[(t.name, t.state, _short(t.required_resources))] += 1
@@ -231,8 +241,8 @@ def _add_ray_state(lines: list[str]) -> tuple[float, float]:
         lines.append(f"tasks unavailable: {e}")
     try:
         actors = Counter()
-        for a in list_actors(filters=[("state", "!=", "DEAD")], detail=True, timeout=10,
-                             raise_on_missing_output=False):
+        for a in list_actors(address=address, filters=[("state", "!=", "DEAD")], detail=True,
+                             timeout=10, raise_on_missing_output=False):
             actors[(a.class_name, a.state, _short(a.required_resources))] += 1
         for (name, state, res), n in actors.most_common(16):
             lines.append(f"actor {n} x {name}: {state}, holds {res}")
@@ -248,7 +258,7 @@ def _demands() -> list[str]:
     try:
         from ray.autoscaler.v2.sdk import get_cluster_status
 
-        status = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=10)
+        status = get_cluster_status(state_address(), timeout=10)
         demands = status.resource_demands
         out = []
         for d in demands.ray_task_actor_demand:

@@ -33,6 +33,12 @@ def pytest_collection_modifyitems(config, items):
         if SLOW_FIXTURES & set(item.fixturenames) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)  # stable: cluster tests last
+    if " ".join(config.option.markexpr.split()) == "not ray":
+        # The lane before `fast` existed: it meant "no Ray at all", so it leaves out the cluster tests too.
+        cluster = [item for item in items if item.get_closest_marker("cluster")]
+        if cluster:
+            config.hook.pytest_deselected(items=cluster)
+            items[:] = [item for item in items if not item.get_closest_marker("cluster")]
 
 
 def _ray_initialized() -> bool:

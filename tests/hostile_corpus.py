@@ -163,6 +163,15 @@ def write_hostile(root: Path, good_per_shard: int = 12) -> Expected:
     return exp
 
 
+def write_good_split(root: Path, split: str, samples: int) -> Expected:
+    """``samples`` good samples in one shard under ``root/split`` (e.g. a val split to train against the corpus)."""
+    d = root / split
+    d.mkdir(parents=True, exist_ok=True)
+    exp = Expected()
+    _write(d / f"{split}-000.tar", _goods(f"{split}-", samples, exp))
+    return exp
+
+
 def write_clean(root: Path, samples: int, per_shard: int = 24) -> Expected:
     """Good samples only, ``samples`` of them, in shards of ``per_shard``."""
     d = root / "train"

@@ -52,3 +52,44 @@ def test_hostile_memory_quick_prints_both_corpora_and_the_ratios():
     out = run("hostile_memory.py", "--quick")
     assert "\nclean: validate " in out and "\nhostile: validate " in out
     assert "ratio hostile/clean: peak RSS " in out and " wall time " in out
+
+
+# The three without a --quick mode, at their smallest settings: they run to the end and print their tables.
+
+def test_augment_throughput_smallest_prints_every_configuration():
+    out = run("augment_throughput.py", "--repeats", "1", "--scale", "0.1")
+    assert "align only" in out and "1-process, no Ray" in out and "rows/epoch" in out
+
+
+def test_tune_schedulers_smallest_prints_both_schedulers():
+    out = run("tune_schedulers.py", "--samples", "2", "--epochs", "1", "--scale", "0.2")
+    assert "| scheduler | trials | trial-epochs |" in out
+    assert "\n| fifo | 2 | 2 | " in out and "\n| asha | 2 | 2 | " in out  # 2 trials x 1 epoch each
+
+
+def test_av_digits_compare_smallest_prints_its_table(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "fsdd"
+    for args in (["prepare-digits", str(fixture), str(tmp_path / "raw")],
+                 ["pack", str(tmp_path / "raw" / "manifest.csv"), str(tmp_path / "shards")]):
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = run("av_digits_compare.py", str(tmp_path / "shards"), "--fusions", "image_only", "--runs",
+              str(tmp_path / "runs"), "--set", "train.epochs=1", "--set", "train.batch_size=4")
+    assert "| model | test accuracy |" in out and "| image_only |" in out
+
+
+def test_decode_compare_quick_prints_both_decoders_ratios_and_the_pixel_difference():
+    out = run("decode_compare.py", "--quick")
+    for size in ("683x512", "1024x768"):
+        line = next(l for l in out.splitlines() if l.startswith(size))
+        assert "mmpipe " in line and "(decoded at 1/2)" in line and "opencv full decode + resize " in line
+        assert "ratio mmpipe/opencv " in line and "mean abs diff vs full-size decode " in line
+
+
+def test_device_augment_quick_prints_both_backends_and_the_gpu_line():
+    import torch
+
+    out = run("device_augment.py", "--quick")
+    assert "albumentations " in out and "device backend on CPU " in out and "ratio device/albumentations " in out
+    assert ("images/s (" in out) if torch.cuda.is_available() else ("no CUDA GPU" in out)

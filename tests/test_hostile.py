@@ -8,12 +8,11 @@ import gzip
 import io
 import tarfile
 from collections import Counter
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from hostile_corpus import CLASSES, Expected, write_hostile
+from hostile_corpus import CLASSES, Expected, write_good_split, write_hostile
 from pipeline.data.shards.check import check_shard
 from pipeline.data.shards.tar import TarLimits, ShardFault, iter_members, raw_batches
 from pipeline.data.stages.align import align_batch
@@ -120,3 +119,42 @@ def test_validate_reports_every_hostile_item_and_keeps_every_good_sample(corpus,
     assert set(bad) == set(exp.bad_shards) and all(exp.bad_shards[n] in e or "truncated" in e for n, e in bad.items())
     assert as_dict["rows_kept"] == len(exp.kept)
     assert {r: n for r, n in as_dict["dropped"].items() if n} == dict(Counter(exp.dropped.values()))
+
+
+@pytest.mark.ray
+def test_one_epoch_trains_on_exactly_the_good_samples_and_predict_covers_every_readable_one(corpus, ray_session,
+                                                                                             tmp_path):
+    """Training (1 worker, 1 epoch, a tiny model) and then ``predict`` over the corpus: neither crashes, the epoch
+    sees every good sample and no other, and prediction writes a row per readable sample with its drop reason."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.predict import predict
+    from pipeline.registry import Registry
+    from pipeline.spec import dump_spec
+    from pipeline.train.trainer import run_training
+
+    root, exp = corpus
+    write_good_split(root, "val", 8)
+    batch = 8
+    assert len(exp.kept) % batch == 0  # drop_last then leaves no good sample out of the epoch
+    spec = load_spec(root / "spec.yaml", [f"data.splits.val={root / 'val' / '*'}", f"train.batch_size={batch}",
+                                          "model.hidden=16", "scaling.num_workers=1"])
+    result = run_training(spec, tmp_path / "run")
+    assert result.metrics["train.rows"] == len(exp.kept)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text(encoding="utf-8"))["splits"]["train"]
+    assert report["rows_kept"] == len(exp.kept) and report["balanced"]
+    # one hostile sample per reason: the examples name every dropped key, so the kept ones are exactly the good
+    assert {e["key"]: r for r, examples in report["examples"].items() for e in examples} == exp.dropped
+
+    registry = Registry(str(tmp_path / "registry"))
+    version = registry.register(result.best_checkpoint.read_bytes(), dump_spec(spec), {}, "hostile-test")
+    out = tmp_path / "predictions.parquet"
+    predicted = predict(f"{registry.uri}:{version}", [str(root / "train" / "*")], str(out))
+    rows = pq.read_table(out).to_pylist()
+    status = {r["key"]: r["status"] for r in rows}
+    assert len(rows) == len(status) == exp.samples  # one row per readable sample (truncated tails are not)
+    assert status == {**{k: "ok" for k in exp.kept}, **exp.dropped}
+    assert all(r["pred_class"] in CLASSES for r in rows if r["status"] == "ok")
+    assert predicted.predicted == len(exp.kept) and predicted.rows == exp.samples

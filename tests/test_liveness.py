@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.resources import PlanError, check_predict, plan_resources
 from pipeline.spec_checks import job_from_dict
-from pipeline.watchdog import StallError, progressed, watch
+from pipeline.watchdog import StallError, progressed, state_address, watch
 
 FAST_TRAIN = ["train.epochs=1", "train.batch_size=16", "model.hidden=32", "augment.enabled=false"]
 ONE_TRIAL = ["tune.search_space={model.fusion: {grid: [concat]}}", "tune.num_samples=1"]
@@ -85,8 +85,9 @@ def live_actors() -> dict[str, int]:
     from ray.util.state import list_actors
 
     gc.collect()
-    return dict(Counter(a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000,
-                                                          raise_on_missing_output=False)
+    alive = list_actors(address=state_address(), filters=[("state", "=", "ALIVE")], limit=10_000,
+                        raise_on_missing_output=False)
+    return dict(Counter(a.class_name for a in alive
                         if a.class_name in OURS or a.class_name.startswith("ImplicitFunc")))
 
 
@@ -94,7 +95,7 @@ def live_placement_groups() -> list[str]:
     from ray.util.state import list_placement_groups
 
     return [f"{g.name or g.placement_group_id[:8]} {g.state}"
-            for g in list_placement_groups(limit=10_000, raise_on_missing_output=False)
+            for g in list_placement_groups(address=state_address(), limit=10_000, raise_on_missing_output=False)
             if g.state in ("CREATED", "PENDING", "RESCHEDULING")]
 
 

@@ -773,18 +773,21 @@ def test_a_run_that_succeeded_without_a_readable_run_json_is_recorded_as_an_erro
 
 def test_stopping_a_local_run_sends_the_command_one_sigterm_from_the_wrapper(env):
     """Sent to the whole group, the command got SIGTERM from the scheduler and again from the wrapper forwarding it.
-    The command blocks SIGTERM and collects each one with its sender (two at once would merge into one)."""
+    The command blocks SIGTERM, records each one with its sender at once (two at once would merge into one) and
+    never exits by itself: it collects until stop() gives up and SIGKILLs the group, so no SIGTERM sent while it
+    lives can be missed, however late."""
     script = env.tmp / "count_terms.py"
     script.write_text(textwrap.dedent("""\
-        import json, pathlib, signal, sys
+        import os, pathlib, signal, sys
         out = pathlib.Path(sys.argv[1])
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         (out.parent / "ready").touch()
-        senders, info = [], signal.sigtimedwait({signal.SIGTERM}, 60)
-        while info is not None:
-            senders.append(info.si_pid)
-            info = signal.sigtimedwait({signal.SIGTERM}, 1.0)
-        out.write_text(json.dumps(senders))
+        while True:
+            info = signal.sigtimedwait({signal.SIGTERM}, 60)
+            with out.open("a") as f:
+                f.write(f"{info.si_pid if info else 'timeout'}\\n")
+                f.flush()
+                os.fsync(f.fileno())
         """))
     senders = env.ctl / "senders"
     env.add()
@@ -797,5 +800,5 @@ def test_stopping_a_local_run_sends_the_command_one_sigterm_from_the_wrapper(env
     while not (env.ctl / "ready").exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    launcher.stop(env.store.get("nightly"), run)
-    assert json.loads(senders.read_text()) == [run.pid]  # once, forwarded by the wrapper
+    launcher.stop(env.store.get("nightly"), run, timeout_s=3.0)  # SIGTERM, 3 s, then SIGKILL
+    assert senders.read_text().split() == [str(run.pid)]  # once, forwarded by the wrapper

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, p
 
 from pipeline.spec import load_spec
 from pipeline.train.metrics import Accumulator
+from support.runs import assert_resumed, epoch_rows
 
 FAST = ["train.epochs=6", "train.batch_size=16", "train.lr=0.003", "model.hidden=32"]
 
@@ -34,7 +35,7 @@ def test_metrics_equal_scikit_learn_on_fixed_predictions():
     assert np.array_equal(np.array(m["test.confusion"]).sum(1), np.bincount(y, minlength=4))
 
 
-@pytest.mark.ray
+@pytest.mark.slow
 def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, tmp_path, monkeypatch):
     from pipeline.data.shards import manifest
     from pipeline.data.streaming import plan
@@ -69,7 +70,7 @@ def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, t
     assert best["classes"] == m["classes"] and "fusion.gate.weight" in best["model"]
 
 
-@pytest.mark.ray
+@pytest.mark.slow
 def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path):
     from pipeline.train.trainer import run_training
 
@@ -79,8 +80,9 @@ def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path
     result = run_training(spec, tmp_path / "run", inject_failure={"epoch": 1, "marker": str(marker)})
     assert marker.exists()  # the failure happened
     assert result.metrics["epochs_run"] == 2
-    rows = list(csv.DictReader((tmp_path / "run" / "epochs.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == [0, 1]  # epoch 0 resumed from its checkpoint, not repeated
+    rows = epoch_rows(tmp_path / "run")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]  # epoch 0 not repeated...
+    assert_resumed(rows, from_epoch=0)  # ...and epoch 1 started from its checkpoint's weights and optimizer steps
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

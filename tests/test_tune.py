@@ -33,7 +33,7 @@ def test_trials_leave_ray_data_a_cpu():
     assert concurrent_trials(spec_from_dict({"tune": {"max_concurrent_trials": 3}}), 2) == 3
 
 
-@pytest.mark.ray
+@pytest.mark.slow
 def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_dir, tmp_path):
     from pipeline.train.trainer import run_training
     from pipeline.tune.runner import run_tune
@@ -57,18 +57,20 @@ def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_di
     assert again.trials == 4 and again.best_config == result.best_config
 
 
-def test_optuna_needs_its_extra_and_no_grid():
+def test_optuna_needs_its_extra_and_no_grid(monkeypatch):
+    """optuna is in the test extra: the search is built; without the package the error says what to install."""
+    import sys
+
+    from ray.tune.search.optuna import OptunaSearch
+
     from pipeline.tune.runner import TuneError, _search_alg
 
     spec = spec_from_dict({"tune": {"search_alg": "optuna",
                                     "search_space": {"train.lr": {"loguniform": [0.001, 0.01]}}}})
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        with pytest.raises(TuneError, match=r"pip install 'mmpipe\[optuna\]'"):
-            _search_alg(spec)
-    else:
-        assert _search_alg(spec) is not None
-        grid = spec_from_dict({"tune": {"search_alg": "optuna", "search_space": {"model.fusion": {"grid": ["sum"]}}}})
-        with pytest.raises(TuneError, match="grid"):
-            _search_alg(grid)
+    assert isinstance(_search_alg(spec), OptunaSearch)
+    grid = spec_from_dict({"tune": {"search_alg": "optuna", "search_space": {"model.fusion": {"grid": ["sum"]}}}})
+    with pytest.raises(TuneError, match="grid"):
+        _search_alg(grid)
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(TuneError, match=r"pip install 'mmpipe\[optuna\]'"):
+        _search_alg(spec)

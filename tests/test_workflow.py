@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 
 import pyarrow.parquet as pq
 import pytest
@@ -74,7 +75,8 @@ def test_a_run_interrupted_after_train_resumes_without_retraining(workflows):
     assert any("train: done in an earlier attempt, skipped" in m for m in workflows["said"])
     manifest = json.loads((workflows["strong_dir"] / "steps" / "evaluate.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["outputs"] == ["evaluation.json"]
-    assert manifest["inputs"]["train.outputs"] and manifest["seconds"] >= 0
+    took = datetime.fromisoformat(manifest["ended"]) - datetime.fromisoformat(manifest["started"])
+    assert manifest["inputs"]["train.outputs"] and manifest["seconds"] <= took.total_seconds() + 1.0
     assert not list(workflows["strong_dir"].glob("*.partial"))
 
 
@@ -136,7 +138,7 @@ def test_bad_samples_are_reported_in_predictions(workflows, tmp_path):
         assert (dropped.status == reason).sum() >= 1, reason
     assert (table.status == "ok").sum() == result.predicted
     report = json.loads((tmp_path / "val.report.json").read_text())
-    assert report["report"]["balanced"] and report["version"] == 1
+    assert report["report"]["rows_in"] == len(table) and report["version"] == 1
 
 
 def test_failed_step_is_recorded_and_leaves_no_outputs(workflows, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.model.augment import FEATURE_MASK, DeviceAugment
 from pipeline.model.encoders import AudioEncoder, ImageEncoder, TextEncoder
 from pipeline.model.fusion import UNIMODAL, build_fusion
 from pipeline.spec import JobSpec
@@ -41,8 +42,13 @@ class MultimodalClassifier(nn.Module):
         present = {m: batch[f"present_{m}"].bool() for m in self.modalities}
         if self.training and self.modality_dropout > 0 and len(self.modalities) > 1:
             present = self._drop_modalities(present)
-        features = {m: self.encoders[m](batch[m]) for m in self.modalities}
+        features = {m: self._encode(m, batch) for m in self.modalities}
         return self.fusion(features, present)
+
+    def _encode(self, modality: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if modality == "audio" and FEATURE_MASK in batch:  # SpecAugment masks from device augmentation
+            return self.encoders[modality](batch[modality], feature_mask=batch[FEATURE_MASK])
+        return self.encoders[modality](batch[modality])
 
     def _drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Hide each present modality with probability p, never all of a sample's modalities."""
@@ -60,3 +66,10 @@ class MultimodalClassifier(nn.Module):
 def input_columns(spec: JobSpec) -> list[str]:
     mods = model_modalities(spec)
     return [*mods, *(f"present_{m}" for m in mods), "label"]
+
+
+def train_columns(spec: JobSpec) -> list[str]:
+    """What training reads of the train split: the model's inputs, and the per-row seeds device augmentation
+    draws from (augment.backend: device)."""
+    extra = DeviceAugment.columns if spec.augment.runs_on("device") else []
+    return [*input_columns(spec), *extra]

@@ -37,12 +37,18 @@ def _cnn(c_in: int, width: int, hidden: int) -> nn.Sequential:
 
 
 class ImageEncoder(nn.Module):
+    """Channels-last throughout: the (B, H, W, 3) input viewed as (B, 3, H, W) already has channels-last strides,
+    and convolutions follow their input's layout, so weight gradients can come out channels-last. The weights are
+    channels-last to match: with contiguous ones, DDP (whose gradient buckets are laid out like the weights) warned
+    "Grad strides do not match bucket view strides" (2-process gloo on CPU: the 1x1 skip convolutions' weights,
+    net.3/4/5.skip.0.weight, got channels-last gradients) and copied those gradients every step."""
+
     def __init__(self, hidden: int, width: int):
         super().__init__()
-        self.net = _cnn(3, width, hidden)
+        self.net = _cnn(3, width, hidden).to(memory_format=torch.channels_last)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).float() / 255.0  # (B, H, W, 3) uint8 -> (B, 3, H, W) in [0, 1]
+        x = image.permute(0, 3, 1, 2).float() / 255.0  # (B, H, W, 3) uint8 -> (B, 3, H, W) in [0, 1], no copy
         return self.net((x - 0.5) / 0.25)
 
 
@@ -87,16 +93,30 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     return torch.clamp(torch.minimum(up, down), min=0.0).T
 
 
+N_MELS = 40
+
+
+def stft_size(sample_rate: int) -> tuple[int, int]:
+    """(n_fft, hop) of the audio encoder's spectrogram at ``sample_rate``."""
+    n_fft = 512 if sample_rate > 12000 else 256
+    return n_fft, n_fft // 4
+
+
+def audio_feature_shape(sample_rate: int, num_samples: int, n_mels: int = N_MELS) -> tuple[int, int]:
+    """(frames, mels) of the log-mel features of a ``num_samples`` clip (torch.stft, centred frames)."""
+    return 1 + num_samples // stft_size(sample_rate)[1], n_mels
+
+
 class AudioEncoder(nn.Module):
-    def __init__(self, hidden: int, sample_rate: int, width: int, n_mels: int = 40):
+    def __init__(self, hidden: int, sample_rate: int, width: int, n_mels: int = N_MELS):
         super().__init__()
-        self.n_fft = 512 if sample_rate > 12000 else 256
-        self.hop = self.n_fft // 4
+        self.n_fft, self.hop = stft_size(sample_rate)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.register_buffer("mel", mel_filterbank(self.n_fft, n_mels, sample_rate), persistent=False)
         self.net = _cnn(1, width, hidden)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor, feature_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``feature_mask``: bool (B, frames, mels), True where SpecAugment masks a feature (set to the mean, 0)."""
         spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, return_complex=True)
         power = spec.abs().pow(2).transpose(1, 2)            # (B, frames, freqs)
         logmel = torch.log(power @ self.mel + 1e-6)          # (B, frames, mels)
@@ -104,4 +124,6 @@ class AudioEncoder(nn.Module):
         # (on FSDD audio-only: 0.97 test accuracy vs 0.935 without, same 200 steps)
         logmel = torch.maximum(logmel, logmel.amax(dim=(1, 2), keepdim=True) - 8.0)
         logmel = (logmel - logmel.mean(dim=(1, 2), keepdim=True)) / (logmel.std(dim=(1, 2), keepdim=True) + 1e-5)
+        if feature_mask is not None:
+            logmel = logmel.masked_fill(feature_mask, 0.0)
         return self.net(logmel.unsqueeze(1))                 # (B, 1, frames, mels) -> (B, hidden)

@@ -21,7 +21,8 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from pipeline.model.classifier import MultimodalClassifier, input_columns
+from pipeline.model.augment import device_augmenter
+from pipeline.model.classifier import MultimodalClassifier, input_columns, model_modalities, train_columns
 from pipeline.model.losses import make_loss
 from pipeline.spec import JobSpec
 from pipeline.train.metrics import Accumulator, metric_mode
@@ -130,6 +131,9 @@ def train_loop(config: dict) -> None:
     scheduler = lr_schedule(t, optimizer, steps_per_epoch)
     loss_fn = make_loss(t, config["counts_seen"])
     columns = input_columns(spec)
+    # augment.backend: device -> augmented here, on the device, per-row seeds from the data path (else None)
+    augment_on_device = device_augmenter(spec.augment, spec.modalities, model_modalities(spec))
+    train_inputs = train_columns(spec)
     stopper = EarlyStopping(t.early_stopping_metric, t.early_stopping_patience)
     metric = stopper.metric
 
@@ -167,7 +171,9 @@ def train_loop(config: dict) -> None:
             if first_batch:
                 print(f"first training batch at unix time {time.time():.3f}", flush=True)
                 first_batch = False
-            batch = _to_batch(batch, columns, device)
+            batch = _to_batch(batch, train_inputs, device)
+            if augment_on_device:
+                batch = augment_on_device(batch)
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
                 logits = model(batch)                                  # (B, C)
                 loss = loss_fn(logits, batch["label"])

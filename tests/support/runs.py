@@ -17,22 +17,35 @@ def resumed_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if str(r.get("resumed_from_epoch", "")) not in ("", "None")]
 
 
-def assert_resumed(rows: list[dict], from_epoch: int) -> None:
-    """The epoch after ``from_epoch`` started from exactly the state ``from_epoch``'s checkpoint saved: the same
-    weights and optimizer step count, then went on counting steps. A restart from scratch has no resumed row (or
-    starts its steps at 0), a resume that lost the weights or the optimizer/schedule state has other values."""
-    [resumed] = resumed_rows(rows)
+def assert_resumed(rows: list[dict], from_epoch: int | None = None) -> int:
+    """The epoch after the checkpoint it resumed from (``from_epoch``, or whichever there is one of) started from
+    exactly the state that checkpoint saved: the same weights and optimizer step count, and went on counting. A
+    restart from scratch has no resumed row, a resume that lost the weights or the optimizer/schedule state has
+    other values. Returns the epoch resumed from."""
+    found = resumed_rows(rows)
+    assert len(found) == 1, f"{len(found)} epochs resumed from a checkpoint, not one (a restart has none): {rows}"
+    resumed = found[0]
     by_epoch = {int(r["epoch"]): r for r in rows}
-    saved, after = by_epoch[from_epoch], by_epoch[from_epoch + 1]
-    assert resumed is after and int(after["resumed_from_epoch"]) == from_epoch, rows
+    start = int(resumed["resumed_from_epoch"])
+    assert from_epoch is None or start == from_epoch, rows
+    saved, after = by_epoch[start], by_epoch[start + 1]
+    assert resumed is after, rows
     assert after["resumed_weights"] == saved["weights"], "resumed with other weights than the checkpoint's"
     assert int(after["resumed_steps"]) == int(saved["optimizer_steps"]) > 0, "the step count did not carry over"
     assert int(after["optimizer_steps"]) > int(saved["optimizer_steps"])  # and training went on from there
     assert after["weights"] != saved["weights"]
+    return start
 
 
-def assert_not_resumed(rows: list[dict]) -> None:
-    """A run trained from scratch: no resumed row, and the first epoch's steps counted from zero."""
+def assert_not_resumed(rows: list[dict], first_epoch_steps: int) -> None:
+    """A run trained from scratch: no resumed row, and its first epoch counted ``first_epoch_steps`` from zero."""
     assert not resumed_rows(rows), rows
-    steps = [int(r["optimizer_steps"]) for r in rows]
-    assert steps == sorted(steps) and steps[0] == steps[-1] // len(steps), steps
+    assert int(rows[0]["optimizer_steps"]) == first_epoch_steps, rows
+
+
+def history_rows(state_file: Path) -> list[dict]:
+    """A checkpoint's history (state.pt), as epochs.csv would hold it (values as strings)."""
+    import torch
+
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    return [{k: str(v) for k, v in row.items()} for row in state["history"]]

