@@ -16,7 +16,7 @@ from pipeline.data.streaming.epoch import EpochClock
 from pipeline.data.streaming.plan import DataPlan, RebalancePlan
 from pipeline.data.streaming.warmup import _warm, train_runtime_env
 from pipeline.io import atomic_write_text
-from pipeline.model.classifier import MultimodalClassifier, input_columns
+from pipeline.model.classifier import MultimodalClassifier, input_columns, train_columns
 from pipeline.ray_runtime import data_progress, started_here
 from pipeline.resources import ResourcePlan, cluster_capacity, data_reservation, plan_resources, run_data_in
 from pipeline.spec import JobSpec, dump_spec
@@ -80,7 +80,7 @@ def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict
     from ray.train.torch import TorchTrainer
 
     spec, clock = data.spec, EpochClock(0)
-    train = data.train_dataset(epoch=clock, columns=input_columns(spec), rebalance=rebalance)
+    train = data.train_dataset(epoch=clock, columns=train_columns(spec), rebalance=rebalance)
     if data_strategy is not None:
         run_data_in(data_strategy, train, val)
     return TorchTrainer(

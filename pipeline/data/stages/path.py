@@ -32,6 +32,7 @@ from functools import partial
 import numpy as np
 
 from pipeline.data.stages.align import align_batch, keep_rows
+from pipeline.data.stages.augment.device_seeds import seed_batch
 from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.clean import Duplicates, clean_bounded
 from pipeline.data.stages.config import StageConfig
@@ -61,8 +62,8 @@ def select_columns(batch: Batch, columns: list[str]) -> Batch:
 
 
 def augments(spec: JobSpec) -> bool:
-    a = spec.augment
-    return a.enabled and bool(a.image or a.text or a.audio)
+    """Whether the CPU augment stage runs (with augment.backend=device, augmentation runs in the training worker)."""
+    return spec.augment.runs_on("cpu")
 
 
 def _decode(cfg: StageConfig, duplicates: Duplicates | None, eval_content: ContentSet | None = None,
@@ -98,6 +99,8 @@ def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Dupli
         if augments(spec):
             path.append(Stage("augment", augment_batch, {"augment": spec.augment, "modalities": spec.modalities},
                               takes_epoch=True))
+        elif spec.augment.runs_on("device"):  # the worker augments; rows carry their (seed, epoch, key, copy) seed
+            path.append(Stage("augment seeds", seed_batch, {"augment": spec.augment}, takes_epoch=True))
     path += _tokenize(cfg)
     if columns:
         path.append(Stage("select", select_columns, {"columns": list(columns)}))
