@@ -164,15 +164,80 @@ def data_strategy(placement_group, bundle_index: int):
                                             placement_group_capture_child_tasks=True)
 
 
-def run_data_in(strategy, *datasets) -> None:
-    """Schedule every task of ``datasets`` (each dataset's own context) with ``strategy``. Ray Data marks the
-    context's scheduling strategy deprecated in favour of its own scheduling, which has no way to keep tasks in a
-    reservation; per-operator ``ray_remote_args`` would, but the read is built in data/streaming."""
-    for ds in datasets:
+@contextlib.contextmanager
+def data_tasks_in(strategy):
+    """Datasets built inside the block schedule their tasks with ``strategy``. Ray Data fixes a read's scheduling
+    strategy when the read is built, from the current DataContext (``read_datasource``), so it is set there for
+    the build and restored after; the datasets keep it in their own context copy. The field is marked deprecated
+    in favour of Ray Data's own scheduling, which has no way to keep tasks in a reservation; a read's
+    ``ray_remote_args`` would do the same (the read is built in data/streaming)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = ctx.scheduling_strategy, ctx.scheduling_strategy_large_args
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctx.scheduling_strategy = ctx.scheduling_strategy_large_args = strategy
+    try:
+        yield
+    finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds.context.scheduling_strategy = strategy
-            ds.context.scheduling_strategy_large_args = strategy
+            ctx.scheduling_strategy, ctx.scheduling_strategy_large_args = before
+
+
+def orphaned_groups(before: set[str]) -> list:
+    """Placement groups of this job made since ``before`` (ids) that no live Ray Train controller of this job can
+    still remove: Ray Train's cleaner misses a worker group still pending when its controller died (issue 20:
+    such a group held the CPUs of every later trial)."""
+    import ray
+    from ray.util.state import list_actors, list_placement_groups
+
+    from pipeline.watchdog import state_address
+
+    job = ray.get_runtime_context().get_job_id()
+    address = state_address()
+    if list_actors(address=address, filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
+                                             ("job_id", "=", job)], raise_on_missing_output=False):
+        return []
+    return [g for g in list_placement_groups(address=address, filters=[("creator_job_id", "=", job)],
+                                             raise_on_missing_output=False)
+            if g.placement_group_id not in before and g.state in ("CREATED", "PENDING", "RESCHEDULING")
+            and g.name != DATA_GROUP]
+
+
+def group_ids() -> set[str]:
+    from ray.util.state import list_placement_groups
+
+    from pipeline.watchdog import state_address
+
+    return {g.placement_group_id for g in list_placement_groups(address=state_address(), limit=10_000,
+                                                                raise_on_missing_output=False)}
+
+
+@contextlib.contextmanager
+def no_orphaned_groups():
+    """Remove, after the block, the placement groups it left with no owner to remove them (best effort)."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    try:
+        before = group_ids()
+    except Exception:  # noqa: BLE001  (no state API: nothing to sweep with)
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            try:
+                for g in orphaned_groups(before):
+                    log.warning("removing placement group %s left by an ended training", g.placement_group_id)
+                    remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(g.placement_group_id))))
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not sweep leftover placement groups: %s", e)
+
+
+DATA_GROUP = "mmpipe-data"
 
 
 @contextlib.contextmanager
@@ -183,7 +248,7 @@ def data_reservation(cpus: int, timeout_s: float = RESERVE_TIMEOUT_S):
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    pg = placement_group([{"CPU": cpus}], name="mmpipe-data")
+    pg = placement_group([{"CPU": cpus}], name=DATA_GROUP)
     try:
         ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
         if not ready:

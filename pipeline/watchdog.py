@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BEAT_INTERVAL_S = 1.0  # a worker beats at most this often (one fire-and-forget actor call)
 GRACE_S = 120.0  # after interrupting, how long the main thread has to come back before the process exits
+ABORT_S = 20.0  # after interrupting, how long a graceful stop may take before ``force_stop`` runs
 
 
 class StallError(RuntimeError):
@@ -92,10 +93,10 @@ def driver_progress() -> int:
 
 class Watchdog(threading.Thread):
     def __init__(self, what: str, timeout_s: float, probes: list[Callable[[], object]], hint: str,
-                 poll_s: float, grace_s: float):
+                 poll_s: float, grace_s: float, force_stop: Callable[[], None] | None = None):
         super().__init__(name=f"watchdog: {what}", daemon=True)
         self.what, self.timeout_s, self.probes, self.hint = what, timeout_s, probes, hint
-        self.poll_s, self.grace_s = poll_s, grace_s
+        self.poll_s, self.grace_s, self.force_stop = poll_s, grace_s, force_stop
         self.fired = False
         self.diagnostic = ""
         self._stop_event = threading.Event()
@@ -127,6 +128,10 @@ class Watchdog(threading.Thread):
                 self.fired, self.diagnostic = True, diagnostic
             log.error("%s", diagnostic)
             _thread.interrupt_main()
+            if self.force_stop is not None and not self._stop_event.wait(min(ABORT_S, self.grace_s)):
+                log.warning("%s: not stopped %.0f s after the interrupt; forcing it", self.what, ABORT_S)
+                with contextlib.suppress(Exception):
+                    self.force_stop()
             if not self._stop_event.wait(self.grace_s):
                 print(f"error: {diagnostic}\n(the run did not stop within {self.grace_s:.0f} s of being "
                       "interrupted; exiting)", file=sys.stderr, flush=True)
@@ -141,14 +146,16 @@ class Watchdog(threading.Thread):
 @contextlib.contextmanager
 def watch(what: str, timeout_s: float, heartbeat: Heartbeat | None = None,
           probes: list[Callable[[], object]] | None = None, hint: str = "", poll_s: float | None = None,
-          grace_s: float = GRACE_S):
+          grace_s: float = GRACE_S, force_stop: Callable[[], None] | None = None):
     """Run the block under a watchdog: progress is ``heartbeat``'s count, the driver's ``progressed`` rows and
     each of ``probes`` (any value that changes when work is done). No change for ``timeout_s`` -> StallError with
-    the diagnostic. ``what``: the work, as the message names it ("training", "tune")."""
+    the diagnostic. ``what``: the work, as the message names it ("training", "tune"); ``force_stop``: what ends the
+    work when the interrupt did not within ABORT_S (e.g. ``kill_train_controllers``)."""
     all_probes = [driver_progress, *(probes or [])]
     if heartbeat is not None:
         all_probes.append(heartbeat.count)
-    dog = Watchdog(what, timeout_s, all_probes, hint, poll_s or min(10.0, max(0.2, timeout_s / 10)), grace_s)
+    dog = Watchdog(what, timeout_s, all_probes, hint, poll_s or min(10.0, max(0.2, timeout_s / 10)), grace_s,
+                   force_stop)
     dog.start()
     try:
         yield dog
@@ -163,6 +170,24 @@ def watch(what: str, timeout_s: float, heartbeat: Heartbeat | None = None,
         dog.stop()
     if dog.fired:
         raise StallError(dog.diagnostic)
+
+
+def kill_train_controllers() -> None:
+    """kill -9 this job's Ray Train controllers (on this node, as Ray Train places them): ``fit()`` then raises at
+    once, the controllers' workers end with them and Ray Train's placement-group cleaner frees their CPUs. For a
+    training whose graceful abort (Ray Train's SIGINT handler) itself waits."""
+    import signal
+
+    import ray
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    for a in list_actors(address=state_address(), filters=[("class_name", "=", "TrainController"),
+                                                           ("state", "=", "ALIVE"), ("job_id", "=", job)],
+                         detail=True, timeout=10, raise_on_missing_output=False):
+        if a.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(a.pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------ the diagnostic
@@ -202,16 +227,17 @@ def cluster_state() -> str:
     except Exception as e:  # noqa: BLE001
         lines.append(f"cluster resources unavailable: {e}")
         total, free = {}, {}
-    pending_cpu, reserved = _add_ray_state(lines)
-    lines.append("likely fix: " + _likely_fix(total, free, pending_cpu, reserved))
+    pending_cpu, reserved, pending_groups = _add_ray_state(lines)
+    lines.append("likely fix: " + _likely_fix(total, free, pending_cpu, reserved, pending_groups))
     return "\n".join(lines)
 
 
-def _add_ray_state(lines: list[str]) -> tuple[float, float]:
-    """Placement groups, demands, tasks and actors into ``lines``; (CPU asked by pending tasks, CPU reserved)."""
+def _add_ray_state(lines: list[str]) -> tuple[float, float, float]:
+    """Placement groups, demands, tasks and actors into ``lines``; (CPU asked by pending tasks, CPU reserved, CPU
+    asked by pending placement groups)."""
     from ray.util.state import list_actors, list_placement_groups, list_tasks
 
-    reserved, pending_cpu = 0.0, 0.0
+    reserved, pending_cpu, pending_groups = 0.0, 0.0, 0.0
     address = state_address()
     try:
         groups = [g for g in list_placement_groups(address=address, detail=True, timeout=10,
@@ -221,6 +247,8 @@ def _add_ray_state(lines: list[str]) -> tuple[float, float]:
             cpus = sum(b.get("unit_resources", {}).get("CPU", 0) for b in g.bundles or [])
             if g.state == "CREATED":
                 reserved += cpus
+            else:
+                pending_groups += cpus
             lines.append(f"placement group {g.placement_group_id[:8]} {g.name or '(unnamed)'}: {g.state}, "
                          f"{cpus:g} CPU in {len(g.bundles or [])} bundles")
     except Exception as e:  # noqa: BLE001
@@ -248,7 +276,7 @@ def _add_ray_state(lines: list[str]) -> tuple[float, float]:
             lines.append(f"actor {n} x {name}: {state}, holds {res}")
     except Exception as e:  # noqa: BLE001
         lines.append(f"actors unavailable: {e}")
-    return pending_cpu, reserved
+    return pending_cpu, reserved, pending_groups
 
 
 def _demands() -> list[str]:
@@ -272,7 +300,12 @@ def _demands() -> list[str]:
         return [f"pending demands unavailable: {e}"]
 
 
-def _likely_fix(total: dict, free: dict, pending_cpu: float, reserved: float) -> str:
+def _likely_fix(total: dict, free: dict, pending_cpu: float, reserved: float, pending_groups: float) -> str:
+    if pending_groups:
+        return (f"a placement group (training workers) waits for {pending_groups:g} CPU while {reserved:g} of "
+                f"{total.get('CPU', 0):g} CPUs are held by others: stop the other jobs sharing this Ray cluster "
+                "(placement groups of finished runs are leftovers), or lower scaling.num_workers, "
+                "scaling.cpus_per_worker or tune.max_concurrent_trials")
     if pending_cpu and free.get("CPU", 0) < 1:
         return (f"tasks wait for {pending_cpu:g} CPU while {reserved:g} of {total.get('CPU', 0):g} CPUs are held "
                 "in placement groups: lower tune.max_concurrent_trials or scaling.cpus_per_worker, or stop other "

@@ -46,7 +46,7 @@ def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, t
     manifest_reads, checked = [], []
     read, check = manifest.read_manifest, plan.check_shards
     monkeypatch.setattr(manifest, "read_manifest", lambda path: (read(path), manifest_reads.append(path))[0])
-    monkeypatch.setattr(plan, "check_shards", lambda paths: (checked.append(paths), check(paths))[1])
+    monkeypatch.setattr(plan, "check_shards", lambda paths, **kw: (checked.append(paths), check(paths, **kw))[1])
 
     spec = load_spec(demo_dir / "spec.yaml", FAST + ["model.fusion=gated", "train.loss=logit_adjusted"])
     result = run_training(spec, tmp_path / "run")

@@ -18,12 +18,13 @@ from pipeline.data.streaming.warmup import _warm, train_runtime_env
 from pipeline.io import atomic_write_text
 from pipeline.model.classifier import MultimodalClassifier, input_columns, train_columns
 from pipeline.ray_runtime import data_progress, started_here
-from pipeline.resources import ResourcePlan, cluster_capacity, data_reservation, plan_resources, run_data_in
+from pipeline.resources import (ResourcePlan, cluster_capacity, data_reservation, data_tasks_in, no_orphaned_groups,
+                                plan_resources)
 from pipeline.spec import JobSpec, dump_spec
 from pipeline.train.artifacts import write_artifacts
 from pipeline.train.loop import STATE_FILE, train_loop
 from pipeline.train.metrics import Accumulator, metric_mode
-from pipeline.watchdog import Heartbeat, StallError, progressed, watch
+from pipeline.watchdog import Heartbeat, StallError, kill_train_controllers, progressed, watch
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,16 @@ def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str],
 
 
 def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict, run_config,
-                  inject_failure: dict | None = None, heartbeat: Heartbeat | None = None, data_strategy=None):
+                  inject_failure: dict | None = None, heartbeat: Heartbeat | None = None):
     """The TorchTrainer for one training of ``data.spec`` (``mmpipe train`` and every Tune trial): the train split
     streams rebalanced and augmented per epoch (an EpochClock the loop advances); ``val`` is read whole by each
-    rank. ``resources``: per worker (ResourcePlan.worker_resources); ``data_strategy``: where the datasets' tasks
-    run (the run's reserved data CPUs, pipeline/resources.py); ``heartbeat``: what the workers beat per step."""
+    rank. ``resources``: per worker (ResourcePlan.worker_resources); ``heartbeat``: what the workers beat per step.
+    Built inside ``resources.data_tasks_in``, its datasets run in the run's reserved data CPUs."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     spec, clock = data.spec, EpochClock(0)
     train = data.train_dataset(epoch=clock, columns=train_columns(spec), rebalance=rebalance)
-    if data_strategy is not None:
-        run_data_in(data_strategy, train, val)
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "classes": data.classes, "epoch_clock": clock,
@@ -122,7 +121,6 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
                          "Lower train.batch_size or scaling.num_workers, or rebalance less aggressively.")
 
     data_progress(False)  # datasets below run inside the training workers: bars there interleave with the log
-    val = data.eval_dataset("val", columns=input_columns(spec))
     metric = spec.train.early_stopping_metric
     run_config = RunConfig(
         name=name, storage_path=str(run_dir / "ray"),
@@ -131,7 +129,7 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
                                            checkpoint_score_order=metric_mode(metric)))
     stalled = False
     try:
-        result = _fit(data, plan, val, resources, run_config, inject_failure)
+        result = _fit(data, plan, resources, run_config, inject_failure)
     except StallError:
         stalled = True  # the diagnostic is the report that matters; a data pass could wait on the same thing
         raise
@@ -144,16 +142,19 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
         return finish(data, run_dir, result)
 
 
-def _fit(data: DataPlan, rebalance: RebalancePlan, val, plan: ResourcePlan, run_config, inject_failure):
-    """trainer.fit() with the run's data CPUs reserved and a stall watchdog on the workers' heartbeat."""
+def _fit(data: DataPlan, rebalance: RebalancePlan, plan: ResourcePlan, run_config, inject_failure):
+    """trainer.fit() with the run's data CPUs reserved (its datasets built to run there), a stall watchdog on the
+    workers' heartbeat, and no placement group left behind."""
     import ray
 
     spec = data.spec
     heartbeat = Heartbeat()
     try:
-        with data_reservation(spec.scaling.data_cpus) as strategy:
-            trainer = build_trainer(data, rebalance, val, plan.worker_resources(), run_config,
-                                    inject_failure=inject_failure, heartbeat=heartbeat, data_strategy=strategy)
+        with no_orphaned_groups(), data_reservation(spec.scaling.data_cpus) as strategy:
+            with data_tasks_in(strategy):
+                val = data.eval_dataset("val", columns=input_columns(spec))
+                trainer = build_trainer(data, rebalance, val, plan.worker_resources(), run_config,
+                                        inject_failure=inject_failure, heartbeat=heartbeat)
             if started_here():  # idle workers of a cluster are not kept for us: warming them would be wasted work
                 # One per data CPU, in the reservation where the reads will run (more would only queue there and
                 # reuse the same worker); overlaps Ray Train's start-up.
@@ -163,7 +164,7 @@ def _fit(data: DataPlan, rebalance: RebalancePlan, val, plan: ResourcePlan, run_
                                                                  scheduling_strategy=strategy)
                     for _ in range(min(8, spec.scaling.data_cpus)):
                         warm.remote(spec.augment.model_dump_json(), spec.modalities.model_dump_json())
-            with watch("training", spec.scaling.stall_timeout_s, heartbeat):
+            with watch("training", spec.scaling.stall_timeout_s, heartbeat, force_stop=kill_train_controllers):
                 return trainer.fit()
     finally:
         heartbeat.close()

@@ -16,11 +16,12 @@ from pathlib import Path
 from pipeline.data.streaming.plan import DataPlan, plan_rebalance
 from pipeline.io import atomic_write_text
 from pipeline.ray_runtime import data_progress
-from pipeline.resources import DATA_BUNDLE, cluster_capacity, data_strategy, plan_resources
+from pipeline.resources import (DATA_BUNDLE, cluster_capacity, data_strategy, data_tasks_in, no_orphaned_groups,
+                                plan_resources)
 from pipeline.spec import JobSpec, dump_spec
 from pipeline.trust import check_private_dir
 from pipeline.tune.space import apply, to_param_space
-from pipeline.watchdog import Heartbeat, progressed, watch
+from pipeline.watchdog import Heartbeat, kill_train_controllers, progressed, watch
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "tune"
@@ -65,13 +66,14 @@ def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], val,
     spec = trial_spec(base, config)
     trial = data.for_spec(spec, data.classes)
     plan = plan_rebalance(spec, trial.classes, counts, "shared counts")
-    build_trainer(trial, plan, val, worker_resources,
-                  RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
-                            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
-                            checkpoint_config=CheckpointConfig(num_to_keep=1),
-                            callbacks=[TuneReportCallback()]),
-                  heartbeat=heartbeat,
-                  data_strategy=data_strategy(ray.util.get_current_placement_group(), DATA_BUNDLE)).fit()
+    with data_tasks_in(data_strategy(ray.util.get_current_placement_group(), DATA_BUNDLE)):
+        trainer = build_trainer(trial, plan, val, worker_resources,
+                                RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
+                                          failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+                                          checkpoint_config=CheckpointConfig(num_to_keep=1),
+                                          callbacks=[TuneReportCallback()]),
+                                heartbeat=heartbeat)
+    trainer.fit()
 
 
 def _progress_callback():
@@ -114,6 +116,7 @@ def _search_alg(spec: JobSpec):
 
 def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = None) -> TuneResult:
     """``data_plan``: the run's DataPlan (built here when not given)."""
+    import ray
     from ray import tune
 
     if not spec.tune.search_space:
@@ -132,7 +135,9 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
     report.write_json(out_dir / "data_report.json")
     data_progress(False)
     all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} | {"label"})
-    val = data.eval_dataset("val", columns=all_columns).materialize()
+    # Only its blocks go to the trials: the materialised dataset's plan still holds the read's duplicate-index
+    # actor, which Tune's parameter registry would then keep alive after the experiment.
+    val = ray.data.from_arrow_refs(data.eval_dataset("val", columns=all_columns).materialize().to_arrow_refs())
 
     heartbeat = Heartbeat()
     trainable = tune.with_resources(
@@ -157,7 +162,8 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
                                       failure_config=tune.FailureConfig(max_failures=t.max_failures),
                                       callbacks=[_progress_callback()]))
     try:
-        with watch("tune", spec.scaling.stall_timeout_s, heartbeat):
+        with no_orphaned_groups(), watch("tune", spec.scaling.stall_timeout_s, heartbeat,
+                                         force_stop=kill_train_controllers):
             results = tuner.fit()
     finally:
         heartbeat.close()

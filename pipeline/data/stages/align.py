@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import soxr
 from PIL import Image
@@ -20,28 +21,36 @@ from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.decode import Rejected
 
 
+def _bilinear(rgb: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Bilinear resize. Under a 2x downscale (what is left after a reduced-scale JPEG decode) or when enlarging,
+    OpenCV's bilinear is ~2x faster than PIL's and equal to it within a level or two; past 2x only PIL's
+    antialiased filter avoids aliasing."""
+    h, w = rgb.shape[:2]
+    if out_w * 2 > w and out_h * 2 > h:
+        return cv2.resize(np.ascontiguousarray(rgb), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    return np.asarray(Image.fromarray(rgb).resize((out_w, out_h), Image.Resampling.BILINEAR))
+
+
 def resize_image(rgb: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
     """uint8 (h, w, 3) -> uint8 (H, W, 3) by ``crop`` (cover then centre-crop), ``stretch`` or ``pad`` (letterbox)."""
     out_h, out_w = size
     h, w = rgb.shape[:2]
     if (h, w) == (out_h, out_w):
         return rgb
-    img = Image.fromarray(rgb)
     if mode == "stretch":
-        return np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR))
+        return _bilinear(rgb, out_w, out_h)
     if mode == "crop":
         # Resize only the centred region that survives the crop (a very thin image must not be scaled whole).
         scale = max(out_h / h, out_w / w)
-        box_w, box_h = out_w / scale, out_h / scale
-        left, top = (w - box_w) / 2, (h - box_h) / 2
-        return np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR,
-                                     box=(left, top, left + box_w, top + box_h)))
+        box_w, box_h = min(w, max(1, round(out_w / scale))), min(h, max(1, round(out_h / scale)))
+        left, top = (w - box_w) // 2, (h - box_h) // 2
+        return _bilinear(rgb[top:top + box_h, left:left + box_w], out_w, out_h)
     scale = min(out_h / h, out_w / w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", (out_w, out_h))
-    canvas.paste(img, ((out_w - new_w) // 2, (out_h - new_h) // 2))
-    return np.asarray(canvas)
+    canvas = np.zeros((out_h, out_w, 3), dtype=np.uint8)
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = _bilinear(rgb, new_w, new_h)
+    return canvas
 
 
 def segment_bounds(meta: dict) -> tuple[float, float] | None:

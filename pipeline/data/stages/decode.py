@@ -78,6 +78,9 @@ def jpeg_scale(size: tuple[int, int], target: tuple[int, int] | None) -> int:
     return next(r for r in (8, 4, 2, 1) if r <= max(room, 1))
 
 
+# Stages run one per CPU (a Ray read task holds one; DataLoader workers likewise): OpenCV's own thread pool would
+# only oversubscribe the cores.
+cv2.setNumThreads(1)
 # OpenCV's flags per reduction; RGB order (no BGR copy); orientation applied below from the EXIF PIL already read.
 _CV2_FLAGS = {r: (flag & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
               for r, flag in ((1, cv2.IMREAD_COLOR), (2, cv2.IMREAD_REDUCED_COLOR_2),
