@@ -30,7 +30,11 @@ def test_trials_leave_ray_data_a_cpu():
     spec = spec_from_dict({"scaling": {"num_workers": 2, "cpus_per_worker": 0.5}})
     assert concurrent_trials(spec, 2) == 1
     assert concurrent_trials(spec, 16) == 7  # each trial: 2 workers x 0.5 CPU + 1 data CPU + its function
-    assert concurrent_trials(spec_from_dict({"tune": {"max_concurrent_trials": 3}}), 2) == 3
+    assert concurrent_trials(spec_from_dict({"tune": {"max_concurrent_trials": 3}}), 16) == 3
+    from pipeline.resources import PlanError
+
+    with pytest.raises(PlanError, match="max_concurrent_trials"):  # 3 trials cannot fit on 2 CPUs: refused up front
+        concurrent_trials(spec_from_dict({"tune": {"max_concurrent_trials": 3}}), 2)
 
 
 @pytest.mark.slow
