@@ -2,7 +2,7 @@
 sample count: hostile input should cost about what clean input costs (targets on 2 cores: peak RSS ratio <= 1.25,
 wall time ratio <= 2).
 
-The corpora come from tests/hostile_corpus.py (sparse members, a huge pax header, a gzip-member storm, pixel,
+The corpora come from tests/support/hostile_corpus.py (sparse members, a huge pax header, a gzip-member storm, pixel,
 text and audio bombs, a member over max_member_bytes, corrupt and truncated .tgz/.tar, among good samples). Each
 run is a fresh `python -m pipeline.cli validate` process (its own local Ray); this process samples the resident
 memory summed over it and all its descendants (driver, GCS, raylet, workers) every 0.2 s. Printed per corpus:
@@ -25,7 +25,7 @@ from bench_common import machine_line, quiet_line, scratch_dir
 from memory_flat import POLL_S, tree_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from hostile_corpus import write_clean, write_hostile  # noqa: E402
+from support.hostile_corpus import write_clean, write_hostile  # noqa: E402
 
 
 def run_validate(spec: Path) -> tuple[float, int, str]:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import numpy as np
+
+TESTS = Path(__file__).resolve().parent.parent  # tests/, laid out like pipeline/
+ROOT = TESTS.parent  # the repository (jobs/, benchmarks/, cluster.yaml)
+FIXTURES = TESTS / "fixtures"
 
 
 def raw_batch(samples: list[dict[str, bytes]], url: str = "shard-000.tar") -> dict[str, np.ndarray]:

@@ -1,8 +1,8 @@
 """A hostile-shard corpus: shards crafted to exhaust memory or CPU or to lose data silently, mixed with good
-samples; and a clean corpus of the same sample count. Used by tests/test_hostile.py and
+samples; and a clean corpus of the same sample count. Used by tests/data/shards/test_hostile.py and
 benchmarks/hostile_memory.py. Every file is small on disk (the whole hostile corpus is a few MB).
 
-    python tests/hostile_corpus.py OUT_DIR [--clean]
+    python tests/support/hostile_corpus.py OUT_DIR [--clean]
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from pipeline.cluster.config import check_cluster_config, placeholders, ray_schema
+import support
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = support.ROOT
 CONFIGS = [ROOT / "cluster.yaml", ROOT / "docs" / "cluster-aws.yaml"]
 
 

@@ -1,4 +1,4 @@
-"""Hostile shards (tests/hostile_corpus.py) cannot crash a read, and nothing is lost without a word: every hostile
+"""Hostile shards (tests/support/hostile_corpus.py) cannot crash a read, and nothing is lost without a word: every hostile
 sample is dropped with its reason, every hostile shard reported with its reason, every good sample kept (a
 truncated shard's complete samples included)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hostile_corpus import CLASSES, Expected, write_good_split, write_hostile
+from support.hostile_corpus import CLASSES, Expected, write_good_split, write_hostile
 from pipeline.data.shards.check import check_shard
 from pipeline.data.shards.tar import TarLimits, ShardFault, iter_members, raw_batches
 from pipeline.data.stages.align import align_batch

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import support
 from support import write_tar
 from pipeline.schedule.launch import LocalLauncher, Poll
 from pipeline.schedule.scheduler import Scheduler
@@ -427,7 +428,7 @@ def test_kill_9_of_a_running_run_resumes_it_in_the_same_run_dir(env):
 
 _CRASHING_TICK = textwrap.dedent("""\
     import os, signal, sys
-    sys.path[:0] = [{tests!r}]
+    sys.path[:0] = [{tests!r}, {support!r}]
     from datetime import datetime
     from pathlib import Path
     from test_schedule_scheduler import Env, Clock
@@ -456,7 +457,8 @@ def test_kill_9_of_a_tick_mid_pass_leaves_one_run_and_the_next_tick_finishes_it(
     env.add()
     now = T0 + timedelta(hours=1)
     script = env.tmp / "crashing_tick.py"
-    script.write_text(_CRASHING_TICK.format(tests=str(Path(__file__).parent), tmp=str(env.tmp)))
+    script.write_text(_CRASHING_TICK.format(tests=str(Path(__file__).parent), support=str(support.TESTS),
+                                             tmp=str(env.tmp)))
     proc = subprocess.run([sys.executable, str(script), point, now.isoformat()], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr

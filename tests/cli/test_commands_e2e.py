@@ -4,7 +4,7 @@
 starting its own Ray: cluster): `demo` (1 epoch), `train` again into its run directory (resumes), `train --fresh`
 (starts over), `run jobs/tune.yaml` (validate-data, tune, train the best, evaluate, register, promote) on
 `demo-data --scale 0.1`, then `predict` with the model that run registered. `tune` on its own runs end to end in
-tests/test_resume.py (interrupted, then continued).
+tests/train/test_resume.py (interrupted, then continued).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from support.runs import assert_not_resumed, assert_resumed, epoch_rows
+import support
 
-ROOT = Path(__file__).resolve().parents[1]
-FSDD = Path(__file__).parent / "fixtures" / "fsdd"
+ROOT = support.ROOT
+FSDD = support.FIXTURES / "fsdd"
 SMALL = ["train.batch_size=32", "model.hidden=32", "augment.enabled=false"]
 
 

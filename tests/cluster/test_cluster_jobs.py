@@ -30,8 +30,9 @@ from pipeline.cluster import jobs as J
 from pipeline.cluster.auth import find_token
 from pipeline.cluster.workdir import SHIPPED_SPEC, stage_working_dir
 from pipeline.data.tools.demo import write_demo
+import support
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = support.ROOT
 FAST = ["train.epochs=1", "scaling.num_workers=1", "scaling.cpus_per_worker=0.5", "augment.enabled=false"]
 
 

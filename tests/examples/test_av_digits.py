@@ -11,8 +11,9 @@ import soundfile as sf
 
 from pipeline.data.tools.pack import pack_manifest
 from pipeline.examples.av_digits import WORDS, PrepareError, prepare
+from support import FIXTURES, ROOT
 
-FIXTURE = Path(__file__).parent / "fixtures" / "fsdd"
+FIXTURE = FIXTURES / "fsdd"
 
 
 def rows(manifest: Path) -> list[dict]:
@@ -74,7 +75,7 @@ def test_packed_example_goes_through_the_pipeline_cleanly(ray_session, tmp_path)
     manifest = prepare(FIXTURE, tmp_path / "raw")
     result = pack_manifest(manifest, tmp_path / "shards", progress=False)
     assert result.skipped == [] and result.manifest["classes"] == ["0", "1", "2", "3"]
-    job = Path(__file__).parent.parent / "jobs" / "av-digits.yaml"
+    job = ROOT / "jobs" / "av-digits.yaml"
     spec = load_spec(job, [f"data.splits.{s}={tmp_path}/shards/{s}/*.tar" for s in ("train", "val", "test")])
     report = validate_splits(spec)
     for name, split in report.splits.items():

@@ -18,8 +18,9 @@ from pipeline.data.tools.demo import write_demo
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.store import Schedule, Store
 from support.runs import assert_resumed, epoch_rows
+import support
 
-RETRAIN = Path(__file__).resolve().parents[1] / "jobs" / "retrain.yaml"
+RETRAIN = support.ROOT / "jobs" / "retrain.yaml"
 T0 = datetime(2024, 6, 3, 2, 59, tzinfo=timezone.utc)
 
 
