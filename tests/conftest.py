@@ -32,7 +32,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.fast)
         if SLOW_FIXTURES & set(item.fixturenames) and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)  # stable: cluster tests last
+    # stable: fast tests first (no Ray alive in the process), then the shared instance's, then cluster tests
+    items.sort(key=lambda item: 2 if item.get_closest_marker("cluster") else 1 if item.get_closest_marker("ray") else 0)
     if " ".join(config.option.markexpr.split()) == "not ray":
         # The lane before `fast` existed: it meant "no Ray at all", so it leaves out the cluster tests too.
         cluster = [item for item in items if item.get_closest_marker("cluster")]

@@ -92,7 +92,8 @@ def test_demo_trains_and_summarises(cli_runs):
 def test_train_again_into_the_same_out_resumes(cli_runs):
     rows = cli_runs["resumed"]
     assert [int(r["epoch"]) for r in rows] == [0, 1]
-    assert rows[0] == cli_runs["first"][0]  # epoch 0 is the demo's, carried in the checkpoint
+    for column in ("optimizer_steps", "weights"):  # epoch 0 is the demo's, carried in the checkpoint
+        assert rows[0][column] == cli_runs["first"][0][column]
     assert_resumed(rows, from_epoch=0)
     assert "of 2)" in cli_runs["said"]["resumed"]  # "best epoch (k of 2)"
 
