@@ -34,6 +34,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     # stable: fast tests first (no Ray alive in the process), then the shared instance's, then cluster tests
     items.sort(key=lambda item: 2 if item.get_closest_marker("cluster") else 1 if item.get_closest_marker("ray") else 0)
+    if "chaos" not in config.option.markexpr:  # chaos tests run only when asked for by name (-m chaos)
+        chaos = [item for item in items if item.get_closest_marker("chaos")]
+        if chaos:
+            config.hook.pytest_deselected(items=chaos)
+            items[:] = [item for item in items if not item.get_closest_marker("chaos")]
     if " ".join(config.option.markexpr.split()) == "not ray":
         # The lane before `fast` existed: it meant "no Ray at all", so it leaves out the cluster tests too.
         cluster = [item for item in items if item.get_closest_marker("cluster")]
