@@ -5,6 +5,7 @@ median of the timed passes is printed with ratios to "align only". Also the same
 this one process, without Ray, for reference.
 
     python benchmarks/augment_throughput.py [--repeats 3] [--scale 1.0] [--cpus 2]
+    python benchmarks/augment_throughput.py --quick   # CI smoke run: tiny data, one untimed-warm-up-free pass
 """
 
 from __future__ import annotations
@@ -73,7 +74,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: --scale 0.05, one pass per configuration, no warm-up (figures meaningless)")
     args = ap.parse_args()
+    if args.quick:
+        args.repeats, args.scale = 1, 0.05
 
     import ray
 
@@ -86,7 +91,8 @@ def main() -> None:
     shards = sorted((data / "train").glob("*.tar"))
 
     for name, spec in specs.items():  # warm-up: worker processes import the augmentation libraries once
-        ray_pass(plans[name])
+        if not args.quick:
+            ray_pass(plans[name])
     timings: dict[str, list[float]] = {name: [] for name in specs}
     rows: dict[str, int] = {}
     for _ in range(args.repeats):
@@ -97,7 +103,8 @@ def main() -> None:
     local = {name: local_pass(plans[name], shards) for name in specs}
 
     print(f"machine: {platform.machine()}, {args.cpus} CPUs for Ray, Python {platform.python_version()}")
-    print(f"data: demo --scale {args.scale}, train split ({sum(1 for _ in shards)} shards)")
+    print(f"data: demo --scale {args.scale}, train split ({sum(1 for _ in shards)} shards)"
+          + (" [--quick: no warm-up, one pass: not a measurement]" if args.quick else ""))
     base = statistics.median(timings["align only"])
     print(f"{'configuration':38} {'rows/epoch':>10} {'Ray samples/s':>14} {'ratio':>6} {'1-process, no Ray':>18}")
     for name in specs:

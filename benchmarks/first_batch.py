@@ -1,9 +1,10 @@
 """Time from `mmpipe train` start to the first training batch reaching a Ray Train worker, beside the same
 figure for bare Ray Train + Ray Data (in practice the floor for changes inside mmpipe on this machine).
 
-Starts ``mmpipe train <demo spec> --out <tmp>`` as a subprocess (its own local Ray instance) and reads its output
-until rank 0 of the training loop logs "first training batch at unix time T"; the figure is T minus the moment the
-subprocess was started (so log forwarding delays do not count). The run is then interrupted, unless --complete.
+Starts ``mmpipe train <demo spec> --out <tmp>`` as a subprocess (its own local Ray instance) and watches its log
+file (``<tmp>/run/logs/mmpipe.log``) until the driver logs "first training batch at unix time T" — the time rank 0
+of the training loop took its first batch, sent through the workers' heartbeat; the figure is T minus the moment the
+subprocess was started (so delivery delays do not count). The run is then interrupted, unless --complete.
 Each run starts from a fresh run directory; the figures include interpreter start, imports and ``ray.init``.
 Interleaved with it (A B A B ...), ``bare_first_batch.py`` with the spec's scaling: Ray started the same way, a
 TorchTrainer over ``ray.data.range``, no mmpipe code; the ratio mmpipe / bare is mmpipe's own share.
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,34 +45,60 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def mmpipe_command(spec: Path, epochs: int) -> list[str]:
+def mmpipe_command(spec: Path, epochs: int) -> tuple[list[str], Path]:
+    """The command, and the log file where the run says when its first batch was taken."""
     out = scratch_dir("mmpipe-first-batch-")
     mmpipe = [shutil.which("mmpipe")] if shutil.which("mmpipe") else [sys.executable, "-m", "pipeline.cli"]
-    return [*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}"]
+    return ([*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}"],
+            out / "run" / "logs" / "mmpipe.log")
 
 
-def bare_command(spec: Path) -> list[str]:
+def bare_command(spec: Path) -> tuple[list[str], None]:
     s = load_spec(spec)
     return [sys.executable, str(Path(__file__).with_name("bare_first_batch.py")),
             "--workers", str(s.scaling.num_workers), "--cpus-per-worker", str(s.scaling.cpus_per_worker),
-            "--batch-size", str(s.train.batch_size)]
+            "--batch-size", str(s.train.batch_size)], None
 
 
-def one_run(cmd: list[str], complete: bool, echo: bool = False) -> tuple[float | None, float | None]:
-    """(seconds to first batch, seconds to exit when --complete) for one run of ``cmd``."""
+def _first_in(text: str) -> float | None:
+    m = FIRST.search(text)
+    return float(m.group(1)) if m else None
+
+
+def one_run(cmd: list[str], log: Path | None, complete: bool,
+            echo: bool = False) -> tuple[float | None, float | None]:
+    """(seconds to first batch, seconds to exit when --complete) for one run of ``cmd``; the first batch's time
+    is read from ``log`` (mmpipe's log file), else from the command's output (the bare script prints it)."""
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    first, tail = None, []
-    for line in proc.stdout:
-        tail = (tail + [line])[-20:]
-        if echo:  # the run's own log with seconds since start: where start-up time goes
-            print(f"{time.time() - start:6.1f}  {line.rstrip()[:150]}", flush=True)
-        m = FIRST.search(line)
-        if m and first is None:
-            first = float(m.group(1)) - start
-            if not complete:
-                break
+    found: dict[str, float] = {}
+    tail: list[str] = []
+
+    def read_output() -> None:  # drained in the background: a full pipe would block the run
+        for line in proc.stdout:
+            tail.append(line)
+            del tail[:-20]
+            if echo:  # the run's own output with seconds since start: where start-up time goes
+                print(f"{time.time() - start:6.1f}  {line.rstrip()[:150]}", flush=True)
+            if log is None and "t" not in found and _first_in(line) is not None:
+                found["t"] = _first_in(line)
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    while "t" not in found and proc.poll() is None:
+        time.sleep(0.1)
+        if log is not None and log.exists():
+            t = _first_in(log.read_text(encoding="utf-8", errors="replace"))
+            if t is not None:
+                found["t"] = t
+    if "t" not in found:  # the run ended: its last output read, and one last look at the log
+        reader.join(timeout=5)
+    if log is not None and "t" not in found and log.exists():
+        t = _first_in(log.read_text(encoding="utf-8", errors="replace"))
+        if t is not None:
+            found["t"] = t
+    first = found["t"] - start if "t" in found else None
     if not complete:
         stop(proc)
         return first, None
@@ -103,7 +131,8 @@ def main() -> None:
     firsts: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.runs):
         for kind, command in kinds.items():  # interleaved: both see the same machine state
-            first, total = one_run(command(), args.complete and kind == "mmpipe", args.echo)
+            cmd, log = command()
+            first, total = one_run(cmd, log, args.complete and kind == "mmpipe", args.echo)
             if first is None:
                 raise SystemExit(f"the {kind} run ended without logging a first training batch")
             firsts[kind].append(first)

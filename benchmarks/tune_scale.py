@@ -2,14 +2,13 @@
 time of data tasks against training workers (issue 20: trials must never starve their own data).
 
     python benchmarks/tune_scale.py [--trials 8] [--cpus 2] [--scale 0.25]       # a local instance of --cpus CPUs
-    RAY_ADDRESS=127.0.0.1:6379 python benchmarks/tune_scale.py --trials 8         # a `ray start` cluster
+    python benchmarks/tune_scale.py --nodes 2 [--cpus 2]                          # two `ray start` nodes, --cpus each
 
-Two-node 4-CPU cluster on one machine (what docs/benchmarks.md reports):
-
-    ray start --head --num-cpus 2 --node-ip-address 127.0.0.1 --port 6379
-    ray start --address 127.0.0.1:6379 --num-cpus 2
-    RAY_ADDRESS=127.0.0.1:6379 python benchmarks/tune_scale.py
-    ray stop
+``--nodes N`` starts a cluster of N `ray start` nodes on this machine (what docs/benchmarks.md reports for 2): each
+with --num-cpus CPUs and a --temp-dir of its own (a shared one breaks runtime-env unpacking: ../shared/RAY_NOTES.md),
+on 127.0.0.1 and free ports, token authentication off (a throwaway loopback cluster; what is measured is
+scheduling); the benchmark joins it as a driver and stops exactly those nodes afterwards (never `ray stop`, which
+would stop every Ray instance on the machine).
 
 CPU utilisation is measured per process from /proc: the CPU seconds of every Ray worker process of this job, split
 by what it ran (read tasks "ReadPreparedShards"/"_warm" = data; "RayTrainWorker" = training), over wall time x CPUs.
@@ -18,13 +17,15 @@ by what it ran (read tasks "ReadPreparedShards"/"_warm" = data; "RayTrainWorker"
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import socket
+import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-import psutil
 
 from pipeline.data.tools.demo import write_demo
 from pipeline.ray_runtime import ensure_ray
@@ -54,19 +55,89 @@ class CpuSampler(threading.Thread):
             return "training"
         return "other"
 
+    @staticmethod
+    def _processes():
+        """(pid, command line, CPU seconds used) of every process, from /proc (Linux)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                yield int(entry.name), title, (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            except (OSError, ValueError, IndexError):
+                continue
+
     def run(self):
         while not self.stop.wait(1.0):
-            for p in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
-                try:
-                    role = self._role(" ".join(p.info["cmdline"] or []))
-                    if role is None:
-                        continue
-                    used = p.info["cpu_times"].user + p.info["cpu_times"].system
-                except (psutil.Error, TypeError, AttributeError):
+            for pid, title, used in self._processes():
+                role = self._role(title)
+                if role is None:
                     continue
-                previous = self._last.get(p.info["pid"], (role, used))[1]
+                previous = self._last.get(pid, (role, used))[1]
                 self.cpu[role] += max(0.0, used - previous)
-                self._last[p.info["pid"]] = (role, used)
+                self._last[pid] = (role, used)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if text in line and "ps -eo" not in line]
+
+
+def _wait_started(leader: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while "Ray runtime started" not in log.read_text(errors="replace"):
+        if leader.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"`ray start` did not come up:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def local_cluster(nodes: int, cpus: int):
+    """``nodes`` `ray start --block` nodes of ``cpus`` CPUs on this machine (loopback only); yields the head's
+    address with this process's environment set to join it. Stops only its own processes."""
+    root = tempfile.mkdtemp(prefix="mmts-", dir="/tmp")  # Ray's unix socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    leaders = []
+    try:
+        for i in range(nodes):
+            where = (["--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                      str(_free_port()), "--ray-client-server-port", str(_free_port())] if i == 0 else
+                     ["--address", address])
+            leaders.append(subprocess.Popen(
+                ["ray", "start", *where, "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
+                 "--dashboard-agent-listen-port", str(_free_port()), "--temp-dir", f"{root}/n{i}",
+                 "--disable-usage-stats", "--block"],
+                env=env, start_new_session=True, stdout=open(f"{root}/n{i}.log", "w"), stderr=subprocess.STDOUT))
+            _wait_started(leaders[-1], Path(f"{root}/n{i}.log"))  # the head's GCS first
+        os.environ.update(RAY_AUTH_MODE="disabled")
+        os.environ.pop("RAY_ADDRESS", None)
+        yield address, root
+    finally:
+        for leader in reversed(leaders):
+            with contextlib.suppress(ProcessLookupError):
+                leader.send_signal(signal.SIGTERM)
+        for leader in leaders:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                leader.wait(timeout=40)
+        for _ in range(3):
+            left = _pids_mentioning(root)
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if not left:
+                break
+            time.sleep(1)
 
 
 def main() -> None:
@@ -75,10 +146,26 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=None, help="CPUs of the local instance (default: the machine's)")
     ap.add_argument("--scale", type=float, default=0.25)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--nodes", type=int, default=0, help="start this many `ray start` nodes of --cpus CPUs each "
+                                                         "(default: a local instance, no nodes)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mmpipe-tune-scale-"))
     write_demo(root / "data", seed=0, scale=args.scale)
-    ensure_ray(num_cpus=args.cpus)
+    if args.nodes:
+        with local_cluster(args.nodes, args.cpus or 2) as (address, _):
+            ensure_ray(address=address)
+            try:
+                measure(args, root)
+            finally:
+                import ray
+
+                ray.shutdown()
+    else:
+        ensure_ray(num_cpus=args.cpus)
+        measure(args, root)
+
+
+def measure(args, root: Path) -> None:
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 0)

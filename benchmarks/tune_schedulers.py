@@ -3,6 +3,7 @@
 Both searches sample the same space (random search) on the demo data, one after the other on one Ray instance:
 
     python benchmarks/tune_schedulers.py [--samples 6] [--epochs 4] [--scale 0.5]
+    python benchmarks/tune_schedulers.py --quick   # CI smoke run: 1 trial of 1 epoch each, tiny data
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--scale", type=float, default=0.5)
+    ap.add_argument("--quick", action="store_true", help="smoke run: one 1-epoch trial per scheduler on --scale 0.1 "
+                                                         "data (nothing to compare: it only runs the code)")
     args = ap.parse_args()
+    batch = 32
+    if args.quick:
+        args.samples, args.epochs, args.scale, batch = 1, 1, 0.1, 16
     root = Path(tempfile.mkdtemp(prefix="mmpipe-tune-bench-"))
     write_demo(root / "data", seed=0, scale=args.scale)
     ensure_ray()
@@ -35,7 +41,7 @@ def main() -> None:
     for scheduler in ("fifo", "asha"):
         spec = load_spec(root / "data" / "spec.yaml", [
             SPACE, f"tune.num_samples={args.samples}", f"tune.scheduler={scheduler}", f"train.epochs={args.epochs}",
-            "train.batch_size=32", "model.hidden=32", "augment.enabled=false", "tune.grace_period=1",
+            f"train.batch_size={batch}", "model.hidden=32", "augment.enabled=false", "tune.grace_period=1",
             "tune.reduction_factor=2"])
         start = time.time()
         result = run_tune(spec, root / scheduler)

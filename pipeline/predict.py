@@ -79,71 +79,82 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
     batch_size = defaults.batch_size if batch_size is None else batch_size
     actors = defaults.actors if actors is None else actors
     use_gpu = defaults.use_gpu if use_gpu is None else use_gpu
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import ray
-
-    from pipeline.data.streaming.plan import DataPlan, bad_shard_entries
-    from pipeline.model.classifier import input_columns
-    from pipeline.resources import check_predict, cluster_capacity
-    from pipeline.watchdog import progressed, watch
-
-    check_predict(actors, use_gpu, *cluster_capacity())  # before any Ray work: replicas beside the reads
+    # What needs no cluster is checked before Ray starts (~20 s): a wrong --out, or a model reference that names
+    # no version, fails at once.
     if not out.endswith(".parquet"):
         raise PredictError(f"--out {out}: the output is one Parquet file; name it *.parquet")
     ref = ModelRef.parse(model)
     registry = Registry(ref.registry)
     version = registry.resolve(ref)
     loaded = registry.load(version)  # a corrupt version fails here, on the driver, with its name
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from pipeline.data.streaming.actors import actors_scope
+    from pipeline.data.streaming.plan import DataPlan, bad_shard_entries
+    from pipeline.model.classifier import input_columns
+    from pipeline.ray_runtime import ensure_ray
+    from pipeline.resources import check_predict, cluster_capacity
+    from pipeline.watchdog import progressed, watch
+
+    ensure_ray()  # joins or starts Ray unless the caller already has (a workflow step)
+    check_predict(actors, use_gpu, *cluster_capacity())  # before any Ray work: replicas beside the reads
     spec = loaded.spec.model_copy(deep=True)
     spec.data.splits = {SPLIT: list(shards)}
     spec.clean.dedupe = dedupe  # every sample gets a prediction unless asked otherwise
     # Every row, unlabelled ones too, carrying only what the Predictor reads (its model's inputs)
     columns = list(dict.fromkeys([*REPORT_COLUMNS, *input_columns(spec)]))
-    split = DataPlan(spec, loaded.classes).split(SPLIT, labels_required=False, columns=columns)
-    report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks), bad_shards=bad_shard_entries(split.checks))
+    with actors_scope():  # a dedupe index of the read ends with the prediction
+        split = DataPlan(spec, loaded.classes).split(SPLIT, labels_required=False, columns=columns)
+        report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks),
+                             bad_shards=bad_shard_entries(split.checks))
 
-    ds = split.dataset.map_batches(
-        Predictor, fn_constructor_kwargs={"model_file": registry.model_bytes(version), "use_gpu": use_gpu},
-        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="numpy",
-        num_gpus=1 if use_gpu else 0)
+        ds = split.dataset.map_batches(
+            Predictor, fn_constructor_kwargs={"model_file": registry.model_bytes(version), "use_gpu": use_gpu},
+            compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="numpy",
+            num_gpus=1 if use_gpu else 0)
 
-    # Streamed into one Parquet file (memory stays at a few batches), written aside and renamed when complete.
-    local_out = storage.local_path(out) if storage.is_local(out) else \
-        Path(tempfile.mkdtemp(prefix="mmpipe-predict-")) / Path(out).name  # uploaded whole when complete
-    tmp = local_out.with_name(f".{local_out.name}.{uuid.uuid4().hex}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    writer, rows, predicted = None, 0, 0
-    try:
-        with watch("prediction", spec.scaling.stall_timeout_s):  # rows written are its progress
-            for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-                report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"], "label": batch["label_index"],
-                                  "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
-                                                          dtype=object),
-                                  "drop_detail": batch["detail"]})
-                # Text columns typed up front: a first batch of only dropped rows has no class names to infer from.
-                table = pa.table({k: (pa.array(v.tolist(), pa.string()) if k in TEXT_COLUMNS else v)
-                                  for k, v in batch.items()})
-                table = table.append_column("model_version", pa.array([version] * len(batch["key"]), pa.int64()))
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table.cast(writer.schema))
-                rows += len(batch["key"])
-                predicted += int((batch["pred_index"] >= 0).sum())
-                progressed(len(batch["key"]))
-        if writer is None:
-            raise PredictError(f"no samples in {', '.join(shards)}")
-        writer.close()
-        writer = None
-        if storage.is_local(out):
-            tmp.replace(local_out)
-        else:
-            storage.write_bytes(out, tmp.read_bytes())
-            tmp.unlink()
-    finally:
-        if writer is not None:
+        # Streamed into one Parquet file (memory stays at a few batches), written aside and renamed when complete.
+        local_out = storage.local_path(out) if storage.is_local(out) else \
+            Path(tempfile.mkdtemp(prefix="mmpipe-predict-")) / Path(out).name  # uploaded whole when complete
+        tmp = local_out.with_name(f".{local_out.name}.{uuid.uuid4().hex}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        writer, rows, predicted = None, 0, 0
+        try:
+            with watch("prediction", spec.scaling.stall_timeout_s):  # rows written are its progress
+                for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+                    report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"],
+                                      "label": batch["label_index"],
+                                      "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
+                                                              dtype=object),
+                                      "drop_detail": batch["detail"]})
+                    # Text columns typed up front: a first batch of only dropped rows has no class names to infer
+                    # from.
+                    table = pa.table({k: (pa.array(v.tolist(), pa.string()) if k in TEXT_COLUMNS else v)
+                                      for k, v in batch.items()})
+                    table = table.append_column("model_version",
+                                                pa.array([version] * len(batch["key"]), pa.int64()))
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+                    rows += len(batch["key"])
+                    predicted += int((batch["pred_index"] >= 0).sum())
+                    progressed(len(batch["key"]))
+            if writer is None:
+                raise PredictError(f"no samples in {', '.join(shards)}")
             writer.close()
-        tmp.unlink(missing_ok=True)
+            writer = None
+            if storage.is_local(out):
+                tmp.replace(local_out)
+            else:
+                storage.write_bytes(out, tmp.read_bytes())
+                tmp.unlink()
+        finally:
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
     report_uri = out[: -len(".parquet")] + ".report.json"
     storage.write_json(report_uri, {"model": str(ref), "version": version, "rows": rows, "predicted": predicted,
                                     "report": report.to_dict()})

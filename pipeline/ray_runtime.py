@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from pipeline.console import quiet_ray, verbose
+
 # Idle workers beyond Ray's soft limit (the CPU count; Ray Train's and Ray Data's actors alone exceed it on a small
 # machine) are killed after 1 s by default: every training epoch's read tasks then met cold workers that imported
 # Ray Data and the augmentation libraries again (a demo epoch took 17.5 s instead of 4 s), and workers warmed for
@@ -57,14 +59,39 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # No address: a local instance of our own ("local"), never whichever `ray start` cluster happens to run on
     # this machine (Ray's default). RAY_ADDRESS=auto attaches to that cluster on purpose; Ray sets RAY_ADDRESS
     # for job drivers, so submitted runs join their cluster.
+    # Workers' output (Ray Train's, Ray Data's, raylet notes, every print) stays in Ray's session folder unless -v:
+    # the driver's console shows progress the workers send through their heartbeat (pipeline/progress.py).
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": verbose()}
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **quiet)
         _warn_if_unauthenticated(address)
     else:  # the dashboard (bound to 127.0.0.1) serves the state API, which Ray Train's placement-group cleaner polls
-        _start_local(logging_level=logging.WARNING, include_dashboard=True, num_cpus=num_cpus,
+        _start_local(**quiet, include_dashboard=True, num_cpus=num_cpus,
                      _system_config={"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KILL_MS})
     _started_here = not address
     data_progress(sys.stderr.isatty())
+    quiet_ray()  # after ray.init and ray.data: both set up their loggers on the terminal
+    if not verbose():
+        _driver_messages_to_log()
+
+
+def _driver_messages_to_log() -> None:
+    """Ray prints the messages the cluster publishes to a driver (the raylet's "N PYTHON worker processes have
+    been started" notes, worker deaths) straight to stdout, log_to_driver or not; they go to the log file instead.
+    Their printer is looked up as a module global by Ray's listener thread on every message, so replacing it here
+    takes effect for the running thread. A failed run's error says what failed; the details stay in the log."""
+    from ray._private import worker
+
+    if getattr(worker.print_to_stdstream, "_to_log", False):
+        return
+    messages = logging.getLogger("ray.driver_messages")  # under "ray": quiet_ray sent its lines to the log file
+
+    def to_log(data, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", []):
+            messages.warning("(%s) %s", data.get("pid", "ray"), line)
+
+    to_log._to_log = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_log
 
 
 def started_here() -> bool:

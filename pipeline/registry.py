@@ -105,8 +105,10 @@ class Registry:
             if claim.get("run_id") != run_id:
                 continue
             meta_uri = self._path("versions", _name(n), "meta.json")
-            if not storage.exists(meta_uri) or self._read_json(meta_uri, f"version {n}").get("model_sha256") == sha:
-                version = n
+            if not storage.exists(meta_uri):
+                version = n  # this run's registration that did not finish: finish it below
+            elif self._read_json(meta_uri, f"version {n}").get("model_sha256") == sha:
+                return n  # registered before, complete: written once, never again (its meta.json included)
         if version is None:
             version = self._claim(run_id)
         base = self._path("versions", _name(version))
@@ -233,6 +235,8 @@ class Registry:
         if expected != "any" and current != expected:
             raise PromotionConflict(f"{self.uri}: {alias} moved to version {current} while promoting version "
                                     f"{version} (decided against {expected}); decide again")
+        if current == version:  # an entry "N -> N" would be history that records no change
+            raise RegistryError(f"{self.uri}: {alias} already points at version {version}; nothing changed")
         seq = (history[-1] if history else 0) + 1
         entry = {"alias": alias, "version": version, "previous": current, "time": _now(), "reason": reason,
                  **({"scores": scores} if scores else {})}

@@ -240,6 +240,17 @@ class RebalanceSpec(Strict):
         return self
 
 
+class SpecAugmentSpec(Strict):
+    """SpecAugment in the audio encoder, while training only: bands of the per-clip normalised log-mel features
+    (frames of 8 ms at 8 and 16 kHz; 40 mel bins) set to the clip's mean. Each band's width is uniform in 0..width,
+    capped at the axis. Drawn from torch's RNG, which each training worker seeds with train.seed + its rank.
+    0 masks: off (the default); docs/av-digits.md, "Unseen speakers", measures them."""
+    time_masks: int = Field(0, ge=0, le=16, description="time bands per clip")
+    time_width: int = Field(20, ge=0, description="most frames per time band")
+    freq_masks: int = Field(0, ge=0, le=16, description="mel-bin bands per clip")
+    freq_width: int = Field(8, ge=0, description="most mel bins per frequency band")
+
+
 class ModelSpec(Strict):
     fusion: str = Field("concat", description="a name in pipeline/model/fusion.py (FUSIONS, or a unimodal "
                                                 "baseline: image_only, text_only, audio_only)")
@@ -249,10 +260,44 @@ class ModelSpec(Strict):
                                                                   "while training (never all of a sample's)")
     image_width: int = Field(16, ge=4, description="channels of the first image CNN stage")
     audio_width: int = Field(16, ge=4, description="channels of the first audio CNN stage")
+    spec_augment: SpecAugmentSpec = Field(default_factory=SpecAugmentSpec,
+                                          description="time/frequency masking of the audio encoder's features")
     text_encoder: Literal["transformer", "gru"] = "transformer"
-    pretrained: str | None = Field(None, description="a local checkpoint (best.pt) whose matching weights are "
-                                                     "loaded before training")
+    init_from: str | None = Field(None, description="start from these weights: a pretrain or train run folder "
+                                                    "(pretrained.pt / best.pt), REGISTRY[:VERSION|@ALIAS], or a "
+                                                    "checkpoint file; tensors whose shapes differ are listed")
+    init_parts: list[Literal["encoders", "fusion"]] = Field(
+        ["encoders"], description="what init_from loads: the encoders, and also the fusion and its head")
+    freeze: dict[str, bool | int] = Field(
+        default_factory=dict, description="modality -> true (frozen encoder: feature extraction) or a number of "
+                                          "epochs after which it unfreezes (then fine-tuning)")
+    pretrained_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier for the weights "
+                                                              "init_from loaded")
     _fusion = field_validator("fusion")(_registered("fusion"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pretrained" in data:
+            if data["pretrained"] is None:  # a spec dumped before the rename (checkpoints, registry versions)
+                return {k: v for k, v in data.items() if k != "pretrained"}
+            raise ValueError("model.pretrained is now model.init_from (a run folder, registry reference or "
+                             "checkpoint file); rename the field")
+        return data
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_modalities(cls, v: dict[str, bool | int]) -> dict[str, bool | int]:
+        for modality, value in v.items():
+            if modality not in MODALITIES:
+                raise ValueError(f"freeze: {modality!r} is not a modality ({', '.join(MODALITIES)})")
+            if not isinstance(value, bool) and value < 1:
+                raise ValueError(f"freeze.{modality}: true, false or a number of epochs >= 1 (got {value})")
+        return v
+
+    def frozen_epochs(self) -> dict[str, float]:
+        """modality -> epochs its encoder stays frozen (inf: for good); unfrozen modalities are left out."""
+        return {m: float("inf") if v is True else float(v) for m, v in self.freeze.items() if v is not False}
 
 
 METRIC_NAMES = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "auc")
@@ -283,6 +328,9 @@ class TrainSpec(Strict):
     logit_tau: float = Field(1.0, ge=0, description="logit adjustment strength (x log class prior)")
     early_stopping_metric: str = "val.macro_f1"
     early_stopping_patience: int | None = Field(None, ge=1)
+    label_fraction: float | None = Field(None, gt=0, le=1, description="keep the labels of this seeded, "
+                                         "class-stratified fraction of the train split (by key); the rest train "
+                                         "unlabelled (label -1: no supervised loss). null: every label")
     _metric = field_validator("early_stopping_metric")(_metric_name)
     _optimizer = field_validator("optimizer")(_registered("optimizer"))
     _loss = field_validator("loss")(_registered("loss"))
@@ -294,6 +342,18 @@ class TrainSpec(Strict):
             raise ValueError("train.loss=weighted_ce weighs classes by train.class_balanced_beta, which is null; "
                              "set it (e.g. 0.999) or use train.loss=ce")
         return self
+
+
+class PretrainSpec(Strict):
+    """Self-supervised pretraining (``mmpipe pretrain``, the workflow's pretrain step): cross-modal contrastive
+    alignment of the encoders on the train split, labels ignored. Batch size, optimizer, weight decay, warm-up,
+    gradient clipping and seed are the train section's."""
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    temperature: float = Field(0.1, gt=0, description="initial softmax temperature of the InfoNCE logits")
+    learn_temperature: bool = Field(True, description="learn the temperature (CLIP), clamped to >= 0.01")
+    projection_dim: int = Field(64, ge=2, description="size of the projection heads' embeddings")
+    view_weight: float = Field(1.0, ge=0, description="weight of the two-view loss of single-modality samples")
 
 
 class ScalingSpec(Strict):
@@ -331,7 +391,7 @@ class ScheduleSpec(Strict):
 
 # ---------------------------------------------------------------- workflows, registry, prediction, submission
 
-STEPS = ("validate-data", "tune", "train", "evaluate", "register", "promote", "predict")
+STEPS = ("validate-data", "pretrain", "tune", "train", "evaluate", "register", "promote", "predict")
 
 
 class WorkflowSpec(Strict):
@@ -379,6 +439,13 @@ class PredictSpec(Strict):
         return [v] if isinstance(v, str) else v
 
 
+class TrackingSpec(Strict):
+    """Experiment tracking beyond the run directory (TensorBoard event files are always written there)."""
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (file:/path, http://host:5000, ...); "
+                                                     "null: MLFLOW_TRACKING_URI when set, else no MLflow")
+    mlflow_experiment: str | None = Field(None, description="MLflow experiment name (default: the spec's name)")
+
+
 class SubmitSpec(Strict):
     """How ``mmpipe submit`` runs this spec on a Ray cluster."""
     address: str | None = Field(None, description="dashboard URL, e.g. http://127.0.0.1:8265 (or RAY_ADDRESS)")
@@ -402,6 +469,7 @@ class JobSpec(Strict):
     rebalance: RebalanceSpec = Field(default_factory=RebalanceSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     tune: TuneSpec = Field(default_factory=TuneSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
@@ -409,6 +477,7 @@ class JobSpec(Strict):
     registry: RegistrySpec = Field(default_factory=RegistrySpec)
     predict: PredictSpec = Field(default_factory=PredictSpec)
     submit: SubmitSpec = Field(default_factory=SubmitSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     def steps(self) -> list[str]:
         """The workflow's steps, defaults filled in."""
@@ -566,6 +635,9 @@ def spec_warnings(spec: JobSpec) -> list[str]:
         out.append(f"rebalance.strategy={spec.rebalance.strategy} resamples classes and train.loss={spec.train.loss} "
                    "reweights them too: minority classes are boosted twice. Use one of the two, or "
                    "train.loss=logit_adjusted (which uses the class prior after sampling).")
+    if spec.model.frozen_epochs() and not spec.model.init_from and "pretrain" not in spec.steps():
+        out.append(f"model.freeze={spec.model.freeze} freezes randomly initialised encoders: set model.init_from "
+                   "(or a pretrain step) to freeze pretrained ones")
     return out
 
 

@@ -1,10 +1,14 @@
-"""Checks of a job spec that need more than its schema: names are looked up in the model's and trainer's
-registries (model.fusion, train.optimizer, train.loss), augmentation transforms are built and tried, the search
-space is sampled against the schema and the registries. One floor above ``pipeline.spec`` (which imports nothing
-of the pipeline), so every user-supplied spec enters through ``load_job`` / ``job_from_dict``."""
+"""Checks of a job spec that need more than its schema: names are looked up in the registries' tables
+(model.fusion, train.optimizer, train.loss, augmentation transforms: ``pipeline/spec_names.py``, no torch or library
+import, so these answer in about a second), the search space is sampled against the schema and the registries, and
+with ``deep`` (the default) augmentation transforms are built and tried (seconds: the libraries load). One floor
+above ``pipeline.spec`` (which imports nothing of the pipeline), so every user-supplied spec enters through
+``load_job`` / ``job_from_dict``; the command line loads specs shallow and runs ``deep_problems`` before it reads
+data."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 from pathlib import Path
 from typing import Any
@@ -15,18 +19,39 @@ from pipeline.spec import (AugmentSpec, JobSpec, ModalitiesSpec, SpecError, _res
 
 @functools.lru_cache(maxsize=1)
 def registries() -> dict[str, list[str]]:
-    """{kind: names} for the spec fields checked against a registry (the validation context of ``_validated``).
-    Imported here, not in pipeline.spec, so loading the schema alone needs no torch."""
-    from pipeline.model.fusion import fusion_names
-    from pipeline.model.losses import LOSSES
-    from pipeline.train.optim import OPTIMIZERS
+    """{kind: names} for the spec fields checked against a registry (the validation context of ``_validated``),
+    from the static tables that tests keep equal to the registries."""
+    from pipeline.spec_names import FUSIONS, LOSSES, OPTIMIZERS
 
-    return {"fusion": fusion_names(), "optimizer": list(OPTIMIZERS), "loss": list(LOSSES)}
+    return {"fusion": list(FUSIONS), "optimizer": list(OPTIMIZERS), "loss": list(LOSSES)}
 
 
-def _transform_problems(spec: JobSpec) -> list[tuple[str, str]]:
-    """Augmentation transforms are built and tried once here, so a bad name or parameter fails at load time.
-    Device ops (augment.backend: device) are looked up in pipeline/model/augment.DEVICE_OPS instead."""
+def _transform_names(spec: JobSpec) -> list[tuple[str, str]]:
+    """Unknown transform names (augment.backend: cpu), with close matches, from the static table; and transforms
+    listed for a disabled modality."""
+    from pipeline.spec_names import LIBRARIES, TRANSFORMS
+
+    if not spec.augment.runs_on("cpu"):
+        return []
+    problems = []
+    for role in ("image", "text", "audio"):
+        specs = getattr(spec.augment, role)
+        if specs and getattr(spec.modalities, role) is None:
+            problems.append((f"augment.{role}", f"{role} transforms listed but modalities.{role} is disabled"))
+            continue
+        for i, t in enumerate(specs):
+            if t.name not in TRANSFORMS[role]:
+                close = difflib.get_close_matches(t.name, TRANSFORMS[role], n=3)
+                hint = f"did you mean {', '.join(close)}?" if close else \
+                    f"see the {LIBRARIES[role]} documentation for names"
+                problems.append((f"augment.{role}.{i}",
+                                 f"unknown {LIBRARIES[role]} transform {t.name!r} ({hint})"))
+    return problems
+
+
+def deep_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """Augmentation transforms are built and tried, so a bad parameter fails before any data is read (seconds:
+    the libraries load). Device ops (augment.backend: device) are looked up in pipeline/model/augment.DEVICE_OPS."""
     if spec.augment.runs_on("device"):
         from pipeline.model.augment import check_device_ops
 
@@ -46,9 +71,22 @@ def _checked(augment_json: str, modalities_json: str) -> list[tuple[str, str]]:
     return check_transforms(spec)
 
 
-def spec_problems(spec: JobSpec, raw: dict[str, Any], source: str) -> list[tuple[str, str]]:
-    """Every cross-check problem as (field path, message)."""
-    problems = _transform_problems(spec)
+def check_deep(spec: JobSpec, source: str = "<spec>") -> None:
+    """``deep_problems`` as one SpecError naming each field (for a spec loaded with ``deep=False``)."""
+    _raise(deep_problems(spec), source)
+
+
+def _raise(problems: list[tuple[str, str]], source: str) -> None:
+    if problems:
+        raise SpecError("\n".join([f"{source}: {len(problems)} problem(s) in the job spec:"] +
+                                   [f"  - {path}: {msg}" for path, msg in problems]))
+
+
+def spec_problems(spec: JobSpec, raw: dict[str, Any], source: str, deep: bool = True) -> list[tuple[str, str]]:
+    """Every cross-check problem as (field path, message); ``deep``: transforms built and tried too."""
+    problems = _transform_names(spec)
+    if deep and not problems:  # a wrong name is reported once, from the table
+        problems = list(deep_problems(spec))  # a copy: the result is cached
     if spec.tune.search_space:
         from pipeline.tune.space import problems as space_problems
 
@@ -56,17 +94,16 @@ def spec_problems(spec: JobSpec, raw: dict[str, Any], source: str) -> list[tuple
     return problems
 
 
-def job_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None) -> JobSpec:
-    """Schema, registry names and cross-checks; every problem at once, naming its field."""
+def job_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None = None,
+                  deep: bool = True) -> JobSpec:
+    """Schema, registry names and cross-checks; every problem at once, naming its field. ``deep=False``: no
+    transform is built (no torch or augmentation library loads); ``check_deep`` does that part later."""
     spec = _validated(raw, source, registries())
-    problems = spec_problems(spec, raw, source)
-    if problems:
-        raise SpecError("\n".join([f"{source}: {len(problems)} problem(s) in the job spec:"] +
-                                   [f"  - {path}: {msg}" for path, msg in problems]))
+    _raise(spec_problems(spec, raw, source, deep), source)
     return _resolve_local_paths(spec, base or Path.cwd())
 
 
-def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
-    """Read, override and fully check a YAML job spec (what every command does with a user's spec)."""
+def load_job(path: str | Path, overrides: list[str] | None = None, deep: bool = True) -> JobSpec:
+    """Read, override and check a YAML job spec (what every command does with a user's spec)."""
     raw, source, base = read_spec_file(path, overrides)
-    return job_from_dict(raw, source, base)
+    return job_from_dict(raw, source, base, deep)

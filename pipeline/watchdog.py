@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 BEAT_INTERVAL_S = 1.0  # a worker beats at most this often (one fire-and-forget actor call)
 GRACE_S = 120.0  # after interrupting, how long the main thread has to come back before the process exits
 ABORT_S = 20.0  # after interrupting, how long a graceful stop may take before ``force_stop`` runs
+EVENTS_KEPT = 256  # events a Heartbeat keeps for a console that has not read them (Tune's trials send, nobody reads)
 
 
 class StallError(RuntimeError):
@@ -34,19 +35,38 @@ class StallError(RuntimeError):
 
 
 class _Beats:
+    """The counter actor. Besides the count it keeps each worker's latest status (rank, epoch, phase, rows,
+    running loss) and the last EVENTS_KEPT events (first batch, finished epoch), numbered, for the driver's
+    console: workers never print (their output is Ray's, interleaved and duplicated), they tell the driver."""
+
     def __init__(self) -> None:
         self.count = 0
+        self.status: dict[int, dict] = {}
+        self.events: deque = deque(maxlen=EVENTS_KEPT)
+        self.seq = 0
 
-    def beat(self, n: int = 1) -> None:
+    def beat(self, n: int = 1, status: dict | None = None) -> None:
         self.count += n
+        if status is not None:
+            self.status[status.get("rank", 0)] = status
+
+    def event(self, event: dict) -> None:
+        self.count += 1
+        self.seq += 1
+        self.events.append((self.seq, event))
 
     def get(self) -> int:
         return self.count
 
+    def read(self, after: int) -> tuple[int, list[dict], dict[int, dict]]:
+        """(number of the newest event, the events numbered after ``after``, each worker's latest status)."""
+        return self.seq, [e for n, e in list(self.events) if n > after], dict(self.status)
+
 
 class Heartbeat:
-    """Picklable handle to a beat counter: the driver creates it and passes it to workers, which ``beat()``;
-    the driver's watchdog reads ``count()``. ``close()`` ends the actor (runs leave no actors behind)."""
+    """Picklable handle to a beat counter: the driver creates it and passes it to workers, which ``beat()`` (with
+    their progress) and send ``event``s; the driver's watchdog reads ``count()``, its console ``read()``.
+    ``close()`` ends the actor (runs leave no actors behind)."""
 
     def __init__(self) -> None:
         import ray
@@ -54,11 +74,26 @@ class Heartbeat:
         self._actor = ray.remote(num_cpus=0, max_concurrency=4)(_Beats).remote()
         self._last = 0.0
 
-    def beat(self) -> None:
+    def beat(self, **status) -> None:
+        """One step done; ``status``: this worker's progress (rank, epoch, phase, rows, loss), absolute values,
+        so the ones skipped by the rate limit lose nothing."""
         now = time.monotonic()
         if now - self._last >= BEAT_INTERVAL_S:
             self._last = now
-            self._actor.beat.remote()  # fire and forget: a dead counter must not stop training
+            self._actor.beat.remote(1, status or None)  # fire and forget: a dead counter must not stop training
+
+    def event(self, kind: str, **data) -> None:
+        """Something the person running it should see (never rate-limited): ``first_batch``, ``epoch``..."""
+        self._actor.event.remote({"kind": kind, **data})
+
+    def read(self, after: int = 0, timeout_s: float = 5.0) -> tuple[int, list[dict], dict[int, dict]] | None:
+        """``_Beats.read``; None when the counter does not answer in time."""
+        import ray
+
+        try:
+            return ray.get(self._actor.read.remote(after), timeout=timeout_s)
+        except Exception:  # noqa: BLE001  (a slow or dead counter: the console just shows nothing new)
+            return None
 
     def count(self, timeout_s: float = 10.0) -> int | None:
         """Beats so far; None when the counter does not answer in time."""
@@ -78,6 +113,22 @@ class Heartbeat:
 
 _driver_progress = 0
 _driver_lock = threading.Lock()
+
+
+def interrupt_main() -> None:
+    """SIGINT delivered to the main thread itself. A real signal also wakes a wait blocked in a system call there
+    (a lock, a queue, a socket read), which ``_thread.interrupt_main`` (a flag checked only between bytecodes)
+    leaves blocked: a data report pass waiting in Ray Data's iterator for rows that never came was never stopped.
+    Python runs the handler (KeyboardInterrupt, or Ray Train's/Tune's own) in the main thread either way."""
+    import signal
+
+    if callable(signal.getsignal(signal.SIGINT)):
+        try:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            return
+        except (AttributeError, OSError, ValueError):  # no pthread_kill here: the flag, as before
+            pass
+    _thread.interrupt_main()
 
 
 def progressed(n: int = 1) -> None:
@@ -127,14 +178,18 @@ class Watchdog(threading.Thread):
                     return
                 self.fired, self.diagnostic = True, diagnostic
             log.error("%s", diagnostic)
-            _thread.interrupt_main()
+            interrupt_main()
             if self.force_stop is not None and not self._stop_event.wait(min(ABORT_S, self.grace_s)):
                 log.warning("%s: not stopped %.0f s after the interrupt; forcing it", self.what, ABORT_S)
                 with contextlib.suppress(Exception):
                     self.force_stop()
             if not self._stop_event.wait(self.grace_s):
                 print(f"error: {diagnostic}\n(the run did not stop within {self.grace_s:.0f} s of being "
-                      "interrupted; exiting)", file=sys.stderr, flush=True)
+                      "interrupted; exiting. Where each thread was:)", file=sys.stderr, flush=True)
+                with contextlib.suppress(Exception):  # where the main thread sat, for whoever fixes it
+                    import faulthandler
+
+                    faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
                 os._exit(1)
             return
 
@@ -152,10 +207,13 @@ def watch(what: str, timeout_s: float, heartbeat: Heartbeat | None = None,
     the diagnostic. ``what``: the work, as the message names it ("training", "tune"); ``force_stop``: what ends the
     work when the interrupt did not within ABORT_S (e.g. ``kill_train_controllers``)."""
     all_probes = [driver_progress, *(probes or [])]
+    handler = _default_sigint()
     if heartbeat is not None:
         all_probes.append(heartbeat.count)
     dog = Watchdog(what, timeout_s, all_probes, hint, poll_s or min(10.0, max(0.2, timeout_s / 10)), grace_s,
                    force_stop)
+    with _active_lock:
+        _active.append(dog)
     dog.start()
     try:
         yield dog
@@ -168,8 +226,49 @@ def watch(what: str, timeout_s: float, heartbeat: Heartbeat | None = None,
         raise
     finally:
         dog.stop()
+        with _active_lock:
+            _active.remove(dog)
+        _restore_sigint(handler)
     if dog.fired:
         raise StallError(dog.diagnostic)
+
+
+_active: list[Watchdog] = []
+_active_lock = threading.Lock()
+
+
+def raise_if_stalled() -> None:
+    """Raise the StallError of a watch that fired: for a wait loop of the main thread that the interrupt may not
+    reach (data/streaming/pull.py)."""
+    with _active_lock:
+        fired = [dog for dog in _active if dog.fired]
+    if fired:
+        raise StallError(fired[-1].diagnostic)
+
+
+def _default_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the watched block; returns what to restore. Ray Train and
+    Tune install theirs inside ``fit()`` and one may stay after it: a data report pass after a tune in the same
+    process got the interrupt delivered to a finished run's handler, which swallowed it."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.default_int_handler:
+        return None
+    with contextlib.suppress(ValueError, TypeError):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return before
+    return None
+
+
+def _restore_sigint(before) -> None:
+    import signal
+
+    if before is not None and threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGINT, before)
 
 
 def kill_train_controllers() -> None:

@@ -128,6 +128,13 @@ FORBIDDEN = {
     "pipeline.workflow": ["pipeline.cli"],
     "pipeline.schedule": ["pipeline.cli"],
     "pipeline.cluster": ["pipeline.cli"],
+    "pipeline.spec_names": ["pipeline.", "torch", "ray"],
+    "pipeline.console": ["ray", "torch", "pipeline.data", "pipeline.train", "pipeline.tune", "pipeline.workflow",
+                         "pipeline.cli"],
+    "pipeline.progress": ["ray", "torch", "pipeline.data", "pipeline.train", "pipeline.tune", "pipeline.workflow",
+                          "pipeline.cli"],
+    "pipeline.report": ["ray", "pipeline.workflow", "pipeline.cli"],
+    "pipeline.tracking": ["ray", "pipeline.workflow", "pipeline.cli"],
 }
 
 

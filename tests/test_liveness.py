@@ -3,7 +3,6 @@ for them, a run that makes no progress stops with a diagnostic, and runs leave n
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 
@@ -11,7 +10,8 @@ import pytest
 
 from pipeline.resources import PlanError, check_predict, plan_resources
 from pipeline.spec_checks import job_from_dict
-from pipeline.watchdog import StallError, progressed, state_address, watch
+from pipeline.watchdog import StallError, progressed, watch
+from support.actors import live_actors, live_placement_groups, settled
 
 FAST_TRAIN = ["train.epochs=1", "train.batch_size=16", "model.hidden=32", "augment.enabled=false"]
 ONE_TRIAL = ["tune.search_space={model.fusion: {grid: [concat]}}", "tune.num_samples=1"]
@@ -26,7 +26,9 @@ def test_workers_are_fitted_beside_the_data_cpus():
     trial = plan_resources(spec, 2, tune=True)  # the trial's own 0.01 comes out of the workers' share
     assert trial.cpus_per_worker == 0.495 and trial.trials * trial.per_training <= 2
     assert trial.trial_bundles() == [{"CPU": 0.01}, {"CPU": 1}]
-    assert plan_resources(spec, 16, tune=True).trials == 7  # 16 // (2 x 0.5 + 1 + 0.01)
+    # one trial more when it costs the workers at most 5% of their share (each trial's own 0.01 CPU)
+    assert [plan_resources(spec, c, tune=True).trials for c in (3, 4, 16)] == [1, 2, 8]
+    assert plan_resources(spec, 4, tune=True).cpus_per_worker == 0.495
 
 
 def test_an_impossible_plan_says_what_to_change():
@@ -59,6 +61,38 @@ def test_a_block_without_progress_stops_with_a_diagnostic():
     assert "hint: check the reader" in str(e.value) and "likely fix:" in str(e.value)
 
 
+def test_a_block_waiting_in_a_lock_is_stopped_too():
+    """A main thread blocked in a wait with no timeout (as in Ray Data's iterator, waiting for rows that never
+    come) never runs a bytecode: only a real signal wakes it (before, the process sat until the grace period's
+    hard exit)."""
+    import queue
+
+    start = time.monotonic()
+    with pytest.raises(StallError, match="waiting made no progress"):
+        with watch("waiting", 0.5, poll_s=0.05, grace_s=60):
+            queue.Queue().get()  # blocks for good unless interrupted
+    assert time.monotonic() - start < 20
+
+
+def test_a_stale_sigint_handler_does_not_swallow_the_stop():
+    """Ray Train registers a SIGINT handler in every fit() and never restores the one before: a data report pass
+    after a training in the same process had its stop delivered to that handler and went on waiting."""
+    import signal
+
+    swallow = lambda *a: None  # noqa: E731  (as a finished run's handler)
+    before = signal.signal(signal.SIGINT, swallow)
+    try:
+        start = time.monotonic()
+        with pytest.raises(StallError):
+            with watch("waiting", 0.5, poll_s=0.05, grace_s=60):
+                for _ in range(100):  # 10 s unless stopped
+                    time.sleep(0.1)
+        assert time.monotonic() - start < 5
+        assert signal.getsignal(signal.SIGINT) is swallow  # what was there before the watch is back
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_progress_keeps_the_watchdog_quiet():
     with watch("reading", 0.5, poll_s=0.05):
         for _ in range(20):  # 2 s, four timeouts long, progressing all along
@@ -72,42 +106,22 @@ def test_a_watchdog_that_ends_with_its_block_never_fires_later():
     time.sleep(0.6)  # an interrupt from a leftover watchdog would surface here as KeyboardInterrupt
 
 
+def test_a_model_reference_naming_no_version_fails_before_ray_starts(tmp_path):
+    """``predict --model REG:7`` with no version 7 failed only after Ray had started (~20 s; issue 18). A fast
+    test: conftest fails it if Ray starts."""
+    import sys
+
+    from pipeline.predict import predict
+    from pipeline.registry import RegistryError
+
+    start = time.monotonic()
+    with pytest.raises(RegistryError, match="no complete version 7"):
+        predict(f"{tmp_path / 'registry'}:7", [str(tmp_path / "x.tar")], str(tmp_path / "out.parquet"))
+    assert time.monotonic() - start < 5
+    assert not (sys.modules.get("ray") and sys.modules["ray"].is_initialized())
+
+
 # ------------------------------------------------------------------------------------------ with Ray
-
-OURS = {"_Clock", "DuplicateIndex", "_Beats", "TrainController", "RayTrainWorker", "SplitCoordinator",
-        "PlacementGroupCleaner", "_Trainable", "ImplicitFunc", "_trainable"}
-
-
-def live_actors() -> dict[str, int]:
-    """Live actors by class (Ray's own per-cluster singletons left out: they are made once and kept)."""
-    from collections import Counter
-
-    from ray.util.state import list_actors
-
-    gc.collect()
-    alive = list_actors(address=state_address(), filters=[("state", "=", "ALIVE")], limit=10_000,
-                        raise_on_missing_output=False)
-    return dict(Counter(a.class_name for a in alive
-                        if a.class_name in OURS or a.class_name.startswith("ImplicitFunc")))
-
-
-def live_placement_groups() -> list[str]:
-    from ray.util.state import list_placement_groups
-
-    return [f"{g.name or g.placement_group_id[:8]} {g.state}"
-            for g in list_placement_groups(address=state_address(), limit=10_000, raise_on_missing_output=False)
-            if g.state in ("CREATED", "PENDING", "RESCHEDULING")]
-
-
-def settled(baseline: dict, timeout_s: float = 60.0) -> dict:
-    """Live actors once they are back at ``baseline`` (Ray ends them asynchronously), else after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        now = live_actors()
-        if now == baseline and not live_placement_groups() or time.monotonic() > deadline:
-            return now
-        time.sleep(1)
-
 
 class Squatter(threading.Thread):
     """Another job taking every CPU left free once a training holds its resources: it grabs them with a
@@ -160,9 +174,8 @@ def test_a_trial_reads_its_data_when_everything_else_is_taken(ray_session, demo_
     assert squatter.group is not None and squatter.cpus >= 0.4, "the squatter never held the free CPUs"
     assert result.trials == 1 and result.best_checkpoint
     assert time.monotonic() - start < 300
-    # Not asserted yet: live actors back at the baseline (a DuplicateIndex / EpochClock of the run can outlive it;
-    # open in issue 20). Reservations must be gone.
-    settled(baseline, 20)  # waits for the reservations to go too
+    del result
+    assert settled(baseline) == baseline  # no DuplicateIndex, _Clock, _Beats, trial or Train actor left
     assert live_placement_groups() == []
 
 
@@ -191,8 +204,34 @@ def test_a_training_that_cannot_start_fails_with_what_it_waits_for(ray_session, 
     assert "training made no progress for 20 s" in message
     assert "pending demand: placement group bundle" in message and "other-job: CREATED" in message
     assert "likely fix: a placement group (training workers) waits for 1 CPU" in message
-    del e  # its traceback holds the run's frames, and with them its datasets' actors
-    # Not asserted yet: live actors back at the baseline (a DuplicateIndex / EpochClock of the run can outlive it;
-    # open in issue 20). Reservations must be gone.
-    settled(baseline, 20)  # waits for the reservations to go too
+    del e
+    assert settled(baseline) == baseline  # ended by the run, not by dropping the traceback's frames
     assert live_placement_groups() == []
+
+
+@pytest.mark.ray
+def test_a_data_report_pass_that_cannot_read_stops_with_what_it_waits_for(ray_session, demo_dir):
+    """``mmpipe validate`` and the train/tune data reports: every CPU held by another job, the pass's read tasks
+    wait; it stops after scaling.stall_timeout_s with Ray's pending demand, and its duplicate-index actors end."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from pipeline.data.streaming.plan import DataPlan
+    from pipeline.spec_checks import load_job
+
+    spec = load_job(demo_dir / "spec.yaml", ["scaling.stall_timeout_s=3"])
+    baseline = settled(live_actors(), 5)
+    other = placement_group([{"CPU": ray.cluster_resources()["CPU"]}], name="other-job")
+    ray.get(other.ready(), timeout=30)
+    start = time.monotonic()
+    try:
+        with pytest.raises(StallError) as e:
+            DataPlan(spec).validate()
+    finally:
+        remove_placement_group(other)
+    assert time.monotonic() - start < 60
+    message = str(e.value)
+    assert "the data report pass made no progress for 3 s" in message
+    assert "other-job: CREATED" in message and "likely fix:" in message
+    del e
+    assert settled(baseline, 20) == baseline

@@ -16,6 +16,7 @@ from pipeline.model.classifier import MultimodalClassifier
 from pipeline.spec import spec_from_dict
 from pipeline.workflow.champion import decide
 from pipeline.registry import ModelRef, PromotionConflict, Registry, RegistryError
+from support.registry_race import promote_after_barrier
 
 CLASSES = ["sun", "moon", "river"]
 RAW = {"name": "tiny", "modalities": {"image": {"size": [16, 16]}, "text": None, "audio": None},
@@ -97,27 +98,16 @@ def test_promotion_decided_against_a_stale_champion_is_refused(tmp_path):
     assert reg.alias("champion") == v2
 
 
-def _promote(uri: str, version: int, start, results) -> None:
-    reg = Registry(uri)
-    current = reg.alias("champion")
-    start.wait()  # both decide against the same champion, then race
-    try:
-        reg.set_alias("champion", version, expected=current)
-        results.put(("won", version))
-    except PromotionConflict:
-        results.put(("lost", version))
-
-
 def test_two_concurrent_promotions_cannot_both_win(tmp_path):
     uri = str(tmp_path / "reg")
     reg = Registry(uri)
     reg.set_alias("champion", add(reg, "run-0"), expected=None)
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("spawn")  # not fork: this process may hold torch's threads and their locks
     for round_ in range(3):
         base = reg.alias("champion")
         challengers = [add(reg, f"run-{round_}-{i}") for i in range(2)]
         start, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_promote, args=(uri, v, start, results)) for v in challengers]
+        procs = [ctx.Process(target=promote_after_barrier, args=(uri, v, start, results)) for v in challengers]
         for p in procs:
             p.start()
         for p in procs:
@@ -246,3 +236,60 @@ def test_memory_uri_registry():
         reg.set_alias("champion", v2, expected=None)
     reg.set_alias("champion", v2, expected=v1)
     assert reg.load(reg.alias("champion")).classes == CLASSES
+
+
+def test_registering_again_never_rewrites_a_version(tmp_path):
+    """A resumed run registering its model again gets the version back; the version's files stay as written (a
+    second meta with another time or other metrics must not replace the first)."""
+    reg = Registry(str(tmp_path / "reg"))
+    version = reg.register(checkpoint(), "name: tiny\n", {"created": "2024-01-01T00:00:00+00:00",
+                                                           "metrics": {"test.macro_f1": 0.5}}, "run-a")
+    files = {p: p.read_bytes() for p in (tmp_path / "reg" / "versions").rglob("*") if p.is_file()}
+    again = reg.register(checkpoint(), "name: changed\n", {"created": "2025-06-01T00:00:00+00:00",
+                                                           "metrics": {"test.macro_f1": 0.9}}, "run-a")
+    assert again == version
+    assert {p: p.read_bytes() for p in files} == files
+    assert reg.meta(version)["created"] == "2024-01-01T00:00:00+00:00"
+
+
+def test_moving_an_alias_to_where_it_points_records_nothing(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    v1 = add(reg, "run-a")
+    reg.set_alias("champion", v1, expected=None)
+    with pytest.raises(RegistryError, match="already points at version 1; nothing changed"):
+        reg.set_alias("champion", v1, expected=v1)
+    with pytest.raises(RegistryError, match="already points at version 1"):
+        reg.rollback("champion", to=v1)
+    assert [(e["previous"], e["version"]) for e in reg.alias_events("champion")] == [(None, v1)]
+
+
+def test_registry_cli_messages_and_the_alias_history_in_show(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    v1, v2, v3 = add(reg, "run-a"), add(reg, "run-b"), add(reg, "run-c")
+    runner = CliRunner()
+    r = runner.invoke(app, ["registry", "promote", reg.uri, str(v1)])
+    assert r.exit_code == 0 and "champion: set to version 1 (it was not set before)" in r.output, r.output
+    assert "None" not in r.output
+    r = runner.invoke(app, ["registry", "promote", reg.uri, str(v1)])
+    assert r.exit_code == 1 and "already points at version 1" in r.output
+    runner.invoke(app, ["registry", "promote", reg.uri, str(v2), "--reason", "better on ünïcode"])
+    runner.invoke(app, ["registry", "promote", reg.uri, str(v3)])
+    r = runner.invoke(app, ["registry", "show", f"{reg.uri}:{v2}"])
+    shown = json.loads(r.output)
+    [(alias, events)] = shown["alias_history"].items()
+    assert alias == "champion" and shown["aliases"] == {}  # no longer champion, but it was
+    assert [(e["previous"], e["version"], e["reason"]) for e in events] == [
+        (None, v1, "promoted by hand"), (v1, v2, "better on ünïcode"), (v2, v3, "promoted by hand")]
+
+
+def test_registry_list_keeps_every_value_when_piped(tmp_path):
+    reg = Registry(str(tmp_path / "reg"))
+    version = reg.register(checkpoint(), "name: tiny\n", {"metrics": {"test.accuracy": 0.5, "test.macro_f1": 0.25},
+                                                          "holdout": "test",
+                                                          "code_version": "1.2.3+g0123456789abcdef.dirty"}, "run-a")
+    reg.set_alias("champion", version, expected=None)
+    r = CliRunner().invoke(app, ["registry", "list", reg.uri])  # not a terminal
+    assert r.exit_code == 0
+    [row] = [line for line in r.output.splitlines() if "1.2.3" in line]
+    assert "test: accuracy=0.500, macro_f1=0.250" in row and "1.2.3+g0123456789abcdef.dirty" in row, r.output
+    assert "champion" in row and reg.meta(version)["created"] in row

@@ -15,8 +15,10 @@ from pipeline.cli.common import FAILED, console, err, exits_on_error, set_option
 app = typer.Typer()  # submit, a plain command
 jobs_app = typer.Typer(help="Jobs on a Ray cluster: list, status, logs, stop.", no_args_is_help=True)
 
-AddressOption = typer.Option(None, "--address", help="Dashboard URL, e.g. http://127.0.0.1:8265 (default: the "
-                                                     "spec's submit.address, then RAY_ADDRESS)")
+SubmitAddressOption = typer.Option(None, "--address", help="Dashboard URL, e.g. http://127.0.0.1:8265 (default: "
+                                                           "the spec's submit.address, then RAY_ADDRESS)")
+AddressOption = typer.Option(None, "--address", help="Dashboard URL, e.g. http://127.0.0.1:8265 (default: "
+                                                     "RAY_ADDRESS when it is such a URL)")
 JobIdArg = typer.Argument(..., help="The job's submission id (from `mmpipe submit` or `mmpipe jobs list`)")
 
 
@@ -36,7 +38,7 @@ def _write(chunk: str) -> None:
 def submit(
     spec: Path = typer.Argument(..., help="Job spec YAML"),
     set_: Optional[list[str]] = set_option("Override a spec field (repeatable)"),
-    address: Optional[str] = AddressOption,
+    address: Optional[str] = SubmitAddressOption,
     run_dir: Optional[str] = typer.Option(None, help="Run directory on storage every node sees (shared path "
                                                      "or s3:// / gs:// URI); default: workflow.run_dir"),
     submission_id: Optional[str] = typer.Option(None, help="Job id to use (must be new on the cluster)"),
@@ -50,7 +52,7 @@ def submit(
 
     with exits_on_error(FAILED):  # a spec error exits 2 (bad input), a cluster error 1
         spec_address = None if address else load_job(spec, set_ or []).submit.address
-        conn = J.connect(address, spec_address)
+        conn = J.connect(address, spec_address, with_spec=True)
         plan = J.plan_submission(spec, conn.address, set_ or [], run_dir)
         for w in plan.warnings:
             warn(w)

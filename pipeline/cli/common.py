@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
-from rich.console import Console
 
-console = Console()
-err = Console(stderr=True)
+from pipeline.console import (end_logging, log_by_default, log_file_for, log_to, make_console, set_verbose, showing,
+                              view_for)
+
+# On a terminal: rich as usual. Piped (CI, | tee, a Ray job's log): no colour codes, no wrapping at 80 columns.
+console = make_console()
+err = make_console(stderr=True)
 
 BAD_INPUT = 2  # the exit code of a problem with what was asked (spec, flags, files): fix it and ask again
 FAILED = 1  # the exit code of work that was started and did not succeed (training, a job, a registry update)
@@ -27,6 +30,31 @@ def set_option(help: str = SET_HELP):
 
 SetOption = set_option()
 
+VERBOSE_HELP = "Also show Ray's and the workers' own log lines (always in the run's logs/mmpipe.log)."
+VerboseOption = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)
+
+
+@contextlib.contextmanager
+def start_console(command: str, run_dir: str | Path | None = None, verbose: bool = False):
+    """A command's terminal for the block: logs to ``RUN_DIR/logs/mmpipe.log`` (a temp file without a local run
+    directory), the progress view library code draws on (its bars go when the block ends), ``-v`` honoured."""
+    set_verbose(verbose)
+    log_by_default(command)
+    if run_dir is not None:
+        log_to(log_file_for(run_dir, command))
+    try:
+        with showing(view_for(console)) as view:
+            yield view
+    finally:
+        end_logging()
+
+
+def header(title: str, fields: dict) -> None:
+    """The lines a command opens with: what runs, on what data, with which workers, where its logs go."""
+    console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
+    for key, value in fields.items():
+        console.print(f"  {key}: {value}", highlight=False, soft_wrap=True, markup=False)
+
 # The errors whose message is written for the user, by the module that defines them (looked up only when that
 # module is loaded: an error of a class cannot exist before its module is imported, and importing them all here
 # would make ``mmpipe --help`` load torch and Ray).
@@ -37,6 +65,7 @@ USER_ERRORS = {
     "pipeline.data.tools.pack": ("ManifestError",),
     "pipeline.examples.av_digits": ("PrepareError",),
     "pipeline.train.trainer": ("TrainError",),
+    "pipeline.model.checkpoint": ("InitError",),
     "pipeline.tune.runner": ("TuneError",),
     "pipeline.registry": ("RegistryError",),
     "pipeline.predict": ("PredictError",),
@@ -47,6 +76,8 @@ USER_ERRORS = {
     "pipeline.workflow.rundir": ("RunLocked",),
     "pipeline.resources": ("PlanError",),
     "pipeline.watchdog": ("StallError",),
+    "pipeline.report.collect": ("ReportError",),
+    "pipeline.tracking.mlflow_log": ("TrackingError",),
 }
 
 
@@ -80,12 +111,14 @@ def exits_on_error(code: int = BAD_INPUT, *also: type[BaseException]):
 
 
 def load_spec(spec_path: Path, overrides: Optional[list[str]]):
-    """The job spec with overrides applied and cross-checked; its warnings printed; a bad spec exits BAD_INPUT."""
+    """The job spec with overrides applied and cross-checked; its warnings printed; a bad spec exits BAD_INPUT.
+    Its transforms are built and tried only by ``data_plan``, before data is read: a command that only looks at
+    the spec (show-spec) answers without loading torch or the augmentation libraries."""
     from pipeline.spec import spec_warnings
     from pipeline.spec_checks import load_job
 
     with exits_on_error(BAD_INPUT):
-        job = load_job(spec_path, overrides or [])
+        job = load_job(spec_path, overrides or [], deep=False)
     for warning in spec_warnings(job):
         warn(warning)
     return job
@@ -95,5 +128,8 @@ def data_plan(job):
     """The run's data plan, built once and handed to the library: the manifest is read and the classes resolved
     here, so a spec without class names fails before Ray starts."""
     from pipeline.data.streaming.plan import DataPlan
+    from pipeline.spec_checks import check_deep
 
+    with exits_on_error(BAD_INPUT):  # a bad transform parameter: before any data is read or Ray starts
+        check_deep(job, "the job spec")
     return DataPlan(job)

@@ -34,7 +34,7 @@ def pack(
                                                    "cannot carry files it was not meant to"),
 ) -> None:
     """Pack media files listed in a manifest into WebDataset shards per split, with manifest.json."""
-    from pipeline.data.tools.pack import pack_manifest
+    from pipeline.data.tools.pack import pack_manifest, skip_counts
 
     with exits_on_error(BAD_INPUT, FileExistsError):
         result = pack_manifest(manifest, out_dir, [c.strip() for c in classes.split(",")] if classes else None,
@@ -50,7 +50,9 @@ def pack(
     console.print(f"wrote {m['samples']} samples in "
                   f"{sum(len(s['shards']) for s in m['splits'].values())} shards to {out_dir} "
                   f"({per_split}); "
-                  f"{len(result.skipped)} row(s) skipped")
+                  f"{len(result.skipped)} row(s) skipped"
+                  + (" (" + ", ".join(f"{n} {kind}" for kind, n in skip_counts(result.skipped).items()) + ")"
+                     if result.skipped else ""), soft_wrap=True)
 
 
 @app.command("demo-data")
@@ -117,7 +119,9 @@ def inspect(
     if as_json:
         console.print_json(json.dumps(info, ensure_ascii=False))
         return
-    console.print(f"{path} (from {info['source']})")
+    console.print(f"{path} (from {info['source']}"
+                  + (f", classes from {info['classes_from']}" if info.get("classes_from") else "") + ")",
+                  soft_wrap=True, highlight=False)
     for name, split in info["splits"].items():
         console.print(f"[bold]{name}[/]: {split['samples']} samples in {len(split['shards'])} shard(s)")
         table = Table()
@@ -126,6 +130,10 @@ def inspect(
         for cls, n in split["class_histogram"].items():
             table.add_row(cls, str(n))
         console.print(table)
+        if split.get("labels_unusable"):
+            console.print("  labels no class matches: " + ", ".join(f"{label!r} ({n})" for label, n in
+                                                                   split["labels_unusable"].items()),
+                          soft_wrap=True, highlight=False)
         console.print("  coverage: " + ", ".join(f"{r} {v:.0%}" for r, v in split["modality_coverage"].items()))
         sizes = [s.get("bytes", 0) for s in split["shards"]]
         console.print(f"  shard sizes: min {min(sizes, default=0) / 1e6:.1f} MB, max {max(sizes, default=0) / 1e6:.1f}"

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import FAILED, console, exits_on_error, fail
+from pipeline.cli.tables import print_table
 
 app = typer.Typer(help="Model registry: versions, the champion alias, promotion and rollback.",
                   no_args_is_help=True)
@@ -44,7 +45,7 @@ def list_versions(registry: str = typer.Argument(..., help="Registry folder or U
                           if m.get(f"{split}.{k}") is not None)
         table.add_row(str(v["version"]), v.get("created", ""), f"{split}: {score}", v.get("code_version", ""),
                       ", ".join(aliases.get(v["version"], [])))
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -56,8 +57,13 @@ def show(ref: str = typer.Argument(..., help="REGISTRY:VERSION or REGISTRY@ALIAS
     parsed = ModelRef.parse(ref)
     reg = _open(parsed.registry)
     version = reg.resolve(parsed)
+    current = reg.aliases()
+    history = {a: reg.alias_events(a) for a in sorted(current)}
     info = {"meta": reg.meta(version), "decision": reg.decision(version),
-            "aliases": {a: v for a, v in reg.aliases().items() if v == version}}
+            "aliases": {a: v for a, v in current.items() if v == version},
+            # every move of each alias this version ever held, oldest first
+            "alias_history": {a: events for a, events in history.items()
+                              if any(version in (e.get("version"), e.get("previous")) for e in events)}}
     console.print_json(json.dumps(info, ensure_ascii=False))
 
 
@@ -72,7 +78,7 @@ def promote(
     """Point an alias (default champion) at a version, by hand."""
     reg = _open(registry)
     entry = reg.set_alias(alias, version, expected=reg.alias(alias), reason=reason)
-    console.print(f"{alias}: version {entry['previous']} → {entry['version']}")
+    console.print(_moved(entry), highlight=False)
 
 
 @app.command()
@@ -84,4 +90,10 @@ def rollback(
 ) -> None:
     """Move an alias back to the version it held before (or to --to)."""
     entry = _open(registry).rollback(alias, to)
-    console.print(f"{alias}: version {entry['previous']} → {entry['version']} (rollback)")
+    console.print(_moved(entry) + " (rollback)", highlight=False)
+
+
+def _moved(entry: dict) -> str:
+    if entry["previous"] is None:
+        return f"{entry['alias']}: set to version {entry['version']} (it was not set before)"
+    return f"{entry['alias']}: version {entry['previous']} → {entry['version']}"

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import BAD_INPUT, FAILED, console, err, exits_on_error, fail, set_option, warn
+from pipeline.cli.tables import print_table
 from pipeline.schedule import store as store_mod
 from pipeline.schedule.scheduler import POLL_S, UNKNOWN_TIMEOUT
 from pipeline.schedule.policy import (CONCURRENCY, DEFAULT_CONCURRENCY, DEFAULT_GRACE_S, DEFAULT_MISSED,
@@ -172,12 +173,28 @@ def _local_address(address: str) -> bool:
         return is_local(resolve_address(address))
 
 
-def _next(sched) -> str:
+def _next_due(sched) -> datetime | None:
+    """When the schedule fires next; None while it is paused."""
     from pipeline.schedule.cron import next_due, parse_timezone
 
     if sched.paused:
-        return "- (paused)"
-    return _local(next_due(sched.cron, parse_timezone(sched.timezone), max(sched.cursor, _now())), sched.timezone)
+        return None
+    return next_due(sched.cron, parse_timezone(sched.timezone), max(sched.cursor, _now()))
+
+
+def _next(sched) -> str:
+    return "- (paused)" if sched.paused else _local(_next_due(sched), sched.timezone)
+
+
+def _text(value) -> str:
+    """A setting for people: no Python reprs (None, False, ['a'])."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value) or "-"
+    return str(value)
 
 
 @app.command("list")
@@ -191,14 +208,18 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON"),
         rows.append((s, last[0] if last else None))
     if as_json:
         print(json.dumps([{"name": s.name, "cron": s.cron, "timezone": s.timezone, "paused": s.paused,
-                           "next": _next(s), "last": last.as_dict() if last else None} for s, last in rows], indent=1))
+                           "next": store_mod.iso(_next_due(s)),
+                           "last": last.as_dict() if last else None} for s, last in rows], indent=1))
+        return
+    if not rows:
+        console.print(f"no schedules in {store.path}", highlight=False, soft_wrap=True)
         return
     table = Table("name", "cron", "next", "target", "policies", "last run")
     for s, last in rows:
         table.add_row(s.name, f"{s.cron} ({s.timezone})", _next(s), s.address or "local",
                       f"{s.concurrency}/{s.missed}/{s.trigger}",
                       f"#{last.id} {last.status} ({_local(last.due, s.timezone)})" if last else "-")
-    console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -219,7 +240,9 @@ def show(name: str, as_json: bool = typer.Option(False, "--json", help="Print JS
         return
     for key in ("spec", "overrides", "cron", "timezone", "address", "concurrency", "missed", "trigger", "retries",
                 "grace_s", "runs_dir", "cwd", "paused"):
-        console.print(f"{key:12} {getattr(s, key)}", highlight=False)
+        value = getattr(s, key)
+        shown = "local" if key == "address" and value is None else _text(value)
+        console.print(f"{key:12} {shown}", highlight=False, soft_wrap=True)
     console.print(f"{'next':12} " + ("(paused) " if s.paused else "") +
                   ", ".join(_local(t, s.timezone) for t in upcoming), highlight=False)
     for r in active:
@@ -273,6 +296,9 @@ def history(name: str, limit: int = typer.Option(20, min=1, help="Newest runs fi
         return
     from pipeline.schedule.scheduler import describe_outcome
 
+    if not runs:
+        console.print(f"schedule {name} has no runs yet (next: {_next(s)})", highlight=False)
+        return
     for r in runs:  # one line per run: readable in a narrow terminal, greppable in a log
         where = f"pid {r.pid}" if r.pid else f"job {r.job_id}" if r.job_id else ""
         facts = [f"attempt {r.attempts}" if r.attempts else "", where,

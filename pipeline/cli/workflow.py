@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import (BAD_INPUT, FAILED, SetOption, console, err, exits_on_error, fail, load_spec,
-                                 data_plan)
+from pipeline.cli.common import (BAD_INPUT, FAILED, SetOption, VerboseOption, console, err, exits_on_error, fail,
+                                 load_spec, data_plan, start_console)
 from pipeline.spec import PredictSpec
 
 PREDICT_DEFAULTS = PredictSpec()  # the options' defaults are the spec's
@@ -23,25 +23,33 @@ def run(
     run_dir: Optional[str] = typer.Option(None, help="Run directory, local path or fsspec URI (default: "
                                                      "workflow.run_dir, else runs/<spec name>). Running "
                                                      "again resumes at the first incomplete step"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Run the spec's workflow (validate-data → (tune) → train → evaluate → register → promote, or predict)."""
     job = load_spec(spec, set_)
-    from pipeline.ray_runtime import ensure_ray
     from pipeline.workflow.run import WorkflowFailed, default_run_dir, run_workflow
 
-    data = None
-    if job.data.splits:
-        with exits_on_error(BAD_INPUT):
-            data = data_plan(job)
+    def prepare():  # only when a step has work to do: a run whose steps are all done starts no Ray
+        from pipeline.ray_runtime import ensure_ray
+
+        data = None
+        if job.data.splits:
+            with exits_on_error(BAD_INPUT):
+                data = data_plan(job)
+        ensure_ray()
+        return data
+
+    from pipeline.console import current, log_file
+
     target = run_dir or default_run_dir(job)
-    console.print(f"run directory: {target} (steps: {', '.join(job.steps())})", soft_wrap=True)
-    ensure_ray()
-    try:
-        with exits_on_error(FAILED):
-            record = run_workflow(job, target, say=lambda m: console.print(m, highlight=False, soft_wrap=True),
-                                  data_plan=data)
-    except WorkflowFailed as e:  # not the guard: the message adds where the details are
-        fail(f"{e}\n(details: {target}/steps/{e.step}.json; run again to resume)", code=FAILED)
+    with start_console("run", target, verbose):
+        console.print(f"run directory: {target} (steps: {', '.join(job.steps())})", soft_wrap=True)
+        console.print(f"logs: {log_file() or 'in a temp file once Ray starts'}", soft_wrap=True, highlight=False)
+        try:
+            with exits_on_error(FAILED):  # step lines go through the view: above a live bar, never into it
+                record = run_workflow(job, target, say=lambda m: current().line(m), prepare=prepare)
+        except WorkflowFailed as e:  # not the guard: the message adds where the details are
+            fail(f"{e}\n(details: {target}/steps/{e.step}.json; run again to resume)", code=FAILED)
     outcome = record["outcome"] or {}
     if outcome.get("version") is not None:
         console.print(f"registered version {outcome['version']} in {outcome['registry']}; "
@@ -60,14 +68,17 @@ def predict(
     actors: int = typer.Option(PREDICT_DEFAULTS.actors, min=1, help="Model replicas; each loads the model once"),
     gpu: bool = typer.Option(PREDICT_DEFAULTS.use_gpu, help="One GPU per replica"),
     dedupe: bool = typer.Option(False, help="Mark exact duplicates instead of predicting them again"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Batch inference over shards with a registered model: one row per sample, bad samples with reasons."""
     from pipeline.predict import predict as run_predict
-    from pipeline.ray_runtime import ensure_ray
 
-    with exits_on_error(FAILED):
-        ensure_ray()
-        result = run_predict(model, shards, out, batch_size, actors, gpu, dedupe)
+    with start_console("predict", None, verbose):
+        console.print(f"predict {', '.join(shards)} with {model}: {actors} replica(s)"
+                      f"{' on GPU' if gpu else ''}, batches of {batch_size} → {out}", soft_wrap=True,
+                      highlight=False, markup=False)
+        with exits_on_error(FAILED):  # the model reference is resolved before Ray starts (predict does both)
+            result = run_predict(model, shards, out, batch_size, actors, gpu, dedupe)
     r = result.report
     console.print(f"{result.rows} samples, {result.predicted} predicted with version {result.version}, "
                   f"{result.rows - result.predicted} not predicted"

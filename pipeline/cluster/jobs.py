@@ -32,13 +32,15 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 # ---------------------------------------------------------------- where the cluster is
 
-def resolve_address(address: str | None, spec_address: str | None = None) -> str:
-    """--address, then the spec's submit.address, then RAY_ADDRESS when it is a dashboard URL."""
+def resolve_address(address: str | None, spec_address: str | None = None, with_spec: bool = False) -> str:
+    """--address, then the spec's submit.address, then RAY_ADDRESS when it is a dashboard URL. ``with_spec``: the
+    command read a spec (submit), so its submit.address is one of the ways to give the address."""
     env = os.environ.get("RAY_ADDRESS", "")
     chosen = address or spec_address or (env if env.startswith(("http://", "https://")) else None)
     if not chosen:
-        raise ClusterError("no cluster address: pass --address http://HEAD:8265 (the dashboard URL), set "
-                           "submit.address in the spec, or export RAY_ADDRESS=http://HEAD:8265")
+        ways = "pass --address http://HEAD:8265 (the dashboard URL), " + \
+            ("set submit.address in the spec, " if with_spec else "") + "or export RAY_ADDRESS=http://HEAD:8265"
+        raise ClusterError(f"no cluster address: {ways}")
     parsed = urlparse(chosen)
     if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
         raise ClusterError(f"cluster address {chosen!r}: expected the dashboard URL with its port, "
@@ -111,10 +113,10 @@ class Connection:
             return getattr(self.client, method)(*args, **kwargs)
 
 
-def connect(address: str | None, spec_address: str | None = None) -> Connection:
+def connect(address: str | None, spec_address: str | None = None, with_spec: bool = False) -> Connection:
     from ray.job_submission import JobSubmissionClient
 
-    address = resolve_address(address, spec_address)
+    address = resolve_address(address, spec_address, with_spec)
     token = find_token()
     if token.value and urlparse(address).scheme == "http" and not is_local(address):
         log.warning("the token travels unencrypted over http to %s; prefer an SSH tunnel "
@@ -189,7 +191,7 @@ def submit_run(spec_path: Path, address: str | None, overrides: list[str], run_d
     from pipeline.spec_checks import load_job as load_spec
 
     spec_address = None if address else load_spec(spec_path, overrides).submit.address
-    conn = connect(address, spec_address)
+    conn = connect(address, spec_address, with_spec=True)
     plan = plan_submission(Path(spec_path), conn.address, overrides, run_dir)
     for w in plan.warnings:
         log.warning(w)

@@ -20,3 +20,45 @@ def load_model(source: bytes | str | Path, origin: str = "<checkpoint>"):
     model = MultimodalClassifier(spec, len(classes))
     model.load_state_dict(state["model"])
     return model.eval(), spec, classes
+
+
+class InitError(ValueError):
+    """model.init_from names weights that cannot start this model."""
+
+
+def part_of(name: str) -> str:
+    """The init part a parameter name belongs to: encoders, or fusion (the fusion and its classifier head)."""
+    return "encoders" if name.startswith("encoders.") else "fusion"
+
+
+def load_matching(model, weights: dict, parts, origin: str) -> dict:
+    """Load into ``model`` the tensors of ``weights`` (name -> tensor) that belong to ``parts`` and match a tensor
+    of the model by name and shape. Returns {"loaded": [names], "shape_mismatch": ["name: (src) vs (model)"],
+    "missing": [names of the model's ``parts`` the source lacks], "unused": [source names not in the model]}.
+    Raises InitError when nothing matched."""
+    own = model.state_dict()
+    wanted = {k: v for k, v in weights.items() if part_of(k) in parts}
+    loaded = {k: v for k, v in wanted.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    report = {
+        "loaded": sorted(loaded),
+        "shape_mismatch": sorted(f"{k}: {tuple(v.shape)} in {origin} vs {tuple(own[k].shape)} in this model"
+                                 for k, v in wanted.items() if k in own and k not in loaded),
+        "missing": sorted(k for k in own if part_of(k) in parts and k not in wanted),
+        "unused": sorted(k for k in wanted if k not in own),
+    }
+    if not loaded:
+        detail = "; ".join(report["shape_mismatch"][:5]) or f"no tensor names in common (source has e.g. " \
+                                                              f"{', '.join(sorted(weights)[:3]) or 'nothing'})"
+        raise InitError(f"model.init_from {origin}: no {' or '.join(parts)} weights match this model ({detail})")
+    model.load_state_dict(loaded, strict=False)
+    return report
+
+
+def describe_init(report: dict, origin: str) -> str:
+    """One paragraph for the log: what was loaded, and every tensor that was not."""
+    lines = [f"init_from {origin}: loaded {len(report['loaded'])} tensors"]
+    for key, what in (("shape_mismatch", "shapes differ"), ("missing", "not in the source: left as initialised"),
+                      ("unused", "in the source, not in this model")):
+        if report[key]:
+            lines.append(f"  {what} ({len(report[key])}): " + ", ".join(report[key]))
+    return "\n".join(lines)

@@ -21,22 +21,43 @@ def model_modalities(spec: JobSpec) -> list[str]:
     return spec.modalities.enabled()
 
 
+def build_encoders(spec: JobSpec, modalities: list[str]) -> nn.ModuleDict:
+    """One encoder per modality, sized by the model section: the classifier's, and pretraining's (the same names,
+    so pretrained weights load into a classifier by name)."""
+    h, mods = spec.model.hidden, spec.modalities
+    encoders = {}
+    if "image" in modalities:
+        encoders["image"] = ImageEncoder(h, spec.model.image_width)
+    if "text" in modalities:
+        encoders["text"] = TextEncoder(h, mods.text.vocab_size, mods.text.max_tokens, spec.model.text_encoder)
+    if "audio" in modalities:
+        encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, spec.model.audio_width,
+                                         spec.model.spec_augment)
+    return nn.ModuleDict(encoders)
+
+
 class MultimodalClassifier(nn.Module):
     def __init__(self, spec: JobSpec, num_classes: int):
         super().__init__()
-        h, mods = spec.model.hidden, spec.modalities
         self.modalities = model_modalities(spec)
-        encoders = {}
-        if "image" in self.modalities:
-            encoders["image"] = ImageEncoder(h, spec.model.image_width)
-        if "text" in self.modalities:
-            encoders["text"] = TextEncoder(h, mods.text.vocab_size, mods.text.max_tokens, spec.model.text_encoder)
-        if "audio" in self.modalities:
-            encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, spec.model.audio_width)
-        self.encoders = nn.ModuleDict(encoders)
+        self.encoders = build_encoders(spec, self.modalities)
         fusion = "concat" if spec.model.fusion in UNIMODAL else spec.model.fusion
-        self.fusion = build_fusion(fusion, self.modalities, h, num_classes, spec.model.dropout)
+        self.fusion = build_fusion(fusion, self.modalities, spec.model.hidden, num_classes, spec.model.dropout)
         self.modality_dropout = spec.model.modality_dropout
+        self.frozen: set[str] = set()  # modalities whose encoders stay in eval mode (model.freeze; set_frozen)
+
+    def set_frozen(self, modalities) -> None:
+        """Freeze these modalities' encoders as feature extractors: eval mode, so BatchNorm statistics and dropout
+        stay fixed. (Their weights stay fixed because their optimizer group's learning rate is 0: see
+        ``train.optim.param_groups``; requires_grad stays on so DDP keeps syncing them once they unfreeze.)"""
+        self.frozen = {m for m in modalities if m in self.encoders}
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MultimodalClassifier":
+        super().train(mode)
+        for m in getattr(self, "frozen", ()):
+            self.encoders[m].eval()
+        return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         present = {m: batch[f"present_{m}"].bool() for m in self.modalities}

@@ -71,9 +71,23 @@ LOSSES: dict[str, Callable[[TrainSpec, np.ndarray], LossFn]] = {
 }
 
 
+def labelled_only(loss: LossFn) -> LossFn:
+    """``loss`` over the rows whose label is >= 0 (train.label_fraction marks the others -1). A batch without any
+    labelled row gives 0 that still depends on the logits, so every DDP rank runs the same backward."""
+    def masked(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labelled = target >= 0
+        if bool(labelled.all()):
+            return loss(logits, target)
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        return loss(logits[labelled], target[labelled])
+    return masked
+
+
 def make_loss(t: TrainSpec, counts_seen) -> LossFn:
     """``loss(logits, target)`` for ``t.loss`` with the train section's β, γ and τ; ``counts_seen`` is the
-    per-class count per epoch as the model sees it (after rebalancing)."""
+    per-class count per epoch as the model sees it (after rebalancing). Rows labelled -1 (unlabelled) count for
+    nothing."""
     if t.loss not in LOSSES:
         raise ValueError(unknown_name("loss", t.loss, LOSSES))
-    return LOSSES[t.loss](t, np.asarray(counts_seen, dtype=np.float64))
+    return labelled_only(LOSSES[t.loss](t, np.asarray(counts_seen, dtype=np.float64)))

@@ -27,7 +27,7 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     from pipeline.data.tools.plots import _pyplot
 
     plt = _pyplot()
-    epochs = [row["epoch"] + 1 for row in history]
+    epochs = [row["epoch"] for row in history]  # 1-based, as epochs.csv holds them
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4 * len(CURVE_METRICS), 3.2))
     for ax, name in zip(axes, CURVE_METRICS):
         for split in ("train", "val"):
@@ -43,7 +43,17 @@ def plot_curves(path: Path, history: list[dict]) -> None:
 def plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title: str) -> None:
     from pipeline.data.tools.plots import _pyplot
 
+    fig = confusion_figure(confusion, classes, title)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def confusion_figure(confusion, classes: list[str], title: str):
+    """A matplotlib figure of ``confusion`` (rows true, columns predicted) with the count in each cell."""
+    from pipeline.data.tools.plots import _pyplot
+
     plt = _pyplot()
+    confusion = np.asarray(confusion)
     size = max(4, 0.6 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(confusion, cmap="Blues")
@@ -56,9 +66,10 @@ def plot_confusion(path: Path, confusion: np.ndarray, classes: list[str], title:
         for j in range(len(classes)):
             ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if confusion[i, j] > confusion.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # glyphs the default font lacks (CJK class names)
+        fig.tight_layout()
+    return fig
 
 
 def write_artifacts(run_dir: Path, history: list[dict], classes: list[str], confusion: np.ndarray,

@@ -26,7 +26,8 @@ from pipeline.model.classifier import MultimodalClassifier, input_columns, model
 from pipeline.model.losses import make_loss
 from pipeline.spec import JobSpec
 from pipeline.train.metrics import Accumulator, metric_mode
-from pipeline.train.optim import apply_gradients, lr_schedule, make_optimizer
+from pipeline.train.optim import apply_gradients, freeze_groups, lr_schedule, make_optimizer, param_groups
+from pipeline.train.transfer import prepare_transfer
 
 STATE_FILE = "state.pt"
 
@@ -91,8 +92,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 def resume_record(model, scheduler, state: dict) -> dict:
     """What a resumed run started from, for the first epoch row after it (epochs.csv): the checkpoint's epoch, the
     optimizer steps and the weights as loaded. Tests compare them with that epoch's own row: a run that
-    restarted from scratch has no such row, one that lost its state has other steps or weights."""
-    return {"resumed_from_epoch": state["epoch"], "resumed_steps": scheduler.last_epoch,
+    restarted from scratch has no such row, one that lost its state has other steps or weights. Epochs are
+    1-based here as in epochs.csv; ``state["epoch"]`` (the checkpoint's own) counts from 0."""
+    return {"resumed_from_epoch": state["epoch"] + 1, "resumed_steps": scheduler.last_epoch,
             "resumed_weights": weights_fingerprint(model)}
 
 
@@ -123,10 +125,11 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(t.seed + rank)
 
     model = MultimodalClassifier(spec, len(classes))
-    if spec.model.pretrained:
-        load_weights(model, spec.model.pretrained)
+    # model.init_from / freeze / pretrained_lr_scale (pipeline/train/transfer.py): frozen encoders get lr 0
+    pretrained = prepare_transfer(model, spec, say=lambda _: None)  # the driver said what it loads
     model = ray.train.torch.prepare_model(model)  # DDP (gradients all-reduced in backward) + device
-    optimizer = make_optimizer(t, model.parameters())
+    optimizer = make_optimizer(t, param_groups(unwrap(model), t.lr, pretrained, spec.model.pretrained_lr_scale,
+                                               spec.model.frozen_epochs()))
     steps_per_epoch = max(1, int(config["rows_per_epoch"] // (world * t.batch_size)))
     scheduler = lr_schedule(t, optimizer, steps_per_epoch)
     loss_fn = make_loss(t, config["counts_seen"])
@@ -149,15 +152,20 @@ def train_loop(config: dict) -> None:
     val_data = ray.train.get_dataset_shard("val")
     failure = config.get("inject_failure")
     heartbeat = config.get("heartbeat")  # the driver's stall watchdog counts these (pipeline/watchdog.py)
+    tensorboard = _tensorboard(config) if rank == 0 else None
 
     first_batch = rank == 0  # log when the first batch arrives: benchmarks/first_batch.py measures start-up by it
+    lr = scheduler.get_last_lr()[0]
     for epoch in range(start_epoch, t.epochs):
+        epoch_started = time.monotonic()
         if failure and epoch == failure["epoch"] and rank == world - 1 and not os.path.exists(failure["marker"]):
             Path(failure["marker"]).touch()
             raise RuntimeError(f"injected worker failure at epoch {epoch} (testing recovery)")
         if rank == 0:
             config["epoch_clock"].set(epoch)  # augmentation and rebalancing draw per epoch
         _barrier()
+        frozen = freeze_groups(optimizer, scheduler, epoch)  # model.freeze: lr 0 until its epoch, eval mode
+        unwrap(model).set_frozen([g.split(".", 1)[1] for g in frozen])
 
         # ---- train on this rank's shard; equal row counts per rank and drop_last keep the ranks in step
         model.train()
@@ -168,19 +176,22 @@ def train_loop(config: dict) -> None:
         for batch in train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
                                                     local_shuffle_buffer_size=2 * t.batch_size,
                                                     local_shuffle_seed=t.seed + epoch):
-            if first_batch:
-                print(f"first training batch at unix time {time.time():.3f}", flush=True)
+            if first_batch and heartbeat:  # the driver logs it (benchmarks/first_batch.py reads that line)
+                heartbeat.event("first_batch", time=time.time())
                 first_batch = False
             batch = _to_batch(batch, train_inputs, device)
+            lr = optimizer.param_groups[0]["lr"]  # what this step trains with (the schedule moves on after it)
             if augment_on_device:
                 batch = augment_on_device(batch)
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
                 logits = model(batch)                                  # (B, C)
                 loss = loss_fn(logits, batch["label"])
             apply_gradients(loss, model, optimizer, scheduler, t.grad_clip)
-            if heartbeat:
-                heartbeat.beat()
-            train_acc.add(logits.detach(), batch["label"], loss.item() * len(batch["label"]))
+            labelled = batch["label"] >= 0  # train.label_fraction: unlabelled rows (-1) are not scored
+            train_acc.add(logits.detach()[labelled], batch["label"][labelled], loss.item() * int(labelled.sum()))
+            if heartbeat:  # the driver's progress bar: rows and running loss of this rank's epoch so far
+                heartbeat.beat(rank=rank, epoch=epoch, phase="train", rows=train_acc.rows,
+                               loss=train_acc.loss_sum / max(1, train_acc.rows))
 
         # ---- validate: every val row once across the ranks (batch i goes to rank i % world)
         _sync_buffers(model)  # BatchNorm running stats diverge per rank after the last step; use rank 0's
@@ -196,8 +207,9 @@ def train_loop(config: dict) -> None:
                     loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum")
                 val_acc.add(logits, batch["label"], loss.item())
                 if heartbeat:
-                    heartbeat.beat()
-        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+                    heartbeat.beat(rank=rank, epoch=epoch, phase="val", rows=val_acc.rows)
+        # 1-based, as every log line and plot says; the last epoch's lr is its last step's, not the 0.0 after it
+        metrics = {"epoch": epoch + 1, "lr": lr}
         metrics.update(_scalars(train_acc.all_reduce().compute(classes, "train")))
         val_metrics = val_acc.all_reduce().compute(classes, "val")
         metrics.update(_scalars(val_metrics))
@@ -207,8 +219,10 @@ def train_loop(config: dict) -> None:
         # epochs.csv only (not reported): cumulative optimizer steps (the schedule's count, restored on resume),
         # the weights this epoch's checkpoint holds, and on the first epoch after a resume what it resumed from
         history.append({**metrics, "optimizer_steps": scheduler.last_epoch, "weights": weights_fingerprint(model),
-                        **resumed})
+                        "epoch_seconds": round(time.monotonic() - epoch_started, 3), **resumed})
         resumed = {}
+        if tensorboard:
+            tensorboard.epoch(epoch + 1, metrics, _confusion_figure(val_metrics["val.confusion"], classes, epoch + 1))
 
         # ---- checkpoint from rank 0; every rank reports
         with tempfile.TemporaryDirectory() as d:
@@ -218,26 +232,36 @@ def train_loop(config: dict) -> None:
                                             spec=config["spec"], classes=classes,
                                             val_confusion=val_metrics["val.confusion"]), Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
-                print(f"epoch {epoch + 1}/{t.epochs}: train loss {metrics['train.loss']:.3f} "
-                      f"acc {metrics['train.accuracy']:.3f} | val loss {metrics['val.loss']:.3f} "
-                      f"acc {metrics['val.accuracy']:.3f} macro-F1 {metrics['val.macro_f1']:.3f}", flush=True)
+                if heartbeat:  # the driver prints the epoch's line (pipeline/progress.py); workers never print
+                    heartbeat.event("epoch", epoch=epoch, epochs=t.epochs, metrics=metrics,
+                                    seconds=time.monotonic() - epoch_started)
             ray.train.report(metrics, checkpoint=ckpt)
         if stop:
-            if rank == 0:
-                print(f"early stopping: {metric} has not improved for {stopper.stale} epochs", flush=True)
+            if rank == 0 and heartbeat:
+                heartbeat.event("early_stop", metric=metric, stale=stopper.stale)
             break
+    if tensorboard:
+        if config["tracking"].get("hparams") and history:
+            tensorboard.hparams(config["tracking"]["hparams"], history[-1])
+        tensorboard.close()
+
+
+def _tensorboard(config: dict):
+    """The event-file writer for this training, when the driver named a folder (``tracking.tensorboard_dir``)."""
+    folder = (config.get("tracking") or {}).get("tensorboard_dir")
+    if not folder:
+        return None
+    from pipeline.tracking.tensorboard import EpochWriter
+
+    return EpochWriter(folder)
+
+
+def _confusion_figure(confusion, classes: list[str], epoch: int):
+    from pipeline.train.artifacts import confusion_figure
+
+    return confusion_figure(confusion, classes, f"confusion matrix (val, epoch {epoch})")
 
 
 def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-
-def load_weights(model: torch.nn.Module, path: str) -> None:
-    """Load matching tensors from a best.pt / state.pt file (weights only; nothing is unpickled)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weights = state.get("model", state)
-    own = model.state_dict()
-    usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ValueError(f"{path}: no weights match this model")
-    model.load_state_dict(usable, strict=False)

@@ -34,6 +34,43 @@ def make_optimizer(t: TrainSpec, params: Params) -> torch.optim.Optimizer:
     return OPTIMIZERS[t.optimizer](t, params)
 
 
+def param_groups(model: torch.nn.Module, lr: float, pretrained: set[str] = frozenset(), lr_scale: float = 1.0,
+                 frozen: dict[str, float] | None = None) -> list[dict]:
+    """The optimizer's parameter groups: the encoder of each modality in ``frozen`` (modality -> epochs frozen,
+    inf: for good), the other weights ``init_from`` loaded (``pretrained``: parameter names), and the rest.
+    Loaded weights run at ``lr * lr_scale``, the rest at ``lr``. Each group carries its ``name``, the lr it runs
+    at when trainable (``trainable_lr``) and the epoch it becomes trainable (``frozen_until``): see
+    ``freeze_groups``."""
+    frozen = frozen or {}
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        frozen_modality = parts[1] if parts[0] == "encoders" and parts[1] in frozen else None
+        key = f"frozen.{frozen_modality}" if frozen_modality else "pretrained" if name in pretrained else "new"
+        group = groups.setdefault(key, {"params": [], "name": key, "trainable_lr": lr,
+                                        "frozen_until": frozen.get(frozen_modality, 0.0)})
+        group["params"].append(param)
+        if name in pretrained:
+            group["trainable_lr"] = lr * lr_scale
+    order = sorted(groups, key=lambda k: (k != "new", k))  # "new" first: the lr train reports is the first group's
+    return [{**groups[k], "lr": groups[k]["trainable_lr"], "frozen": groups[k]["frozen_until"] > 0} for k in order]
+
+
+def freeze_groups(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, epoch: int
+                  ) -> list[str]:
+    """Set each group's base learning rate for ``epoch``: 0 while it is frozen (its weights do not move: the
+    decoupled weight decay and momentum of every optimizer here scale with the lr), its ``trainable_lr`` after.
+    Returns the names of the groups frozen in this epoch."""
+    frozen = []
+    for i, group in enumerate(optimizer.param_groups):
+        is_frozen = group["frozen"] = epoch < group.get("frozen_until", 0.0)
+        scheduler.base_lrs[i] = 0.0 if is_frozen else group.get("trainable_lr", scheduler.base_lrs[i])
+        group["lr"] = scheduler.base_lrs[i] * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        if is_frozen:
+            frozen.append(group["name"])
+    return frozen
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
                   ) -> torch.optim.lr_scheduler.LambdaLR:
     """Step k (from 0) runs at lr·(k + 1)/warmup_steps while k < warmup_steps, then on a cosine from lr down to 0
@@ -58,7 +95,8 @@ def apply_gradients(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch
     the schedule. The gradients stay on the parameters until the next call."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if grad_clip:  # over the weights that move: a frozen encoder's gradients must not shrink the others'
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups if not g.get("frozen")
+                                        for p in g["params"]], grad_clip)
     optimizer.step()
     scheduler.step()

@@ -14,15 +14,20 @@ import torch
 
 from pipeline.data.streaming.epoch import EpochClock
 from pipeline.data.streaming.plan import DataPlan, RebalancePlan
-from pipeline.data.streaming.warmup import _warm, train_runtime_env
+from pipeline.data.streaming.actors import actors_scope
+from pipeline.data.streaming.warmup import warm_data_workers
 from pipeline.io import atomic_write_text
+from pipeline.console import make_console, quiet_ray
 from pipeline.model.classifier import MultimodalClassifier, input_columns, train_columns
+from pipeline.progress import follow_training
 from pipeline.ray_runtime import data_progress, started_here
-from pipeline.resources import (ResourcePlan, cluster_capacity, data_reservation, data_tasks_in, no_orphaned_groups,
-                                plan_resources)
+from pipeline.resources import ResourcePlan, cluster_capacity, data_reservation, no_orphaned_groups, plan_resources
 from pipeline.spec import JobSpec, dump_spec
+from pipeline.report import publish_run
+from pipeline.tracking.tensorboard import TENSORBOARD_DIR
 from pipeline.train.artifacts import write_artifacts
 from pipeline.train.loop import STATE_FILE, train_loop
+from pipeline.train.transfer import prepare_transfer
 from pipeline.train.metrics import Accumulator, metric_mode
 from pipeline.watchdog import Heartbeat, StallError, kill_train_controllers, progressed, watch
 
@@ -49,12 +54,20 @@ def check_resumable(spec: JobSpec, run_dir: Path, name: str) -> None:
     if not (run_dir / "ray" / name).exists() or not previous.exists():
         return
     old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-    new = spec.model_dump(mode="json")
-    changed = [f"model.{k}" for k in new["model"] if old.get("model", {}).get(k) != new["model"][k]]
-    changed += [f"train.{k}" for k in new["train"] if k != "epochs" and old.get("train", {}).get(k) != new["train"][k]]
+    changed = [f"{section}.{k}" for section in ("model", "train")
+               for k, value in _settings(spec, section, old.get(section) or {}) if k != "epochs"]
     if changed:
         raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); it would resume "
                          "with the old ones. Use another --out, or --fresh to discard it.")
+
+
+def _settings(spec: JobSpec, section: str, old: dict):
+    """(name, value) of each field of ``spec.<section>`` that differs from ``old``; a field ``old`` lacks (written
+    before the field existed) counts as its default, so adding a field to the spec keeps old runs resumable."""
+    part = getattr(spec, section)
+    new = part.model_dump(mode="json")
+    defaults = type(part)().model_dump(mode="json")
+    return [(k, v) for k, v in new.items() if old.get(k, defaults.get(k)) != v]
 
 
 def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str], prefix: str) -> dict:
@@ -72,21 +85,24 @@ def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str],
 
 
 def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict, run_config,
-                  inject_failure: dict | None = None, heartbeat: Heartbeat | None = None):
+                  inject_failure: dict | None = None, heartbeat: Heartbeat | None = None,
+                  tracking: dict | None = None, scheduling_strategy=None):
     """The TorchTrainer for one training of ``data.spec`` (``mmpipe train`` and every Tune trial): the train split
     streams rebalanced and augmented per epoch (an EpochClock the loop advances); ``val`` is read whole by each
     rank. ``resources``: per worker (ResourcePlan.worker_resources); ``heartbeat``: what the workers beat per step.
-    Built inside ``resources.data_tasks_in``, its datasets run in the run's reserved data CPUs."""
+    ``scheduling_strategy``: where the train split's tasks run (the run's reserved data CPUs)."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     spec, clock = data.spec, EpochClock(0)
-    train = data.train_dataset(epoch=clock, columns=train_columns(spec), rebalance=rebalance)
+    train = data.train_dataset(epoch=clock, columns=train_columns(spec), rebalance=rebalance,
+                               scheduling_strategy=scheduling_strategy)
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "classes": data.classes, "epoch_clock": clock,
                            "rows_per_epoch": float(sum(rebalance.expected)), "counts_seen": rebalance.expected,
-                           "inject_failure": inject_failure, "heartbeat": heartbeat},
+                           "inject_failure": inject_failure, "heartbeat": heartbeat,
+                           "tracking": tracking},  # tensorboard_dir, hparams: pipeline/tracking/tensorboard.py
         scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
                                      resources_per_worker=resources),
         datasets={"train": train, "val": val},
@@ -109,6 +125,8 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
             raise TrainError(f"training needs data.splits.{split}")
     data = data_plan.for_spec(spec) if data_plan is not None else DataPlan(spec)
     check_resumable(spec, run_dir, name)
+    if spec.model.init_from:  # a wrong model.init_from fails here, before Ray Train starts; says what it loads
+        prepare_transfer(MultimodalClassifier(spec, len(data.classes)), spec, say=print)
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
 
     # Class counts for rebalancing from manifest.json when it describes these shards (else a label-only pass):
@@ -138,33 +156,32 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
             write_data_report(data, run_dir, plan)
     if result.error:
         raise TrainError(f"training failed: {result.error}")
-    with watch("test evaluation", spec.scaling.stall_timeout_s):
-        return finish(data, run_dir, result)
+    with watch("test evaluation", spec.scaling.stall_timeout_s), actors_scope():
+        trained = finish(data, run_dir, result)
+    publish_run(run_dir, spec)  # environment.json, report.html; MLflow when tracking asks (pipeline/report)
+    return trained
 
 
 def _fit(data: DataPlan, rebalance: RebalancePlan, plan: ResourcePlan, run_config, inject_failure):
     """trainer.fit() with the run's data CPUs reserved (its datasets built to run there), a stall watchdog on the
-    workers' heartbeat, and no placement group left behind."""
-    import ray
-
+    workers' heartbeat, and no placement group or dataset actor left behind."""
     spec = data.spec
+    run_dir = Path(run_config.storage_path).parent  # RUN_DIR/ray holds Ray Train's state
     heartbeat = Heartbeat()
     try:
-        with no_orphaned_groups(), data_reservation(spec.scaling.data_cpus) as strategy:
-            with data_tasks_in(strategy):
-                val = data.eval_dataset("val", columns=input_columns(spec))
-                trainer = build_trainer(data, rebalance, val, plan.worker_resources(), run_config,
-                                        inject_failure=inject_failure, heartbeat=heartbeat)
+        with actors_scope(), no_orphaned_groups(), data_reservation(spec.scaling.data_cpus) as strategy:
+            val = data.eval_dataset("val", columns=input_columns(spec), scheduling_strategy=strategy)
+            trainer = build_trainer(data, rebalance, val, plan.worker_resources(), run_config,
+                                    inject_failure=inject_failure, heartbeat=heartbeat,
+                                    tracking={"tensorboard_dir": str(run_dir / TENSORBOARD_DIR)},
+                                    scheduling_strategy=strategy)
             if started_here():  # idle workers of a cluster are not kept for us: warming them would be wasted work
                 # One per data CPU, in the reservation where the reads will run (more would only queue there and
                 # reuse the same worker); overlaps Ray Train's start-up.
-                runtime_env = train_runtime_env()
-                if runtime_env is not None:
-                    warm = ray.remote(num_cpus=1)(_warm).options(runtime_env=runtime_env,
-                                                                 scheduling_strategy=strategy)
-                    for _ in range(min(8, spec.scaling.data_cpus)):
-                        warm.remote(spec.augment.model_dump_json(), spec.modalities.model_dump_json())
-            with watch("training", spec.scaling.stall_timeout_s, heartbeat, force_stop=kill_train_controllers):
+                warm_data_workers(spec, strategy, min(8, spec.scaling.data_cpus))
+            quiet_ray()  # Ray Train's driver loggers exist now: their lines go to the log file
+            with watch("training", spec.scaling.stall_timeout_s, heartbeat, force_stop=kill_train_controllers), \
+                    follow_training(heartbeat, spec.train.epochs, float(sum(rebalance.expected))):
                 return trainer.fit()
     finally:
         heartbeat.close()
@@ -175,7 +192,7 @@ def write_data_report(data: DataPlan, run_dir: Path, plan: RebalancePlan) -> Non
     report = data.validate()
     report.rebalance = plan.to_dict()
     report.write_json(run_dir / "data_report.json")
-    report.print()
+    report.print(make_console())  # piped: not wrapped at 80 columns
 
 
 def best_checkpoint(result, metric: str):
@@ -204,9 +221,9 @@ def finish(data: DataPlan, run_dir: Path, result) -> TrainResult:
     test = {}
     if "test" in spec.data.splits:
         test = evaluate(model, data.eval_dataset("test"), spec, classes, "test")
-    metrics = {**{k: v for k, v in best_epoch.items()}, **test, "best_epoch": best["epoch"],
+    metrics = {**{k: v for k, v in best_epoch.items()}, **test, "best_epoch": best["epoch"] + 1,  # 1-based
                "epochs_run": latest["epoch"] + 1, "classes": classes}
-    torch.save({"model": best["model"], "classes": classes, "spec": best["spec"], "epoch": best["epoch"],
+    torch.save({"model": best["model"], "classes": classes, "spec": best["spec"], "epoch": best["epoch"] + 1,
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}},
                run_dir / ".best.pt.tmp")
     shutil.move(run_dir / ".best.pt.tmp", run_dir / "best.pt")

@@ -10,21 +10,28 @@ Re-running the same ``tune`` with the same output folder continues the experimen
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.data.streaming.plan import DataPlan, plan_rebalance
+from pipeline.console import verbose
 from pipeline.io import atomic_write_text
 from pipeline.ray_runtime import data_progress
-from pipeline.resources import (DATA_BUNDLE, cluster_capacity, data_strategy, data_tasks_in, no_orphaned_groups,
-                                plan_resources)
+from pipeline.data.streaming.actors import actors_scope
+from pipeline.resources import (DATA_BUNDLE, cluster_capacity, data_strategy, no_orphaned_groups, plan_resources,
+                                remove_groups_of_dead_creators)
+from pipeline.report import publish_run
 from pipeline.spec import JobSpec, dump_spec
+from pipeline.tracking.tensorboard import TENSORBOARD_DIR
 from pipeline.trust import check_private_dir
-from pipeline.tune.space import apply, to_param_space
+from pipeline.tune.progress import trial_table_callback
+from pipeline.tune.space import apply, to_param_space, with_search_space
 from pipeline.watchdog import Heartbeat, kill_train_controllers, progressed, watch
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "tune"
+SWEEP_EVERY_S = 5.0  # how often a tune looks for placement groups left by dead Train controllers
 
 
 class TuneError(RuntimeError):
@@ -66,14 +73,20 @@ def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], val,
     spec = trial_spec(base, config)
     trial = data.for_spec(spec, data.classes)
     plan = plan_rebalance(spec, trial.classes, counts, "shared counts")
-    with data_tasks_in(data_strategy(ray.util.get_current_placement_group(), DATA_BUNDLE)):
+    # The trial's epoch clock and duplicate index end with it (also when Tune reuses the trial's actor).
+    with actors_scope():
         trainer = build_trainer(trial, plan, val, worker_resources,
                                 RunConfig(name=f"train_{tune.get_context().get_trial_id()}", storage_path=storage,
                                           failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
                                           checkpoint_config=CheckpointConfig(num_to_keep=1),
                                           callbacks=[TuneReportCallback()]),
-                                heartbeat=heartbeat)
-    trainer.fit()
+                                heartbeat=heartbeat,
+                                scheduling_strategy=data_strategy(ray.util.get_current_placement_group(),
+                                                                  DATA_BUNDLE),
+                                tracking={"tensorboard_dir": str(Path(storage).parent / TENSORBOARD_DIR /
+                                                                 tune.get_context().get_trial_id()),
+                                          "hparams": config})  # event files per trial (pipeline/tracking)
+        trainer.fit()
 
 
 def _progress_callback():
@@ -81,13 +94,31 @@ def _progress_callback():
     from ray.tune import Callback
 
     class Progress(Callback):
+        swept = 0.0
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             progressed()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             progressed()
 
+        def on_trial_error(self, iteration, trials, trial, **info):
+            remove_groups_of_dead_creators()  # a killed trial's Train workers' group would starve its retry
+
+        def on_step_begin(self, iteration, trials, **info):
+            # Again every few seconds: the controller of a killed trial dies a moment after it, and its retry
+            # may already wait for the CPUs that controller's group holds.
+            now = time.monotonic()
+            if now - self.swept >= SWEEP_EVERY_S:
+                self.swept = now
+                remove_groups_of_dead_creators()
+
     return Progress()
+
+
+def _table_base(spec: JobSpec) -> dict:
+    """The trial table's values for what the search does not vary."""
+    return {"fusion": spec.model.fusion, "optimizer": spec.train.optimizer, "lr": spec.train.lr}
 
 
 def _scheduler(spec: JobSpec):
@@ -116,18 +147,23 @@ def _search_alg(spec: JobSpec):
 
 def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = None) -> TuneResult:
     """``data_plan``: the run's DataPlan (built here when not given)."""
-    import ray
-    from ray import tune
-
-    if not spec.tune.search_space:
-        raise TuneError("tune.search_space is empty: nothing to search")
+    spec = with_search_space(spec)  # no tune.search_space: the default search (pipeline/tune/space.py)
     resources = plan_resources(spec, *cluster_capacity(), tune=True)  # before any Ray work: refused if impossible
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data_plan.for_spec(spec) if data_plan is not None else DataPlan(spec)
+
+    with actors_scope():  # the shared val set's read actors end with the experiment, also when it fails
+        return _search(spec, out_dir, data, resources)
+
+
+def _search(spec: JobSpec, out_dir: Path, data: DataPlan, resources) -> TuneResult:
+    """The shared data work, the Tuner (new, or restored from ``out_dir``) and the export."""
+    import ray
+    from ray import tune
+
     base = spec.model_dump(mode="json")
     search_alg = _search_alg(spec)
-
     # Shared work, once: the data report (exact kept counts for every trial's rebalancing) and the val set.
     report = data.validate(["train", "val"])
     hist = report.splits["train"].class_histogram
@@ -136,7 +172,7 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
     data_progress(False)
     all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} | {"label"})
     # Only its blocks go to the trials: the materialised dataset's plan still holds the read's duplicate-index
-    # actor, which Tune's parameter registry would then keep alive after the experiment.
+    # actor, which Tune's parameter registry would otherwise carry into every trial.
     val = ray.data.from_arrow_refs(data.eval_dataset("val", columns=all_columns).materialize().to_arrow_refs())
 
     heartbeat = Heartbeat()
@@ -160,7 +196,10 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
                                         max_concurrent_trials=resources.trials),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out_dir),
                                       failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                                      callbacks=[_progress_callback()]))
+                                      # the console shows our trial table (pipeline/tune/progress.py), not Tune's
+                                      verbose=None if verbose() else 0,
+                                      callbacks=[_progress_callback(),
+                                                 trial_table_callback(t.metric, t.mode, _table_base(spec))]))
     try:
         with no_orphaned_groups(), watch("tune", spec.scaling.stall_timeout_s, heartbeat,
                                          force_stop=kill_train_controllers):
@@ -168,7 +207,9 @@ def run_tune(spec: JobSpec, out_dir: str | Path, data_plan: DataPlan | None = No
     finally:
         heartbeat.close()
     del val, trainable, tuner  # the shared val set (and its data actors) go with the experiment
-    return export(spec, base, results, out_dir)
+    exported = export(spec, base, results, out_dir)
+    publish_run(out_dir, spec)  # environment.json, report.html; MLflow when tracking asks (pipeline/report)
+    return exported
 
 
 def export(spec: JobSpec, base: dict, results, out_dir: Path) -> TuneResult:

@@ -8,6 +8,9 @@
 
 Every key must name a spec field, and every value the distribution can produce must make a valid spec: both are
 checked when the spec loads, with errors naming ``tune.search_space.<key>``.
+
+A spec without a search space searches ``DEFAULT_SEARCH_SPACE``: what tuning is for, the fusion, the optimizer and
+its learning rate (``tests/tune`` keeps it valid against the registries).
 """
 
 from __future__ import annotations
@@ -16,6 +19,41 @@ import copy
 from typing import Any
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+# Every fusion of several modalities differs in kind; three of them, each with every optimizer family and a
+# learning rate over two decades: num_samples trials per fusion.
+DEFAULT_SEARCH_SPACE: dict[str, dict] = {
+    "model.fusion": {"grid": ["concat", "gated", "late"]},
+    "train.optimizer": {"choice": ["adamw", "momentum"]},
+    "train.lr": {"loguniform": [5.0e-4, 5.0e-3]},
+}
+
+
+def default_space(search_alg: str = "random") -> dict[str, dict]:
+    """The default search; a searcher that cannot take a grid (optuna) draws the fusion instead."""
+    space = copy.deepcopy(DEFAULT_SEARCH_SPACE)
+    if search_alg != "random":
+        space = {k: ({"choice": d["grid"]} if "grid" in d else d) for k, d in space.items()}
+    return space
+
+
+def describe(space: dict[str, Any]) -> str:
+    """``model.fusion: grid [concat, gated] x train.lr: loguniform [0.0003, 0.003]``: one line for the console."""
+    return " x ".join(f"{key}: {kind} [{', '.join(str(a) for a in args)}]"
+                      for key, dist in space.items() for kind, args in dist.items())
+
+
+def searched_space(spec) -> tuple[dict[str, Any], bool]:
+    """(the search space a tune of ``spec`` runs, whether it is the default)."""
+    if spec.tune.search_space:
+        return spec.tune.search_space, False
+    return default_space(spec.tune.search_alg), True
+
+
+def with_search_space(spec):
+    """``spec`` with the space it searches filled in (the default when it names none)."""
+    space, _ = searched_space(spec)
+    return spec.model_copy(update={"tune": spec.tune.model_copy(update={"search_space": space})})
 
 
 def _shape_problem(dist: Any) -> str | None:

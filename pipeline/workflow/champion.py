@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-from pipeline.train.metrics import metric_mode
-
 
 def decide(metric: str, challenger: float, champion: float | None, min_improvement: float) -> dict:
     """The promotion decision with both scores. ``metric`` is a holdout metric name (e.g. ``macro_f1``); ``loss``
     improves downwards. No champion yet: promote. A NaN challenger score never wins."""
+    from pipeline.train.metrics import metric_mode  # here, not at the top: it loads torch, which a run whose
+    # steps are all done must not wait for
     base = {"metric": metric, "challenger": challenger, "champion": champion, "min_improvement": min_improvement}
     if challenger is None or math.isnan(challenger):
         return {**base, "promote": False, "reason": f"challenger has no {metric} score"}

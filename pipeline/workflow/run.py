@@ -46,14 +46,40 @@ def _outcome(ctx: StepContext) -> dict:
 
 
 def run_workflow(spec: JobSpec, run_dir: str | None = None, say: Callable[[str], None] = print,
-                 data_plan: "DataPlan | None" = None) -> dict:
+                 data_plan: "DataPlan | None" = None,
+                 prepare: "Callable[[], DataPlan | None] | None" = None) -> dict:
     """Run (or resume) the workflow; returns run.json's content. Raises WorkflowFailed after recording it.
-    ``data_plan``: the run's DataPlan (its steps share one, built on first use when not given). Holds the run
-    directory's lock throughout: a second ``mmpipe run`` on it fails at once (RunLocked) instead of deleting this
-    one's work."""
+    ``data_plan``: the run's DataPlan (its steps share one, built on first use when not given). ``prepare``: called
+    once before the first step that has work to do (start Ray, build the data plan: it returns the plan); a run
+    whose steps are all done never calls it, so it answers in about a second. Holds the run directory's lock
+    throughout: a second ``mmpipe run`` on it fails at once (RunLocked) instead of deleting this one's work."""
     run = RunDir(run_dir or default_run_dir(spec))
     with run.lock():
+        if prepare is not None and pending_step(spec, run) is not None:
+            data_plan = prepare() or data_plan
         return _run_steps(spec, run, say, data_plan)
+
+
+def _check(spec: JobSpec, run: RunDir, step: str, upstream: dict[str, str]):
+    """(inputs, their hash, the error computing them, the manifest when an earlier attempt completed the step with
+    these very inputs)."""
+    try:  # listing the data can fail (a missing shard): that is this step's failure, recorded by the caller
+        inputs, input_error = step_inputs(spec, step, upstream), None
+    except Exception as e:  # noqa: BLE001
+        inputs, input_error = {"unknown": f"{type(e).__name__}: {e}"}, e
+    inputs_sha = fingerprint(inputs)
+    return inputs, inputs_sha, input_error, None if input_error else run.completed(step, inputs_sha)
+
+
+def pending_step(spec: JobSpec, run: RunDir) -> str | None:
+    """The first step a run would have to work on (not done earlier with the same inputs); None when none."""
+    upstream: dict[str, str] = {}
+    for step in spec.steps():
+        done = _check(spec, run, step, upstream)[3]
+        if not done:
+            return step
+        upstream[step] = done["outputs_sha256"]
+    return None
 
 
 def _run_steps(spec: JobSpec, run: RunDir, say: Callable[[str], None], data_plan) -> dict:
@@ -67,12 +93,7 @@ def _run_steps(spec: JobSpec, run: RunDir, say: Callable[[str], None], data_plan
     steps = spec.steps()
     run.write_run(record)
     for number, step in enumerate(steps, 1):
-        try:  # listing the data can fail (a missing shard): that is this step's failure, recorded below
-            inputs, input_error = step_inputs(spec, step, upstream), None
-        except Exception as e:  # noqa: BLE001
-            inputs, input_error = {"unknown": f"{type(e).__name__}: {e}"}, e
-        inputs_sha = fingerprint(inputs)
-        done = None if input_error else run.completed(step, inputs_sha)
+        inputs, inputs_sha, input_error, done = _check(spec, run, step, upstream)
         if done:
             say(f"[{number}/{len(steps)}] {step}: done in an earlier attempt, skipped")
             upstream[step], ctx.results[step] = done["outputs_sha256"], done.get("summary", {})
@@ -114,6 +135,10 @@ def _run_steps(spec: JobSpec, run: RunDir, say: Callable[[str], None], data_plan
         say(f"[{number}/{len(steps)}] {step}: done in {manifest['seconds']:.1f} s {_short(summary)}")
     record.update(status="succeeded", ended=_now(), outcome=_outcome(ctx))
     run.write_run(record)
+    if not run.remote:  # report.html beside run.json: steps, promotion, the train/tune reports
+        from pipeline.report import publish_run
+
+        publish_run(run.work)
     return record
 
 

@@ -30,7 +30,7 @@ try:
 except ImportError:  # Windows: no flock; URIs are still locked by their lock file
     fcntl = None
 
-RESUMABLE = ("tune", "train")  # steps whose partial work (Ray checkpoints) is worth keeping
+RESUMABLE = ("pretrain", "tune", "train")  # steps whose partial work (Ray checkpoints) is worth keeping
 LOCK_FILE = "run.lock"  # in the run directory (and in the local cache of a URI's run): who is running it
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.io import atomic_write_text
-from pipeline.model.checkpoint import load_model
 from pipeline.spec import STEPS as STEP_NAMES
+from pipeline.tracking.mlflow_log import mlflow_run_id
 from pipeline.spec import JobSpec
 from pipeline.spec_checks import load_job as load_spec
 from pipeline.workflow.champion import decide
@@ -131,11 +131,22 @@ def tune(ctx: StepContext, ws: Path) -> dict:
     return {"trials": result.trials, "best_metric": result.best_metric, "best_config": result.best_config}
 
 
+def pretrain(ctx: StepContext, ws: Path) -> dict:
+    from pipeline.train.pretrain import run_pretraining
+
+    result = run_pretraining(ctx.spec, ws, data_plan=ctx.data)
+    last = result.history[-1]
+    return {"epochs_run": last["epoch"], "train.loss": last["train.loss"], "temperature": last["temperature"]}
+
+
 def _training_spec(ctx: StepContext) -> JobSpec:
-    """The spec to train: Tune's best when this workflow tuned, else the run's own."""
-    if "tune" in ctx.spec.steps():
-        return load_spec(ctx.outputs("tune") / "best_spec.yaml")
-    return ctx.spec
+    """The spec to train: Tune's best when this workflow tuned, else the run's own; started from the pretrain
+    step's encoders when this workflow pretrained."""
+    spec = load_spec(ctx.outputs("tune") / "best_spec.yaml") if "tune" in ctx.spec.steps() else ctx.spec
+    if "pretrain" in ctx.spec.steps():
+        spec = spec.model_copy(deep=True)
+        spec.model.init_from = str(ctx.outputs("pretrain"))
+    return spec
 
 
 def train(ctx: StepContext, ws: Path) -> dict:
@@ -160,6 +171,7 @@ def _sha256(path: Path) -> str:
 
 def score(model, model_spec: JobSpec, data: "DataPlan", split: str, classes: list[str]) -> dict:
     """``model`` (trained with ``model_spec``'s modalities and alignment) on the run's ``split`` (``data``)."""
+    from pipeline.data.streaming.actors import actors_scope
     from pipeline.train.trainer import evaluate
 
     if split not in data.spec.data.splits:
@@ -167,7 +179,8 @@ def score(model, model_spec: JobSpec, data: "DataPlan", split: str, classes: lis
                             f"(have: {', '.join(data.spec.data.splits) or 'none'})")
     spec = model_spec.model_copy(deep=True)
     spec.data = data.spec.data.model_copy(deep=True)
-    return evaluate(model, data.for_spec(spec, classes).eval_dataset(split), spec, classes, split)
+    with actors_scope():  # the read's duplicate index ends with the evaluation (docs/liveness.md)
+        return evaluate(model, data.for_spec(spec, classes).eval_dataset(split), spec, classes, split)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -176,6 +189,8 @@ def _scalars(metrics: dict) -> dict:
 
 
 def evaluate_step(ctx: StepContext, ws: Path) -> dict:
+    from pipeline.model.checkpoint import load_model  # torch: only for a step that runs
+
     best = ctx.outputs("train") / "best.pt"
     model, model_spec, classes = load_model(best, str(best))
     split = ctx.spec.registry.holdout
@@ -210,7 +225,7 @@ def register(ctx: StepContext, ws: Path) -> dict:
     meta = {"name": ctx.spec.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "spec_sha256": fingerprint(trained_spec), "data": data, "holdout": evaluation["split"],
             "metrics": evaluation["metrics"], "classes": evaluation["classes"], "code_version": code_version(),
-            "run_dir": ctx.run.uri}
+            "run_dir": ctx.run.uri, "mlflow_run_id": mlflow_run_id(train_dir)}  # None: not logged to MLflow
     version = ctx.registry.register((train_dir / "best.pt").read_bytes(), trained_spec, meta, ctx.run_id)
     atomic_write_text(ws / "register.json", json.dumps({"registry": ctx.registry.uri, "version": version}))
     return {"registry": ctx.registry.uri, "version": version}
@@ -222,29 +237,49 @@ def promote(ctx: StepContext, ws: Path) -> dict:
     evaluation = json.loads((ctx.outputs("evaluate") / "evaluation.json").read_text(encoding="utf-8"))
     key = f"{reg.holdout}.{reg.metric}"
     champion = registry.alias("champion")
-    if champion == version:  # promoted by an earlier attempt of this run that stopped before its manifest
-        decision = registry.decision(version) or {"promote": True, "reason": "already champion"}
+    earlier = registry.decision(version)
+    if champion == version and (earlier is None or _same_rule(earlier, reg)):
+        # promoted by an earlier attempt of this run under the same rule (or by hand): that decision stands
+        decision = earlier or {"promote": True, "reason": "already champion"}
     else:
+        # this version is champion under another rule (e.g. another min_improvement): decide again against the
+        # champion it replaced, and give that one its place back if the rule says so now
+        against = champion if champion != version else _replaced(registry, version)
         champion_score = None
-        if champion is not None:
-            ctx.say(f"scoring champion version {champion} on {reg.holdout}")
-            loaded = registry.load(champion)
+        if against is not None:
+            ctx.say(f"scoring champion version {against} on {reg.holdout}")
+            loaded = registry.load(against)
             if loaded.classes != evaluation["classes"]:
-                raise WorkflowError(f"champion version {champion} has classes {loaded.classes}, the new model "
+                raise WorkflowError(f"champion version {against} has classes {loaded.classes}, the new model "
                                     f"{evaluation['classes']}: not comparable. Promote by hand if intended: "
                                     f"mmpipe registry promote {registry.uri} {version}")
             # NaN stays NaN here (not None): decide() must not read a scoreless champion as "no champion"
             champion_score = score(loaded.model, loaded.spec, ctx.data, reg.holdout, loaded.classes).get(key)
         decision = decide(reg.metric, evaluation["metrics"].get(key), champion_score, reg.min_improvement)
-        decision.update({"challenger_version": version, "champion_version": champion, "split": reg.holdout,
+        decision.update({"challenger_version": version, "champion_version": against, "split": reg.holdout,
                          "run_dir": ctx.run.uri,
                          "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         registry.record_decision(version, decision)
-        if decision["promote"]:
-            registry.set_alias("champion", version, expected=champion, reason=decision["reason"],
-                               scores={"challenger": decision["challenger"], "champion": decision["champion"]})
+        scores = {"challenger": decision["challenger"], "champion": decision["champion"]}
+        if decision["promote"] and champion != version:
+            registry.set_alias("champion", version, expected=champion, reason=decision["reason"], scores=scores)
+        elif not decision["promote"] and champion == version and against is not None:
+            registry.set_alias("champion", against, expected=version, scores=scores,
+                               reason=f"version {version} re-decided: {decision['reason']}")
     atomic_write_text(ws / "decision.json", json.dumps(decision, indent=2))
     return {"promoted": bool(decision["promote"]), "version": version, "reason": decision["reason"]}
+
+
+def _same_rule(decision: dict, reg) -> bool:
+    """Whether a recorded decision was taken under the spec's promotion rule (its inputs besides the scores)."""
+    return (decision.get("metric"), decision.get("split"), decision.get("min_improvement")) == \
+        (reg.metric, reg.holdout, reg.min_improvement)
+
+
+def _replaced(registry: Registry, version: int) -> int | None:
+    """The champion that ``version`` replaced when it was last made champion."""
+    moves = [e for e in registry.alias_events("champion") if e.get("version") == version]
+    return moves[-1].get("previous") if moves else None
 
 
 def predict_step(ctx: StepContext, ws: Path) -> dict:
@@ -263,8 +298,9 @@ def predict_step(ctx: StepContext, ws: Path) -> dict:
 # A row: (what runs, the spec slice it reads, the earlier steps whose outputs it reads).
 _TABLE = dict(zip(STEP_NAMES, (
     (validate_data, _data_inputs, ()),
+    (pretrain, lambda s: {**_sections(s, _TRAINING + ("pretrain",)), "data": _split_data(s, ["train"])}, ()),
     (tune, lambda s: {**_sections(s, _TRAINING + ("tune",)), "data": _split_data(s, ["train", "val"])}, ()),
-    (train, lambda s: {**_sections(s, _TRAINING), "data": _split_data(s, ["train", "val"])}, ("tune",)),
+    (train, lambda s: {**_sections(s, _TRAINING), "data": _split_data(s, ["train", "val"])}, ("tune", "pretrain")),
     (evaluate_step, lambda s: {"holdout": s.registry.holdout, **_sections(s, _DATA),
                                "data": _split_data(s, [s.registry.holdout])}, ("train",)),
     (register, lambda s: {"registry": s.registry.uri}, ("train", "evaluate", "validate-data")),

@@ -128,6 +128,16 @@ def test_show_spec_resolves_defaults_and_overrides(demo_dir):
     assert result.exit_code == 0 and "epochs: 3" in result.stdout and "fusion: concat" in result.stdout
 
 
+def test_show_spec_loads_neither_torch_nor_ray_nor_augmentation_libraries(demo_dir):
+    """It answers in about a second: names are checked against pipeline/spec_names.py (was 8-10 s)."""
+    code = ("import sys; from typer.testing import CliRunner; from pipeline.cli import app; "
+            f"r = CliRunner().invoke(app, ['-v', 'show-spec', {str(demo_dir / 'spec.yaml')!r}]); "
+            "assert r.exit_code == 0 and 'HorizontalFlip' in r.stdout, r.output; "
+            "print(sorted({'torch', 'ray', 'albumentations', 'nlpaug', 'audiomentations'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_output_folder_with_a_dataset_is_not_mixed_into(tmp_path):
     d = tmp_path / "d"
     assert runner.invoke(app, ["demo-data", str(d), "--scale", "0.3"]).exit_code == 0

@@ -73,3 +73,19 @@ def test_logit_adjusted_uses_the_prior_seen_and_tau():
     assert skewed(logits, zeros) < F.cross_entropy(logits, zeros)
     off = make_loss(TrainSpec(loss="logit_adjusted", logit_tau=0.0), [97, 1, 1, 1])
     assert torch.isclose(off(logits, zeros), F.cross_entropy(logits, zeros))  # τ = 0: no adjustment
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_unlabelled_rows_count_for_nothing(name):
+    """train.label_fraction marks rows -1: every loss is the loss of the labelled rows alone; none labelled -> 0
+    with a gradient (every DDP rank runs the same backward)."""
+    t = TrainSpec(loss=name)
+    loss = make_loss(t, [10, 20, 30])
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, generator=g, requires_grad=True)
+    target = torch.tensor([0, -1, 2, -1, 1, 1])
+    labelled = target >= 0
+    assert loss(logits, target).item() == pytest.approx(loss(logits[labelled], target[labelled]).item(), rel=1e-6)
+    none = loss(logits, torch.full((6,), -1))
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))

@@ -67,15 +67,17 @@ def test_text_gru_encoder():
                for p in gru.parameters())  # the GRU is on the path from the tokens to the logits
 
 
-def test_pretrained_weights_load_from_a_local_file(tmp_path):
-    from pipeline.train.loop import load_weights
+def test_init_from_loads_matching_weights_and_lists_the_rest(tmp_path):
+    from pipeline.model.checkpoint import InitError, load_matching
 
     source = make("concat")
-    torch.save({"model": source.state_dict(), "classes": ["a"]}, tmp_path / "best.pt")
-    target = make("late")  # another fusion: only the matching (encoder) weights are taken
+    target = make("late")  # another fusion: its fusion weights have other shapes
     torch.nn.init.zeros_(target.encoders["image"].net[0].weight)
-    load_weights(target, str(tmp_path / "best.pt"))
+    report = load_matching(target, source.state_dict(), ["encoders", "fusion"], "best.pt")
     assert torch.equal(target.encoders["image"].net[0].weight, source.encoders["image"].net[0].weight)
-    torch.save({"model": {"unrelated": torch.zeros(1)}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="no weights match"):
-        load_weights(target, str(tmp_path / "other.pt"))
+    assert report["shape_mismatch"] or report["unused"]  # concat's head does not fit late's
+    assert all(k.startswith("encoders.") or k.startswith("fusion.") for k in report["loaded"])
+    encoders_only = load_matching(make("concat"), source.state_dict(), ["encoders"], "best.pt")
+    assert encoders_only["loaded"] and all(k.startswith("encoders.") for k in encoders_only["loaded"])
+    with pytest.raises(InitError, match="no encoders weights match"):
+        load_matching(target, {"unrelated": torch.zeros(1)}, ["encoders"], "other.pt")

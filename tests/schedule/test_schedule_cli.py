@@ -219,3 +219,39 @@ def test_export_quotes_the_runs_dir_for_the_shell_and_keeps_control_characters_o
     run_dir = args[args.index("--run-dir") + 1]
     assert re.fullmatch(re.escape(f"{HOSTILE_RUNS}/n/") + r"\d{8}T\d{6}Z/run", run_dir), run_dir
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_show_list_and_history_speak_to_people_and_json_carries_values(tmp_path, spec):
+    """No Python reprs in `show`, null (not a sentence) for a paused schedule's next run in JSON, an empty history
+    that says so, and a table whose long values survive a pipe (CliRunner's output is not a terminal)."""
+    db = str(tmp_path / "s.db")
+    long_set = "data.splits.train=" + "/very/long/path/to/the/shards" * 4 + "/*.tar"
+    assert cli("add", "n", "--spec", str(spec), "--set", long_set, "--paused", "--state", db)[0] == 0
+    code, out = cli("show", "n", "--state", db)
+    assert code == 0 and re.search(r"^address +local$", out, re.M) and re.search(r"^paused +yes$", out, re.M)
+    assert re.search(rf"^overrides +{re.escape(long_set)}$", out, re.M), out
+    assert "None" not in out and "False" not in out and "['" not in out
+    [row] = json.loads(cli("list", "--json", "--state", db)[1])
+    assert row["paused"] is True and row["next"] is None
+    cli("resume", "n", "--state", db)
+    [row] = json.loads(cli("list", "--json", "--state", db)[1])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", row["next"]), row
+    far = "http://head-node-of-the-nightly-training-cluster.example.internal:8265"
+    assert cli("add", "far", "--spec", str(spec), "--address", far, "--runs-dir", "s3://b/r", "--state", db)[0] == 0
+    code, out = cli("list", "--state", db)  # every value whole, on its schedule's line
+    assert code == 0 and re.search(rf"\bfar\b.*15 4 \* \* \* \(Europe/Berlin\).*{re.escape(far)}.*forbid/skip/always",
+                                   out), out
+    code, out = cli("history", "n", "--state", db)
+    assert code == 0 and "schedule n has no runs yet" in out
+    assert cli("list", "--state", str(tmp_path / "empty.db"))[1].startswith("no schedules in ")
+
+
+def test_export_has_no_yaml_anchors_and_keeps_an_absolute_spec_path_absolute(tmp_path, spec, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the spec is not below the folder the schedule was added from
+    text, docs = _exported(tmp_path, spec, "k8s-cronjob")
+    assert "&id" not in text and "*id" not in text, text
+    assert f"must contain mmpipe and {spec}\n" in text and "relative to its working directory" not in text
+    rayjob = yaml.safe_load([d for d in docs if d["kind"] == "ConfigMap"][0]["data"]["rayjob.yaml"])
+    assert rayjob["spec"]["entrypoint"].startswith(f"mmpipe run {spec} ")

@@ -17,7 +17,7 @@ import pytest
 from pipeline.data.tools.demo import write_demo
 from pipeline.schedule.scheduler import Scheduler
 from pipeline.schedule.store import Schedule, Store
-from support.runs import epoch_rows
+from support.runs import assert_resumed, committed_checkpoint, epoch_rows
 import support
 
 RETRAIN = support.ROOT / "jobs" / "retrain.yaml"
@@ -46,7 +46,7 @@ def test_scheduled_retrain_records_version_and_promotion(tmp_path):
     assert run.status == "running" and run.pid
     run_dir = tmp_path / "runs" / "retrain" / "20240603T030000Z" / "run"
     deadline = time.monotonic() + 300
-    while not list((run_dir / "train.partial").glob("ray/*/checkpoint_*/state.pt")):
+    while not committed_checkpoint(run_dir / "train.partial" / "ray"):  # registered by Ray, not only written
         assert time.monotonic() < deadline, (Path(run.control_dir) / "launch.log").read_text()[-3000:]
         time.sleep(0.5)
     _kill_session(run.pid)  # the wrapper too: no exit status is left, the run is lost
@@ -60,9 +60,9 @@ def test_scheduled_retrain_records_version_and_promotion(tmp_path):
     assert run.status == "succeeded", f"{run.error}\n{log[-3000:]}"
     assert run.run_dir == str(run_dir)
     assert run.attempts == 2 and "resumed in the same run dir after attempt 1" in run.reason
-    # Open (issue 21): after the kill the second attempt's training restarted from epoch 0 instead of resuming from
-    # the checkpoint (seen 2026-12-01); assert_resumed(epoch_rows(run_dir / "train")) belongs here once fixed.
-    assert epoch_rows(run_dir / "train")  # the retrain finished its epochs
+    rows = epoch_rows(run_dir / "train")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert_resumed(rows)  # from the checkpoint the killed attempt left, with its weights and step count
     assert run.registry == str(tmp_path / "registry") and run.version == 1
     assert run.promoted is True and run.decision["promote"] is True and "no champion" in run.decision["reason"]
     assert run.fingerprint

@@ -460,7 +460,7 @@ def test_kill_9_of_a_tick_mid_pass_leaves_one_run_and_the_next_tick_finishes_it(
     script.write_text(_CRASHING_TICK.format(tests=str(Path(__file__).parent), support=str(support.TESTS),
                                              tmp=str(env.tmp)))
     proc = subprocess.run([sys.executable, str(script), point, now.isoformat()], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(support.ROOT)})  # installed or not
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     [run] = env.store.runs("nightly")
     assert run.status == ("pending" if point == "after-claim" else "launching")

@@ -43,6 +43,26 @@ def assert_not_resumed(rows: list[dict], first_epoch_steps: int) -> None:
     assert int(rows[0]["optimizer_steps"]) == first_epoch_steps, rows
 
 
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it registered
+
+
+def committed_checkpoint(ray_dir: Path) -> str | None:
+    """The latest checkpoint Ray Train has registered under ``ray_dir`` (its ``storage_path``), by folder name.
+    A ``state.pt`` on disk is not yet one: the workers write it, and the controller registers it (writing the
+    snapshot) only when it next polls them, up to seconds later. A run killed in between has no checkpoint to
+    resume from, and starting over is then right."""
+    import json
+
+    for snapshot in Path(ray_dir).glob(f"*/{RAY_SNAPSHOT}"):
+        try:
+            latest = json.loads(snapshot.read_text(encoding="utf-8")).get("latest_checkpoint_result")
+        except ValueError:  # being written
+            continue
+        if latest and (snapshot.parent / latest["checkpoint_dir_name"] / "state.pt").exists():
+            return latest["checkpoint_dir_name"]
+    return None
+
+
 def history_rows(state_file: Path) -> list[dict]:
     """A checkpoint's history (state.pt), as epochs.csv would hold it (values as strings)."""
     import torch

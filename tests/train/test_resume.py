@@ -55,7 +55,7 @@ def test_the_resume_record_is_what_the_checkpoint_saved(tmp_path):
     stopper = EarlyStopping(t.early_stopping_metric, None)
     for i in range(3):
         _step(model, optimizer, scheduler, i)
-    saved = {"epoch": 0, "optimizer_steps": scheduler.last_epoch, "weights": weights_fingerprint(model)}
+    saved = {"epoch": 1, "optimizer_steps": scheduler.last_epoch, "weights": weights_fingerprint(model)}  # 1-based
     torch.save(checkpoint_state(model, optimizer, scheduler, stopper, 0, [saved], False), tmp_path / "state.pt")
 
     _, model2, optimizer2, scheduler2 = _run(seed=5)  # a fresh worker
@@ -63,11 +63,11 @@ def test_the_resume_record_is_what_the_checkpoint_saved(tmp_path):
     start, history = resume(state, model2, optimizer2, scheduler2, EarlyStopping(t.early_stopping_metric, None),
                             t.epochs)
     record = resume_record(model2, scheduler2, state)
-    assert start == 1 and record == {"resumed_from_epoch": 0, "resumed_steps": 3, "resumed_weights": saved["weights"]}
+    assert start == 1 and record == {"resumed_from_epoch": 1, "resumed_steps": 3, "resumed_weights": saved["weights"]}
     _step(model2, optimizer2, scheduler2, 3)
     rows = [{k: str(v) for k, v in r.items()} for r in history + [
-        {"epoch": 1, "optimizer_steps": scheduler2.last_epoch, "weights": weights_fingerprint(model2), **record}]]
-    assert assert_resumed(rows, 0) == 0
+        {"epoch": 2, "optimizer_steps": scheduler2.last_epoch, "weights": weights_fingerprint(model2), **record}]]
+    assert assert_resumed(rows, 1) == 1
 
 
 def _rows(steps: list[int], weights: list[str], resumed: dict | None = None) -> list[dict]:
@@ -121,7 +121,7 @@ def test_an_interrupted_workflow_resumes_its_training(ray_session, demo_dir, tmp
     run = run_workflow(spec, str(tmp_path / "run"), say=lambda m: None)
     assert run["status"] == "succeeded" and run["attempt"] == 2
     assert [s["status"] for s in run["steps"]] == ["skipped (done earlier)", "succeeded"]
-    assert_resumed(epoch_rows(tmp_path / "run" / "train"), from_epoch=0)
+    assert_resumed(epoch_rows(tmp_path / "run" / "train"), from_epoch=1)
 
 
 # ---------------------------------------------------------------- a tune experiment interrupted, then run again
@@ -159,5 +159,5 @@ def test_a_tune_run_again_after_ctrl_c_resumes_its_unfinished_trial(tiny_demo, t
     latest = max(checkpoints.glob("checkpoint_*/state.pt"), key=lambda p: torch.load(
         p, map_location="cpu", weights_only=True)["epoch"])
     rows = history_rows(latest)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert_resumed(rows)

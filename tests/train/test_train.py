@@ -63,11 +63,30 @@ def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, t
                 "test.recall.meadow"):
         assert key in saved
     rows = list(csv.DictReader((tmp_path / "run" / "epochs.csv").open()))
-    assert [int(r["epoch"]) for r in rows] == list(range(6))
-    for name in ("curves.png", "confusion.png", "spec.yaml"):
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))  # 1-based, as the log lines and plots say
+    assert 1 <= m["best_epoch"] <= 6 and m["epochs_run"] == 6
+    assert float(rows[-1]["lr"]) > 0  # the lr the last epoch trained with, not the schedule's 0.0 after it
+    for name in ("curves.png", "confusion.png", "spec.yaml", "environment.json"):
         assert (tmp_path / "run" / name).stat().st_size > 0
+    _assert_tensorboard(tmp_path / "run" / "tensorboard", rows)
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert 'id="curves"' in html and 'id="confusion"' in html and html.count("data:image/png;base64,") >= 4
     best = torch.load(result.best_checkpoint, weights_only=True)
     assert best["classes"] == m["classes"] and "fusion.gate.weight" in best["model"]
+
+
+def _assert_tensorboard(folder, rows):
+    """The event files hold every epoch's metrics (as epochs.csv has them) and the confusion matrix images, read
+    back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0}).Reload()
+    for tag, column in (("val/macro_f1", "val.macro_f1"), ("train/loss", "train.loss"), ("lr", "lr"),
+                        ("val/recall.meadow", "val.recall.meadow")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [int(r["epoch"]) for r in rows], tag
+        assert [s.value for s in scalars] == pytest.approx([float(r[column]) for r in rows], rel=1e-5), tag
+    assert [i.step for i in events.Images("val/confusion")] == [int(r["epoch"]) for r in rows]
 
 
 @pytest.mark.slow
@@ -81,8 +100,8 @@ def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path
     assert marker.exists()  # the failure happened
     assert result.metrics["epochs_run"] == 2
     rows = epoch_rows(tmp_path / "run")
-    assert [int(r["epoch"]) for r in rows] == [0, 1]  # epoch 0 not repeated...
-    assert_resumed(rows, from_epoch=0)  # ...and epoch 1 started from its checkpoint's weights and optimizer steps
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # epoch 1 not repeated...
+    assert_resumed(rows, from_epoch=1)  # ...and epoch 2 started from its checkpoint's weights and optimizer steps
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -110,6 +129,21 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         check_resumable(spec_from_dict({"train": {"lr": 0.02}}), tmp_path, "train")
     with pytest.raises(TrainError, match="model.fusion"):
         check_resumable(spec_from_dict({"train": {"lr": 0.01}, "model": {"fusion": "late"}}), tmp_path, "train")
+
+
+def test_a_field_added_to_the_spec_later_keeps_old_runs_resumable(tmp_path):
+    import yaml
+
+    from pipeline.spec import dump_spec, spec_from_dict
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    written = yaml.safe_load(dump_spec(spec_from_dict({"train": {"lr": 0.01}})))
+    del written["model"]["dropout"], written["train"]["weight_decay"]  # as a spec.yaml from before those fields
+    (tmp_path / "ray" / "train").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(written))
+    check_resumable(spec_from_dict({"train": {"lr": 0.01}}), tmp_path, "train")  # defaults: same run
+    with pytest.raises(TrainError, match="model.dropout"):
+        check_resumable(spec_from_dict({"train": {"lr": 0.01}, "model": {"dropout": 0.3}}), tmp_path, "train")
 
 
 def test_metric_names_are_checked():

@@ -6,8 +6,6 @@ from pipeline.spec import SpecError
 from pipeline.spec_checks import job_from_dict as spec_from_dict
 from pipeline.spec_checks import load_job as load_spec
 
-SPACE = "tune.search_space={model.fusion: {grid: [concat, gated]}, train.optimizer: {grid: [adamw, sgd]}}"
-
 
 def test_search_space_errors_name_the_field():
     with pytest.raises(SpecError) as e:
@@ -29,7 +27,7 @@ def test_trials_leave_ray_data_a_cpu():
 
     spec = spec_from_dict({"scaling": {"num_workers": 2, "cpus_per_worker": 0.5}})
     assert concurrent_trials(spec, 2) == 1
-    assert concurrent_trials(spec, 16) == 7  # each trial: 2 workers x 0.5 CPU + 1 data CPU + its function
+    assert concurrent_trials(spec, 16) == 8  # each trial: 2 workers x 0.495 CPU + 1 data CPU + its function
     assert concurrent_trials(spec_from_dict({"tune": {"max_concurrent_trials": 3}}), 16) == 3
     from pipeline.resources import PlanError
 
@@ -42,13 +40,29 @@ def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_di
     from pipeline.train.trainer import run_training
     from pipeline.tune.runner import run_tune
 
-    spec = load_spec(demo_dir / "spec.yaml", [SPACE, "tune.num_samples=1", "train.epochs=2", "train.batch_size=16",
-                                               "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false"])
-    result = run_tune(spec, tmp_path / "tune")
-    assert result.trials == 4
-    assert set(result.best_config) == {"model.fusion", "train.optimizer"}
+    import io
+
+    from rich.console import Console
+
+    from pipeline.console import PlainView, showing
+    from pipeline.tune.space import DEFAULT_SEARCH_SPACE
+
+    # no tune.search_space: the default search (3 fusions, each with a drawn optimizer and lr)
+    spec = load_spec(demo_dir / "spec.yaml", ["tune.num_samples=1", "train.epochs=2", "train.batch_size=16",
+                                              "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false"])
+    shown = io.StringIO()
+    with showing(PlainView(Console(file=shown, width=10_000, color_system=None))):  # as piped `mmpipe tune`
+        result = run_tune(spec, tmp_path / "tune")
+    fusions = DEFAULT_SEARCH_SPACE["model.fusion"]["grid"]
+    assert result.trials == len(fusions)
+    assert set(result.best_config) == {"model.fusion", "train.optimizer", "train.lr"}
     csv_text = (tmp_path / "tune" / "trials.csv").read_text()
-    assert csv_text.count("\n") == 5 and "val.macro_f1" in csv_text
+    assert csv_text.count("\n") == len(fusions) + 1 and "val.macro_f1" in csv_text
+    # the trial table, off a terminal: a line as each trial starts and one as it ends, with what it searched
+    ended = [line for line in shown.getvalue().splitlines() if " TERMINATED " in line]
+    assert sorted(line.split("fusion=")[1].split()[0] for line in ended) == sorted(fusions), shown.getvalue()
+    assert all("optimizer=" in line and "lr=" in line and "best val.macro_f1=" in line
+               and "best val.macro_f1=- " not in line for line in ended)
     for name in ("trials_curves.png", "best_by_choice.png", "best_spec.yaml", "data_report.json"):
         assert (tmp_path / "tune" / name).stat().st_size > 0
     assert result.best_checkpoint
@@ -58,7 +72,7 @@ def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_di
     trained = run_training(load_spec(result.best_spec_path, ["train.epochs=1"]), tmp_path / "run")
     assert trained.metrics["epochs_run"] == 1
     again = run_tune(spec, tmp_path / "tune")  # a finished experiment is continued, not started over
-    assert again.trials == 4 and again.best_config == result.best_config
+    assert again.trials == len(fusions) and again.best_config == result.best_config
 
 
 def test_optuna_needs_its_extra_and_no_grid(monkeypatch):

@@ -32,8 +32,11 @@ def workflows(ray_session, demo_dir, tmp_path_factory):
     that was interrupted after training and resumed."""
     from pipeline.train import trainer
 
+    from support.actors import live_actors, settled
+
     root = tmp_path_factory.mktemp("workflows")
     registry = root / "registry"
+    actors_before = settled(live_actors(), 5)
     scored: list[str] = []  # the split of every evaluation of a model (training's test, the evaluate step's)
     evaluate = trainer.evaluate
     with pytest.MonkeyPatch.context() as patch:
@@ -50,7 +53,8 @@ def workflows(ray_session, demo_dir, tmp_path_factory):
     best_before = _sha(strong_dir / "train" / "best.pt")
     said: list[str] = []
     resumed = run_workflow(strong, str(strong_dir), say=said.append)
-    return {"root": root, "registry": Registry(str(registry)), "weak": weak, "resumed": resumed, "said": said,
+    actors = (actors_before, settled(actors_before))
+    return {"actors": actors, "root": root, "registry": Registry(str(registry)), "weak": weak, "resumed": resumed, "said": said,
             "best_before": best_before, "strong_dir": strong_dir, "demo_dir": demo_dir, "weak_scored": scored}
 
 
@@ -63,6 +67,13 @@ def test_one_run_scores_its_model_on_the_test_split_once(workflows):
     assert evaluation["split"] == "test" and evaluation["confusion"] == trained["test.confusion"]
     assert evaluation["metrics"] == {k: v for k, v in trained.items()
                                      if k.startswith("test.") and k != "test.confusion"}
+
+
+def test_workflows_leave_no_actors_of_theirs_alive(workflows):
+    """Three workflow runs later (validate, train, evaluate, register, promote), the live actors of ours (dataset
+    actors, heartbeats, Train and Tune actors) are back at what they were before (docs/liveness.md)."""
+    before, after = workflows["actors"]
+    assert after == before
 
 
 def test_a_run_interrupted_after_train_resumes_without_retraining(workflows):
@@ -106,6 +117,21 @@ def test_promotion_decided_both_ways(workflows, demo_dir):
     assert o["decision"]["champion_version"] == 2 and o["decision"]["challenger"] < o["decision"]["champion"]
     assert reg.alias("champion") == 2
     assert len(reg.versions()) == 2  # the resumed registration did not add a version
+
+    # The strong run again under a margin it cannot meet: champion 2's own decision was taken under another rule,
+    # so it is decided again against the champion it replaced (1), and 1 gets its place back; with the first
+    # rule again, 2 wins again. The alias history records each move.
+    strong_again = lambda margin: run_workflow(  # noqa: E731
+        _spec(demo_dir, reg.uri, "train.epochs=4", "train.lr=0.003", f"registry.min_improvement={margin}"),
+        str(workflows["strong_dir"]), say=lambda m: None)["outcome"]
+    o = strong_again(0.99)
+    assert (o["version"], o["promoted"], o["decision"]["min_improvement"]) == (2, False, 0.99)
+    assert o["decision"]["champion_version"] == 1 and "does not beat" in o["decision"]["reason"]
+    assert reg.alias("champion") == 1 and reg.decision(2)["min_improvement"] == 0.99
+    o = strong_again(0.0)
+    assert (o["version"], o["promoted"], o["decision"]["champion_version"]) == (2, True, 1)
+    assert [(e["previous"], e["version"]) for e in reg.alias_events("champion")] == [(None, 1), (1, 2), (2, 1),
+                                                                                      (1, 2)]
 
 
 def test_predictions_agree_with_the_evaluation(workflows, tmp_path):

@@ -10,6 +10,7 @@ each batch of one shard inside its read task, and reads the epoch once per batch
                   (clean and align are one stage, run in chunks of at most clean.max_decoded_batch_bytes decoded)
     keep       -> only the kept rows, without drop_reason/drop_detail           (train, eval)
     rebalance  -> rows repeated or left out by their class factor, + copy        (train, rebalance.strategy set)
+    label fraction -> label -1 outside a seeded fraction of keys                 (train, train.label_fraction)
     augment    -> image / audio / text_raw changed per (seed, epoch, key, copy)  (train, transforms listed)
     tokenize   -> text int64 (B, max_tokens) from text_raw                      (text enabled)
     select     -> only the columns asked for                                     (columns given)
@@ -37,6 +38,7 @@ from pipeline.data.stages.augment.stage import augment_batch
 from pipeline.data.stages.clean import Duplicates, clean_bounded
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.dedupe import ContentSet
+from pipeline.data.stages.label_fraction import label_fraction_batch
 from pipeline.data.stages.rebalance import rebalance_batch
 from pipeline.data.stages.tokenize import tokenize_batch
 from pipeline.spec import JobSpec
@@ -96,6 +98,9 @@ def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Dupli
                 raise ValueError(f"rebalance.strategy {spec.rebalance.strategy!r} needs the factors per class")
             path.append(Stage("rebalance", rebalance_batch, {"factors": np.asarray(factors),
                                                              "seed": spec.rebalance.seed}, takes_epoch=True))
+        if spec.train.label_fraction is not None:  # after rebalancing, which still sees every row's class
+            path.append(Stage("label fraction", label_fraction_batch, {"fraction": spec.train.label_fraction,
+                                                                       "seed": spec.train.seed}))
         if augments(spec):
             path.append(Stage("augment", augment_batch, {"augment": spec.augment, "modalities": spec.modalities},
                               takes_epoch=True))

@@ -15,6 +15,7 @@ from pipeline.data.stages.contract import base_extension, pick_members
 from pipeline.data.stages.decode import Rejected
 from pipeline.data.stages.path import Stage
 from pipeline.data.streaming.source import read_prepared
+from pipeline.watchdog import progressed
 
 # Raw samples per batch: each batch becomes one row of counts.
 LABEL_PASS_BATCH_SIZE = 256
@@ -35,13 +36,15 @@ def label_counts_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[s
     return {"counts": counts[None, :], "invalid": np.array([invalid])}
 
 
-def label_pass(cfg: StageConfig, shards: list[str], limits: TarLimits = DEFAULT_LIMITS) -> np.ndarray:
+def label_pass(cfg: StageConfig, shards: list[str], limits: TarLimits = DEFAULT_LIMITS,
+               scheduling_strategy=None) -> np.ndarray:
     """Counts per class of the rows with a usable label in ``shards`` (checked, readable ones)."""
     wanted = set(cfg.label.extensions) | (set(cfg.modalities.meta_extensions) if cfg.label.source == "json" else set())
     ds = read_prepared(shards, [Stage("count labels", label_counts_batch, {"cfg": cfg})], LABEL_PASS_BATCH_SIZE,
                        row_bytes=8 * (len(cfg.classes) + 1), limits=limits,
-                       want=lambda ext: base_extension(ext) in wanted)
+                       want=lambda ext: base_extension(ext) in wanted, scheduling_strategy=scheduling_strategy)
     total = np.zeros(len(cfg.classes), dtype=np.int64)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         total += batch["counts"].sum(axis=0)
+        progressed()
     return total

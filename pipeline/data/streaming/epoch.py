@@ -20,12 +20,14 @@ class _Clock:
 
 
 class EpochClock:
-    """Picklable handle to the shared epoch counter."""
+    """Picklable handle to the shared epoch counter (ended with the run: ``actors.actors_scope``)."""
 
     def __init__(self, epoch: int = 0) -> None:
         import ray
 
-        self._actor = ray.remote(num_cpus=0)(_Clock).remote(epoch)
+        from pipeline.data.streaming.actors import owned
+
+        self._actor = owned(ray.remote(num_cpus=0)(_Clock).remote(epoch))
 
     def set(self, epoch: int) -> None:
         import ray

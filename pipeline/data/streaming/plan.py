@@ -26,10 +26,13 @@ from pipeline.data.stages.dedupe import HASH_COLUMN, ContentSet, CrossSplitFinde
 from pipeline.data.stages.path import sample_path
 from pipeline.data.stages.rebalance import RebalanceError, sampling_factors
 from pipeline.data.stages.report import EXAMPLES_PER_REASON, REPORT_COLUMNS, DataReport, SplitReport
+from pipeline.data.streaming.actors import actors_scope
 from pipeline.data.streaming.counts import label_pass
 from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
+from pipeline.data.streaming.pull import pulled
 from pipeline.data.streaming.source import read_prepared
 from pipeline.spec import JobSpec
+from pipeline.watchdog import progressed, watch
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,10 @@ class SplitData:
         (``remember=False``: this split is the last)."""
         report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks))
         columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities] + ([HASH_COLUMN] if cross else [])
-        for batch in self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy"):
+        batches = self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy")
+        for batch in pulled(batches, f"data report: {self.name}"):  # a stalled read can still be interrupted
             report.add_batch(batch)
+            progressed(len(batch["drop_reason"]))  # rows counted: the progress a watch over this pass sees
             if cross is not None:
                 usable = [r in ("", "duplicate_of_eval") for r in batch["drop_reason"]]
                 cross.add(self.name, [h if ok else "" for h, ok in zip(batch[HASH_COLUMN], usable)],
@@ -181,9 +186,9 @@ class DataPlan:
 
     # ------------------------------------------------------------------ class counts and rebalancing
 
-    def class_counts(self) -> tuple[np.ndarray, str]:
+    def class_counts(self, scheduling_strategy=None) -> tuple[np.ndarray, str]:
         """(train rows per class, where they came from): manifest.json when it describes exactly these shards,
-        else a label-only pass. Computed once, on first use."""
+        else a label-only pass (its tasks scheduled by ``scheduling_strategy``). Computed once, on first use."""
         if self._counts is None:
             checks = self.checks("train")
             counts = manifest_counts(self.manifest, "train", [c.path for c in checks], self.classes)
@@ -191,7 +196,8 @@ class DataPlan:
                 self._counts = counts, "manifest.json"
             else:
                 cfg = StageConfig.from_spec(self.spec, self.classes)
-                self._counts = label_pass(cfg, self.good_shards("train"), self.limits), "label pass"
+                self._counts = (label_pass(cfg, self.good_shards("train"), self.limits, scheduling_strategy),
+                                "label pass")
         return self._counts
 
     @property
@@ -204,7 +210,7 @@ class DataPlan:
 
     # ------------------------------------------------------------------ cross-split duplicates
 
-    def eval_content(self, split: str = "train") -> ContentSet:
+    def eval_content(self, split: str = "train", scheduling_strategy=None) -> ContentSet:
         """The content hashes of every split but ``split``, from a hash-only pass over their readable shards (once
         per data and stage settings: shared with plans of the same data, e.g. Tune trials)."""
         cfg = StageConfig.from_spec(self.spec, self.classes)
@@ -212,7 +218,8 @@ class DataPlan:
             if known_split == split and known_cfg == cfg:
                 return content
         others = [s for s in self.spec.data.splits if s != split]
-        content = ContentSet({s: content_pass(cfg, self.good_shards(s), self.limits) for s in others})
+        content = ContentSet({s: content_pass(cfg, self.good_shards(s), self.limits, scheduling_strategy)
+                              for s in others})
         log.info("split %s: leaving out content also in %s (%d distinct samples there)", split,
                  ", ".join(others) or "no other split", len(content))
         self._files.eval_content.append((cfg, split, content))
@@ -226,34 +233,42 @@ class DataPlan:
     # ------------------------------------------------------------------ datasets
 
     def _read(self, split: str, purpose: str, labels_required: bool = True, columns: list[str] | None = None,
-              shuffle_files: bool = False, factors=None, epoch=0):
+              shuffle_files: bool = False, factors=None, epoch=0, scheduling_strategy=None):
         cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
         duplicates = RemoteDuplicateIndex() if self.spec.clean.dedupe else None
-        eval_content = self.eval_content(split) if self._drops_eval_content(split, purpose) else None
+        eval_content = (self.eval_content(split, scheduling_strategy) if self._drops_eval_content(split, purpose)
+                        else None)
         path = sample_path(self.spec, cfg, purpose, duplicates, factors, columns, eval_content)
         roles = [c for c in columns if c in cfg.enabled] if columns else None
         return read_prepared(self.good_shards(split), path, PREPARE_BATCH_SIZE,
-                             aligned_row_bytes(cfg.modalities, roles), shuffle_files, epoch, self.limits)
+                             aligned_row_bytes(cfg.modalities, roles), shuffle_files, epoch, self.limits,
+                             scheduling_strategy=scheduling_strategy)
 
-    def split(self, split: str, labels_required: bool = True, columns: list[str] | None = None) -> SplitData:
+    # ``scheduling_strategy`` of the builders below: where the dataset's tasks run (a run's reserved data CPUs,
+    # ``resources.data_strategy``); None: wherever Ray Data puts them.
+
+    def split(self, split: str, labels_required: bool = True, columns: list[str] | None = None,
+              scheduling_strategy=None) -> SplitData:
         """Every row of ``split``, dropped ones marked (the report pass; prediction with
         ``labels_required=False``, which keeps unlabelled samples with label -1)."""
-        ds = self._read(split, "report", labels_required, columns)
+        ds = self._read(split, "report", labels_required, columns, scheduling_strategy=scheduling_strategy)
         return SplitData(split, ds, self.spec.modalities.enabled(), self.checks(split))
 
-    def eval_dataset(self, split: str, columns: list[str] | None = None):
+    def eval_dataset(self, split: str, columns: list[str] | None = None, scheduling_strategy=None):
         """The kept rows of ``split`` as they are (no rebalancing, no augmentation): validation, test, holdout."""
-        return self._read(split, "eval", columns=columns)
+        return self._read(split, "eval", columns=columns, scheduling_strategy=scheduling_strategy)
 
     def train_dataset(self, epoch=0, columns: list[str] | None = None, rebalance: RebalancePlan | None = None,
-                      split: str = "train"):
+                      split: str = "train", labels_required: bool = True, scheduling_strategy=None):
         """The train split as training reads it: kept rows -> rebalance -> augment -> tokenize, in the read task
         of each shard, in a new shard order per epoch. ``epoch``: int or EpochClock; ``columns``: keep only these
-        (e.g. the model's inputs); ``rebalance``: another plan than this one's (Tune's shared counts)."""
+        (e.g. the model's inputs); ``rebalance``: another plan than this one's (Tune's shared counts);
+        ``labels_required=False``: unlabelled rows kept with label -1 (self-supervised pretraining)."""
         factors = None
         if self.spec.rebalance.strategy != "none":
             factors = np.array((rebalance or self.rebalance).factors)
-        ds = self._read(split, "train", columns=columns, shuffle_files=True, factors=factors, epoch=epoch)
+        ds = self._read(split, "train", labels_required, columns=columns, shuffle_files=True, factors=factors,
+                        epoch=epoch, scheduling_strategy=scheduling_strategy)
         # Ray Data reserves CPUs per operator by default; on 2 CPUs that ran these read tasks one at a time (half
         # the throughput). All the work is in one fused operator, so a reservation protects nothing. Only here:
         # with shards read in parallel, which copy of a duplicate claims first (and is kept) depends on timing;
@@ -264,7 +279,14 @@ class DataPlan:
     def validate(self, splits: list[str] | None = None) -> DataReport:
         """read -> clean -> align -> tokenize over every split (or ``splits``), every row counted: the data report,
         with the content each pair of splits shares and the rebalance plan the kept train rows just counted would
-        give."""
+        give. Watched: when no row is counted for ``scaling.stall_timeout_s`` it stops with a StallError saying
+        what the read tasks wait for (``mmpipe validate``, the train and tune data reports)."""
+        with watch("the data report pass", self.spec.scaling.stall_timeout_s,
+                   hint="hint: the pass reads each split with one read task (1 CPU) per shard; when they wait "
+                        "for CPUs, other work holds them"), actors_scope():
+            return self._validate(splits)
+
+    def _validate(self, splits: list[str] | None) -> DataReport:
         report = DataReport(self.classes)
         names = list(splits or self.spec.data.splits)
         columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.spec.modalities.enabled()] + [HASH_COLUMN]

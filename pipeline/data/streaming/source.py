@@ -39,15 +39,19 @@ class PreparedShards(FileBasedDatasource):
 
 def read_prepared(paths: list[str], path: list[Stage], batch_size: int, row_bytes: int,
                   shuffle_files: bool = False, epoch: "int | EpochClock" = 0, limits: TarLimits = DEFAULT_LIMITS,
-                  want=None):
+                  want=None, scheduling_strategy=None):
     """The dataset of ``paths`` run through ``path``: one read task per shard, blocks of about one batch.
     ``row_bytes``: what one output row carries (sizes the blocks); ``epoch``: an int, or the EpochClock the
     trainer advances (a dataset is built once and re-executed every epoch); ``limits``: the tar reader's bounds
-    (clean section); ``want(ext)``: read only those members (the others are skipped unread)."""
+    (clean section); ``want(ext)``: read only those members (the others are skipped unread);
+    ``scheduling_strategy``: where its tasks run (a run's reserved data CPUs: ``resources.data_strategy``)."""
     import ray
 
     source = PreparedShards(paths, path, batch_size, epoch, limits, want, shuffle="files" if shuffle_files else None)
-    ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
+    if scheduling_strategy is None:
+        ds = ray.data.read_datasource(source, override_num_blocks=len(paths))
+    else:
+        ds = scheduled(ray.data.read_datasource, scheduling_strategy, source, override_num_blocks=len(paths))
     # A read task's output buffer holds what it yields until it exceeds target_max_block_size (default 128 MiB):
     # a demo shard came out as one block when its task ended, so training's first batch waited for several whole
     # shards. At one batch, a full batch leaves its task as soon as it is made (Arrow's own bytes put it just over
@@ -55,4 +59,20 @@ def read_prepared(paths: list[str], path: list[Stage], batch_size: int, row_byte
     # undersampling) waits for the next. Half a batch let short ones through too, but the doubled block count cost
     # a third of the loader's throughput (benchmarks/loader_compare.py: 1,545 -> 1,062 samples/s).
     ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, batch_size * row_bytes)
+    return ds
+
+
+def scheduled(read, strategy, *args, **kwargs):
+    """``read(*args, **kwargs)`` with its tasks, and those of every operator after it, scheduled by ``strategy``.
+
+    Ray Data 2.60 has no named read parameter for it: the read takes it in ``ray_remote_args`` and later
+    operators from the dataset's own context copy. Both are marked deprecated ("Ray Data manages scheduling
+    internally"), and nothing else keeps a run's data tasks inside its placement group, where they cannot starve
+    behind the training workers (issue 20); the warnings are silenced here, the one place that does it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = read(*args, ray_remote_args={"scheduling_strategy": strategy}, **kwargs)
+        ds.context.scheduling_strategy = ds.context.scheduling_strategy_large_args = strategy
     return ds

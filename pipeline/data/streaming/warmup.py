@@ -47,13 +47,15 @@ def train_runtime_env() -> dict | None:
     return {"env_vars": env}
 
 
-def warm_data_workers(spec: JobSpec, count: int) -> list:
-    """Start ``count`` warm-up tasks without waiting for them; returns their refs ([] when it cannot help)."""
+def warm_data_workers(spec: JobSpec, strategy=None, count: int = 1) -> list:
+    """Start ``count`` warm-up tasks without waiting for them, scheduled by ``strategy`` (where the run's read
+    tasks will run: its reserved data CPUs); returns their refs ([] when it cannot help)."""
     import ray
 
     runtime_env = train_runtime_env()
     if runtime_env is None:
         log.debug("no warm-up of data workers: Ray Train's runtime environment is unknown in this Ray version")
         return []
-    task = ray.remote(num_cpus=1)(_warm).options(runtime_env=runtime_env)
+    options = {"runtime_env": runtime_env, **({"scheduling_strategy": strategy} if strategy is not None else {})}
+    task = ray.remote(num_cpus=1)(_warm).options(**options)
     return [task.remote(spec.augment.model_dump_json(), spec.modalities.model_dump_json()) for _ in range(count)]

@@ -1,7 +1,9 @@
 """``mmpipe inspect``: counts per class, modality coverage and shard sizes, without Ray.
 
 From manifest.json when the folder has one (instant), else by scanning the shards' tar headers and their small
-label members.
+label members. A scan (a shard pattern, a split folder) names the classes from the manifest.json beside or one
+folder above the shards when there is one, as a spec over those shards would; labels no class matches are listed
+apart (``labels_unusable``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import fsspec
 
+from pipeline.data.shards.manifest import read_manifest
+from pipeline.data.stages.clean import parse_label
 from pipeline.data.stages.contract import base_extension
+from pipeline.data.stages.decode import Rejected
 from pipeline.data.shards.check import SHARD_SUFFIXES, ShardError, expand_shards, is_compressed
 from pipeline.data.shards.tar import ShardFault, iter_members, iter_samples
 from pipeline.spec import LabelSpec, ModalitiesSpec
@@ -65,6 +70,31 @@ def _scan_shard(path: str) -> tuple[int, Counter, Counter, int, ShardFault | Non
     return samples, exts, labels, fs.size(fpath), None
 
 
+def manifest_near(shard: str) -> tuple[str, dict] | None:
+    """(path, content) of the manifest.json beside or one folder above ``shard`` (where ``find_manifest`` looks
+    for a spec's), when readable and naming classes."""
+    parent = shard.rsplit("/", 1)[0] if "/" in shard else "."
+    for path in (f"{parent}/manifest.json", f"{parent.rsplit('/', 1)[0]}/manifest.json"):
+        try:
+            found = read_manifest(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(found, dict) and found.get("classes"):
+            return path, found
+    return None
+
+
+def name_labels(labels: Counter, classes: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Raw label counts -> (counts per class name in class order, counts of labels no class matches)."""
+    named, unusable = Counter(), Counter()
+    for raw, n in labels.items():
+        try:
+            named[classes[parse_label(raw, tuple(classes), LabelSpec().format)]] += n
+        except Rejected:
+            unusable[raw] += n
+    return {c: named.get(c, 0) for c in classes}, dict(sorted(unusable.items()))
+
+
 def scan(path: str) -> dict:
     is_dir = "://" not in path and Path(path).is_dir()
     patterns = [f"{path.rstrip('/')}/**/*{s}" for s in SHARD_SUFFIXES] if is_dir else [path]
@@ -94,11 +124,18 @@ def scan(path: str) -> dict:
         if cut is not None:
             entry.update(reason=cut.reason, error=f"truncated: {cut.detail}; {samples} complete samples before it")
         split["shards"].append(entry)
+    found = manifest_near(sorted(shards)[0]) if shards else None
+    classes = [str(c) for c in found[1]["classes"]] if found else []
     for split in splits.values():
         exts, labels = split.pop("_exts"), split.pop("_labels")
-        split["class_histogram"] = dict(sorted(labels.items(), key=lambda kv: (len(kv[0]), kv[0])))
+        if classes:
+            split["class_histogram"], unusable = name_labels(labels, classes)
+            if unusable:
+                split["labels_unusable"] = unusable
+        else:
+            split["class_histogram"] = dict(sorted(labels.items(), key=lambda kv: (len(kv[0]), kv[0])))
         split["modality_coverage"] = modality_coverage(exts, split["samples"])
-    return {"source": "scan", "classes": [], "splits": splits}
+    return {"source": "scan", "classes": classes, **({"classes_from": found[0]} if found else {}), "splits": splits}
 
 
 def inspect_path(path: str) -> dict:

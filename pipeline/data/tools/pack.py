@@ -5,8 +5,10 @@ Manifest columns (paths relative to the manifest's folder):
     audio      audio file                       label      class name or index (required)
     split      default "train"                  key        sample key (default: the row number)
     meta       a JSON object                    any other column goes into the sample's json member
-Media bytes are stored unchanged, under their own extension. A row whose media is missing or unreadable is
-skipped and reported with its line number and reason; it never stops the run.
+Media bytes are stored unchanged, under their own extension. A row whose media is missing or unreadable (an image
+or audio file no decoder opens, a text file that is not UTF-8) is skipped and reported with its line number, a
+reason id (``SKIP_REASONS``) and what exactly; it never stops the run. When rows share a key in a split, the first
+in the manifest is packed, whatever order the rows are written in.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.data.stages.contract import base_extension
+from pipeline.data.stages.decode import Rejected, decode_audio, decode_image
 from pipeline.data.tools.shardwriter import Sample, ShardWriter
-from pipeline.spec import LabelSpec, ModalitiesSpec
+from pipeline.spec import CleanSpec, LabelSpec, ModalitiesSpec
 
 MEDIA_COLUMNS = ("image", "audio", "text_path")
 _INTEGER = re.compile(r"-?[0-9]+")
 KNOWN_COLUMNS = {"key", "split", "image", "text", "text_path", "audio", "label", "meta"}
+# Why a row is skipped (``kind`` of each skipped entry; the CLI prints a count per kind).
+SKIP_REASONS = ("row_invalid", "label_invalid", "media_missing", "media_outside", "media_unreadable",
+                "image_undecodable", "audio_undecodable", "text_invalid_utf8", "key_invalid", "duplicate_key")
 
 
 class ManifestError(ValueError):
@@ -91,7 +97,9 @@ def cell(row: dict, column: str) -> str:
 
 
 class RowSkipped(Exception):
-    pass
+    def __init__(self, message: str, kind: str = "row_invalid"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _read_media(base: Path, value: str, column: str, allow_outside: bool = False) -> tuple[bytes, str]:
@@ -100,7 +108,7 @@ def _read_media(base: Path, value: str, column: str, allow_outside: bool = False
     # symlink in someone else's manifest could name ~/.ssh/id_rsa): resolved, the file must stay under ``base``.
     if not allow_outside and not path.resolve().is_relative_to(base.resolve()):
         raise RowSkipped(f"{column} file {value!r} lies outside the manifest's folder (absolute path, '..' or a "
-                         "symlink leading out); pack reads it only with --allow-outside")
+                         "symlink leading out); pack reads it only with --allow-outside", "media_outside")
     ext = "".join(path.suffixes[-2:]).lower().lstrip(".") if path.suffix.lower() == ".gz" else \
         path.suffix.lower().lstrip(".")
     if not ext or ext == "gz":
@@ -108,16 +116,39 @@ def _read_media(base: Path, value: str, column: str, allow_outside: bool = False
     try:
         return path.read_bytes(), ext
     except FileNotFoundError:
-        raise RowSkipped(f"{column} file not found: {value}") from None
+        raise RowSkipped(f"{column} file not found: {value}", "media_missing") from None
     except OSError as e:
-        raise RowSkipped(f"{column} file unreadable: {value}: {e.strerror or e}") from None
+        raise RowSkipped(f"{column} file unreadable: {value}: {e.strerror or e}", "media_unreadable") from None
+
+
+def check_media(column: str, value: str, ext: str, data: bytes) -> None:
+    """Refuse media no decoder reads (a corrupt JPEG, a truncated PNG or WAV, a text file not UTF-8): packed, they
+    would only surface later as dropped rows. Whether a readable file suits a spec (sizes, durations, silence) is
+    for clean to say, with that spec's limits; gzipped members are checked there too."""
+    if ext.endswith("gz"):
+        return
+    try:
+        if column == "image":
+            h, w = ModalitiesSpec().image.size
+            decode_image(data, 1, CleanSpec().max_image_pixels, draft_size=(w, h))
+        elif column == "audio":
+            decode_audio(data, 0.0, 0.0)
+        elif column == "text_path":
+            data.decode("utf-8")
+    except Rejected as e:
+        if e.reason.endswith("_undecodable"):
+            raise RowSkipped(f"{column} file {value!r} is unreadable ({e})", e.reason) from None
+    except UnicodeDecodeError as e:
+        raise RowSkipped(f"text_path file {value!r} is not UTF-8 (byte {e.start}: {e.reason})",
+                         "text_invalid_utf8") from None
 
 
 def check_key(key: str) -> str:
     """A sample key becomes member names as written: it must stay relative and inside the archive."""
     parts = key.replace("\\", "/").split("/")
     if key.startswith(("/", "\\")) or ".." in parts or "\x00" in key or (len(key) > 1 and key[1] == ":"):
-        raise RowSkipped(f"key {key!r} is absolute or contains '..': it would become a member name as written")
+        raise RowSkipped(f"key {key!r} is absolute or contains '..': it would become a member name as written",
+                         "key_invalid")
     return key
 
 
@@ -125,20 +156,21 @@ def row_to_sample(row: dict, line: int, base: Path, classes: list[str], allow_ou
                   ) -> tuple[str, Sample]:
     """(split, Sample) for one manifest row; raises RowSkipped with the reason."""
     if "__error__" in row:
-        raise RowSkipped(row["__error__"])
+        raise RowSkipped(row["__error__"], row.get("__kind__", "row_invalid"))
     label = cell(row, "label")
     if not label:
-        raise RowSkipped("label is empty")
+        raise RowSkipped("label is empty", "label_invalid")
     if label in classes:
         index = classes.index(label)
     elif _INTEGER.fullmatch(label) and 0 <= int(label) < len(classes):
         index = int(label)
     else:
-        raise RowSkipped(f"label {label!r} is neither a class name nor an index of {classes}")
+        raise RowSkipped(f"label {label!r} is neither a class name nor an index of {classes}", "label_invalid")
     members: dict[str, bytes] = {}
     for column in MEDIA_COLUMNS:
         if cell(row, column):
             data, ext = _read_media(base, cell(row, column), column, allow_outside)
+            check_media(column, cell(row, column), ext, data)
             if column == "text_path":
                 ext = "txt.gz" if ext.endswith(".gz") else "txt"
             members[ext] = data
@@ -153,7 +185,7 @@ def row_to_sample(row: dict, line: int, base: Path, classes: list[str], allow_ou
     if meta:
         members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
     members["cls"] = str(index).encode()
-    return cell(row, "split") or "train", Sample(check_key(cell(row, "key") or f"{line:08d}"), members, index)
+    return cell(row, "split") or "train", Sample(check_key(sample_key(row, line)), members, index)
 
 
 def _json_object(text: str) -> dict:
@@ -166,6 +198,27 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def sample_key(row: dict, line: int) -> str:
+    return cell(row, "key") or f"{line:08d}"
+
+
+def mark_duplicate_keys(rows: list[tuple[int, dict]]) -> None:
+    """Rows (in manifest order) whose split already has their key become errors naming the first row: the first
+    row wins whatever order the rows are then written in (shuffled by seed)."""
+    first: dict[tuple[str, str], int] = {}
+    for line, row in rows:
+        if "__error__" in row:
+            continue
+        where = (cell(row, "split") or "train", sample_key(row, line))
+        if where in first:
+            row.clear()
+            row["__error__"] = f"duplicate sample key {where[1]!r} in split {where[0]!r} (first on line " \
+                               f"{first[where]}, which is kept)"
+            row["__kind__"] = "duplicate_key"
+        else:
+            first[where] = line
+
+
 def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] | None = None,
                   max_shard_bytes: int = 256 * 1024 ** 2, max_shard_samples: int | None = None,
                   progress: bool = True, overwrite: bool = False, shuffle_seed: int | None = 0,
@@ -175,6 +228,7 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
     are often sorted by class, and a shard holding one class makes every streamed batch nearly single-class."""
     manifest = Path(manifest)
     rows = read_rows(manifest)
+    mark_duplicate_keys(rows)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(rows)
     if classes is None:
@@ -189,8 +243,11 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
         try:
             split, sample = row_to_sample(row, line, manifest.parent, classes, allow_outside)
             writer.write(split, sample)
-        except (RowSkipped, ValueError) as e:
-            skipped.append({"line": line, "reason": str(e)})
+        except RowSkipped as e:
+            skipped.append({"line": line, "kind": e.kind, "reason": str(e)})
+            continue
+        except ValueError as e:  # the writer's: a split or key that cannot name a file
+            skipped.append({"line": line, "kind": "key_invalid", "reason": str(e)})
             continue
         for ext in sample.members:
             if base_extension(ext) not in known:
@@ -201,3 +258,11 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
                 "the spec's modalities.<role>.extensions or convert the files" for ext, n in sorted(unusual.items())]
     result = writer.write_manifest(classes, source=str(manifest), skipped=skipped, warnings=warnings)
     return PackResult(result, skipped, warnings)
+
+
+def skip_counts(skipped: list[dict]) -> dict[str, int]:
+    """Skipped rows per reason id, most frequent first."""
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s.get("kind", "row_invalid")] = counts.get(s.get("kind", "row_invalid"), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

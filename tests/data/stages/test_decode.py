@@ -114,3 +114,14 @@ def test_limits_are_checked_from_the_header_before_any_decode():
     with pytest.raises(Rejected) as e:
         decode_image(photo(300, 12), 16, LIMIT, draft_size=(224, 224))
     assert e.value.reason == "image_too_small"
+
+
+def test_a_bomb_refused_by_pil_quotes_the_spec_limit_not_pil_s():
+    """PIL refuses a header over twice its limit itself, quoting that doubled limit (issue 18: "80M" for a 40M
+    spec); the reason says the spec's."""
+    from pipeline.data.tools.demo import _png_with_header_size
+
+    with pytest.raises(Rejected) as e:
+        decode_image(_png_with_header_size(30_000, 30_000), 16, 40_000_000)
+    assert e.value.reason == "image_too_large"
+    assert e.value.detail == "900000000 pixels > max_image_pixels 40000000", e.value.detail

@@ -78,7 +78,7 @@ def test_pack_jsonl_with_keys_dirs_and_bad_lines(tmp_path):
 def test_pack_edge_rows(tmp_path):
     make_media(tmp_path)
     (tmp_path / "media" / "t.txt.gz").write_bytes(__import__("gzip").compress("压缩".encode()))
-    (tmp_path / "media" / "pic.bmp").write_bytes(b"BM....")
+    Image.new("RGB", (9, 9), (0, 90, 0)).save(tmp_path / "media" / "pic.bmp")  # a real one: broken ones are skipped
     lines = [json.dumps({"text": "zero", "label": 0, "key": 0}),
              json.dumps({"text": "one", "label": 1}),
              json.dumps({"text": "escape", "label": 1, "split": "../evil"}),
@@ -123,3 +123,56 @@ def test_pack_keeps_media_inside_the_manifest_folder_and_refuses_escaping_keys(t
     # with the flag, the same files are read (the owner's choice)
     result = pack_manifest(src / "m.csv", tmp_path / "out2", progress=False, allow_outside=True)
     assert sum("outside" in s["reason"] for s in result.skipped) == 0
+
+
+def test_pack_skips_media_no_decoder_reads_and_counts_them_by_reason(tmp_path):
+    """A corrupt JPEG, a truncated PNG, a truncated WAV and a text file that is not UTF-8 are skipped with their
+    reason (issue 18: they were packed silently and dropped later as image_undecodable)."""
+    from pipeline.cli import app
+    from typer.testing import CliRunner
+
+    from pipeline.data.tools.pack import skip_counts
+
+    make_media(tmp_path)
+    media = tmp_path / "media"
+    jpeg = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(jpeg, "JPEG")
+    (media / "corrupt.jpg").write_bytes(jpeg.getvalue()[:20] + b"\x00" * 200)
+    (media / "cut.png").write_bytes((media / "im1.png").read_bytes()[:-30])
+    (media / "cut.wav").write_bytes((media / "a1.wav").read_bytes()[:200])
+    (media / "latin1.txt").write_bytes("café".encode("latin-1"))
+    rows = ["image,audio,text_path,text,label",
+            "media/im0.png,media/a0.wav,,fine,cat",
+            "media/corrupt.jpg,,,x,dog",
+            "media/cut.png,,,x,cat",
+            ",media/cut.wav,,x,dog",
+            ",,media/latin1.txt,,cat",
+            "media/im2.png,,,y,dog"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    result = pack_manifest(tmp_path / "m.csv", tmp_path / "out", progress=False)
+    assert [(s["line"], s["kind"]) for s in result.skipped] == [
+        (3, "image_undecodable"), (4, "image_undecodable"), (5, "audio_undecodable"), (6, "text_invalid_utf8")]
+    assert "media/corrupt.jpg" in result.skipped[0]["reason"] and "cut.png" in result.skipped[1]["reason"]
+    assert result.manifest["samples"] == 2
+    assert skip_counts(result.skipped) == {"image_undecodable": 2, "audio_undecodable": 1, "text_invalid_utf8": 1}
+    out = CliRunner().invoke(app, ["pack", str(tmp_path / "m.csv"), str(tmp_path / "cli")])
+    assert out.exit_code == 0, out.output
+    assert ("4 row(s) skipped (2 image_undecodable, 1 audio_undecodable, 1 text_invalid_utf8)"
+            in " ".join(out.output.split())), out.output
+
+
+def test_the_first_of_rows_sharing_a_key_wins_whatever_the_shuffle(tmp_path):
+    lines = [json.dumps({"key": "k1", "text": "first", "label": "a"}),
+             json.dumps({"key": "k2", "text": "other", "label": "b"}),
+             json.dumps({"key": "k1", "text": "second", "label": "b"}),
+             json.dumps({"key": "k1", "text": "elsewhere", "label": "b", "split": "val"}),
+             json.dumps({"key": "k1", "text": "third", "label": "a"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for seed in (None, 0, 1, 2, 3, 4, 5):
+        out = tmp_path / f"out{seed}"
+        result = pack_manifest(tmp_path / "m.jsonl", out, progress=False, shuffle_seed=seed)
+        assert [(s["line"], s["kind"]) for s in result.skipped] == [(3, "duplicate_key"), (5, "duplicate_key")]
+        assert "first on line 1" in result.skipped[0]["reason"]
+        samples = {s["__key__"]: s for s in wds.WebDataset(str(out / "train/train-000000.tar"), shardshuffle=False)}
+        assert samples["k1"]["txt"] == b"first", seed
+        assert result.manifest["splits"]["val"]["samples"] == 1  # the same key in another split is another sample

@@ -1,0 +1,77 @@
+"""model.init_from: where the starting weights come from, and the model set-up that uses them (loaded parts, the
+optimizer's groups for model.pretrained_lr_scale and model.freeze).
+
+    RUN_DIR                      a pretrain run (pretrained.pt), a train run (best.pt), or a workflow run
+                                 (steps' outputs: pretrain/pretrained.pt, else train/best.pt)
+    REGISTRY[:VERSION|@ALIAS]    a registered model (model.pt)
+    FILE                         any of those files
+
+Every file is read with ``weights_only=True``: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from pipeline.model.checkpoint import InitError, describe_init, load_matching
+from pipeline.spec import JobSpec
+
+RUN_FILES = ("pretrained.pt", "best.pt", "pretrain/pretrained.pt", "train/best.pt")
+
+
+def _read(source: bytes | Path) -> dict:
+    state = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                       weights_only=True)
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InitError("holds no weights (expected a checkpoint written by mmpipe: pretrained.pt, best.pt)")
+    return weights
+
+
+def init_weights(ref: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(name -> tensor, where they came from) for a model.init_from value."""
+    path = Path(ref)
+    if path.is_dir():
+        for name in RUN_FILES:
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise InitError(f"model.init_from {ref}: a folder without {', '.join(RUN_FILES)}")
+    if path.is_file():
+        try:
+            return _read(path), str(path)
+        except InitError as e:
+            raise InitError(f"model.init_from {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - torch's error for a corrupt file or one that needs unpickling
+            raise InitError(f"model.init_from {path}: cannot be loaded ({type(e).__name__}: {str(e)[:200]})") \
+                from None
+    from pipeline.registry import ModelRef, Registry, RegistryError
+
+    try:
+        ref_ = ModelRef.parse(ref)
+        registry = Registry(ref_.registry)
+        version = registry.resolve(ref_)
+        return _read(registry.model_bytes(version)), f"{registry.uri}:{version}"
+    except RegistryError as e:
+        raise InitError(f"model.init_from {ref}: neither a file, a run folder nor a registry reference ({e})") \
+            from None
+
+
+def prepare_transfer(model: torch.nn.Module, spec: JobSpec, say=print) -> set[str]:
+    """Load model.init_from into ``model`` (the parts model.init_parts names) and freeze model.freeze's encoders;
+    returns the names of the loaded parameters (for their lr scale)."""
+    m = spec.model
+    loaded: set[str] = set()
+    if m.init_from:
+        weights, origin = init_weights(m.init_from)
+        report = load_matching(model, weights, m.init_parts, origin)
+        say(describe_init(report, origin))
+        loaded = set(report["loaded"])
+    frozen = [k for k in m.frozen_epochs() if k in getattr(model, "encoders", {})]
+    if frozen and hasattr(model, "set_frozen"):
+        model.set_frozen(frozen)
+    return loaded

@@ -1,0 +1,36 @@
+"""benchmarks/unseen_speakers.py end to end on the 36-clip FSDD fixture: prepare-digits --split speaker, pack and
+train through the real commands, one fold, one epoch; a second call reads the finished fold back."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support import FIXTURES, ROOT
+
+pytestmark = pytest.mark.cluster  # each mmpipe train starts its own Ray
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unseen_speakers.py"), *args],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_quick_holds_out_a_speaker_and_prints_the_table(tmp_path):
+    runs = tmp_path / "runs"
+    done = run(str(FIXTURES / "fsdd"), "--quick", "--runs", str(runs))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| held-out speaker | test macro-F1 |" in done.stdout and "\n| jackson | " in done.stdout
+    assert "**mean ± SD (min)**" in done.stdout
+    metrics = json.loads((runs / "jackson" / "audio_only" / "metrics.json").read_text())
+    assert 0 <= metrics["test.macro_f1"] <= 1
+    with open(runs / "jackson" / "raw" / "manifest.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["speaker"] for r in rows if r["split"] == "test"} == {"jackson"}
+    again = run(str(FIXTURES / "fsdd"), "--quick", "--runs", str(runs))  # finished: read back, not retrained
+    assert again.returncode == 0 and "| reused |" in again.stdout
+    wrong = run(str(FIXTURES / "fsdd"), "--speakers", "bob", "--runs", str(runs))
+    assert wrong.returncode != 0 and "bob: not among the recordings' speakers jackson, nicolas, theo" in wrong.stderr
