@@ -11,7 +11,7 @@ import pytest
 
 from support import FIXTURES, ROOT
 
-pytestmark = pytest.mark.cluster  # each mmpipe train starts its own Ray
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # each mmpipe train starts its own Ray; ~45 s
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
