@@ -11,7 +11,7 @@ import pytest
 from pipeline.resources import PlanError, check_predict, plan_resources
 from pipeline.spec_checks import job_from_dict
 from pipeline.watchdog import StallError, progressed, watch
-from support.actors import live_actors, live_placement_groups, settled
+from support.actors import leftovers, live_actors, live_placement_groups, settled
 
 FAST_TRAIN = ["train.epochs=1", "train.batch_size=16", "model.hidden=32", "augment.enabled=false"]
 ONE_TRIAL = ["tune.search_space={model.fusion: {grid: [concat]}}", "tune.num_samples=1"]
@@ -175,7 +175,7 @@ def test_a_trial_reads_its_data_when_everything_else_is_taken(ray_session, demo_
     assert result.trials == 1 and result.best_checkpoint
     assert time.monotonic() - start < 300
     del result
-    assert settled(baseline) == baseline  # no DuplicateIndex, _Clock, _Beats, trial or Train actor left
+    assert leftovers(settled(baseline), baseline) == {}  # no DuplicateIndex, _Clock, _Beats, trial or Train actor left
     assert live_placement_groups() == []
 
 
@@ -205,7 +205,7 @@ def test_a_training_that_cannot_start_fails_with_what_it_waits_for(ray_session, 
     assert "pending demand: placement group bundle" in message and "other-job: CREATED" in message
     assert "likely fix: a placement group (training workers) waits for 1 CPU" in message
     del e
-    assert settled(baseline) == baseline  # ended by the run, not by dropping the traceback's frames
+    assert leftovers(settled(baseline), baseline) == {}  # ended by the run, not by dropping the traceback's frames
     assert live_placement_groups() == []
 
 
@@ -234,4 +234,4 @@ def test_a_data_report_pass_that_cannot_read_stops_with_what_it_waits_for(ray_se
     assert "the data report pass made no progress for 3 s" in message
     assert "other-job: CREATED" in message and "likely fix:" in message
     del e
-    assert settled(baseline, 20) == baseline
+    assert leftovers(settled(baseline, 20), baseline) == {}

@@ -108,7 +108,7 @@ def test_data_worker_warm_up_imports_and_builds_the_augmenters(ray_session, demo
     from pipeline.data.streaming.warmup import train_runtime_env, warm_data_workers
 
     spec = load_spec(demo_dir / "spec.yaml", AUGMENT)
-    refs = warm_data_workers(spec, 2)
+    refs = warm_data_workers(spec, count=2)
     assert len(refs) == 2
     ray_session.get(refs, timeout=120)
     assert train_runtime_env()["env_vars"]["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] == "0"
