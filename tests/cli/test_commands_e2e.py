@@ -178,7 +178,7 @@ def test_predict_with_the_registered_champion(cli_runs):
 # gradient-stride warning, deprecation notes and Ray Data's progress-bar note.
 RAY_NOISE = ("Execution plan", "Starting execution", "Reporting training result", "pid=", "(raylet)",
              "PYTHON worker processes", "core_worker", "PreemptionWatcher", "grad strides", "eprecat",
-             "Progress bars disabled")
+             "Progress bars disabled", "Token authentication")
 
 
 @pytest.mark.cluster
