@@ -218,10 +218,14 @@ class LiveView(PlainView):
             def render(self, task) -> Text:
                 return Text(f"{task.speed:,.0f} rows/s" if task.speed else "")
 
+        class Remaining(TimeRemainingColumn):  # nothing when the pass's total is unknown (no dangling "ETA")
+            def render(self, task) -> Text:
+                return Text("ETA ") + super().render(task) if task.total is not None else Text("")
+
         super().__init__(console)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("rows"), RowsPerSecond(), TimeElapsedColumn(),
-                                 TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[loss]}"),
+                                 Remaining(), TextColumn("{task.fields[loss]}"),
                                  console=console, transient=True)
         self.task = None
 
@@ -244,6 +248,7 @@ class LiveView(PlainView):
         if self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
+            self.progress.refresh()  # else the next line printed redraws the finished bar under it
 
     def done(self, line: str) -> None:
         self._drop_task()
@@ -256,6 +261,30 @@ class LiveView(PlainView):
     def close(self) -> None:
         self._drop_task()
         self.progress.stop()
+
+
+class PassCount:
+    """One pass over rows (a split's data report, packing, prediction) on the current view: on a terminal a bar
+    (rows, rows/s, and an ETA when ``total`` is known); when it ends one line with rows, seconds and rows/s. Off a
+    terminal only that line: one per pass, never a flood."""
+
+    def __init__(self, label: str, total: int | None = None) -> None:
+        self.label, self.rows = label, 0
+        self.view = current()
+        self.started = time.monotonic()
+        self.view.start(label, total or None)  # 0 rows expected: an unknown total, not a bar that is already full
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        self.view.update(self.rows)
+
+    def finish(self, detail: str = "") -> str:
+        """``detail``: what to add after the row count, e.g. `` (1,234 kept)``. Returns the line shown."""
+        seconds = time.monotonic() - self.started
+        rate = f", {self.rows / seconds:,.0f} rows/s" if seconds > 0 else ""
+        text = f"{self.label}: {self.rows:,} rows{detail} in {seconds:.1f} s{rate}"
+        self.view.done(text)
+        return text
 
 
 _current: View = View()

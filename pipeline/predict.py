@@ -97,6 +97,7 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
     from pipeline.model.classifier import input_columns
     from pipeline.ray_runtime import ensure_ray
     from pipeline.resources import check_predict, cluster_capacity
+    from pipeline.console import PassCount
     from pipeline.watchdog import progressed, watch
 
     ensure_ray()  # joins or starts Ray unless the caller already has (a workflow step)
@@ -122,6 +123,7 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
         tmp = local_out.with_name(f".{local_out.name}.{uuid.uuid4().hex}.tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         writer, rows, predicted = None, 0, 0
+        shown = PassCount("predict", split.expected_rows)
         try:
             with watch("prediction", spec.scaling.stall_timeout_s):  # rows written are its progress
                 for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
@@ -142,8 +144,10 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
                     rows += len(batch["key"])
                     predicted += int((batch["pred_index"] >= 0).sum())
                     progressed(len(batch["key"]))
+                    shown.add(len(batch["key"]))
             if writer is None:
                 raise PredictError(f"no samples in {', '.join(shards)}")
+            shown.finish(f" ({predicted:,} predicted)")
             writer.close()
             writer = None
             if storage.is_local(out):

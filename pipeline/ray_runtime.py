@@ -55,6 +55,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    quiet_ray()  # importing ray put its handler on the terminal: ray.init's own warnings go to the log file too
     address = address or os.environ.get("RAY_ADDRESS")
     # No address: a local instance of our own ("local"), never whichever `ray start` cluster happens to run on
     # this machine (Ray's default). RAY_ADDRESS=auto attaches to that cluster on purpose; Ray sets RAY_ADDRESS

@@ -4,15 +4,14 @@ and ``show-spec``."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from pipeline.cli.common import (BAD_INPUT, SetOption, console, err, exits_on_error, fail, load_spec,
-                                 data_plan, warn)
+from pipeline.cli.common import (BAD_INPUT, SetOption, VerboseOption, console, err, exits_on_error, fail, header,
+                                 load_spec, data_plan, start_console, warn)
 
 app = typer.Typer()
 
@@ -36,11 +35,17 @@ def pack(
     """Pack media files listed in a manifest into WebDataset shards per split, with manifest.json."""
     from pipeline.data.tools.pack import pack_manifest, skip_counts
 
-    with exits_on_error(BAD_INPUT, FileExistsError):
-        result = pack_manifest(manifest, out_dir, [c.strip() for c in classes.split(",")] if classes else None,
-                               int(shard_mb * 1024 ** 2), shard_samples, progress=sys.stderr.isatty(),
-                               overwrite=overwrite, shuffle_seed=None if keep_order else shuffle_seed,
-                               allow_outside=allow_outside)
+    with start_console("pack"):
+        header(f"pack {manifest}", {
+            "output": out_dir,
+            "shards": f"up to {shard_mb:g} MiB" + (f" or {shard_samples} samples" if shard_samples else "")
+                      + " each, per split",
+            "order": "the manifest's" if keep_order or shuffle_seed is None else f"shuffled, seed {shuffle_seed}",
+            "classes": classes or "the labels found, sorted"})
+        with exits_on_error(BAD_INPUT, FileExistsError):
+            result = pack_manifest(manifest, out_dir, [c.strip() for c in classes.split(",")] if classes else None,
+                                   int(shard_mb * 1024 ** 2), shard_samples, overwrite=overwrite,
+                                   shuffle_seed=None if keep_order else shuffle_seed, allow_outside=allow_outside)
     for s in result.skipped:
         err.print(f"[yellow]skipped[/] {manifest}:{s['line']}: {s['reason']}", highlight=False, soft_wrap=True)
     for w in result.warnings:
@@ -78,19 +83,29 @@ def validate(
     set_: Optional[list[str]] = SetOption,
     out: Optional[Path] = typer.Option(None, help="Also write the data report as JSON here"),
     split: Optional[list[str]] = typer.Option(None, help="Only these splits (repeatable)"),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Run read → clean → align over every split and print the data report."""
     job = load_spec(spec, set_)
+    from pipeline.console import log_file_for, log_to
     from pipeline.data.tools.plots import plot_class_distribution
     from pipeline.ray_runtime import ensure_ray
 
     if not job.data.splits:
         fail(f"{spec}: data.splits lists no splits to validate")
-    with exits_on_error(BAD_INPUT):
-        data = data_plan(job)
-    ensure_ray()
-    with exits_on_error(BAD_INPUT):
-        report = data.validate(split)
+    with start_console("validate", None, verbose):
+        header(f"validate: job {job.name}", {
+            "spec": spec,
+            "data": "; ".join(f"{name} {', '.join(p)}" for name, p in job.data.splits.items()
+                              if not split or name in split),
+            "reads": f"one task (1 CPU) per shard, {job.scaling.stall_timeout_s:g} s stall timeout",
+            "report": out or "-",
+            "logs": log_to(log_file_for(None, "validate"))})  # Ray starts below: its log file, chosen now
+        with exits_on_error(BAD_INPUT):
+            data = data_plan(job)
+        ensure_ray()
+        with exits_on_error(BAD_INPUT):
+            report = data.validate(split)
     report.print(console)
     if out:
         report.write_json(out)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import (BAD_INPUT, FAILED, SetOption, VerboseOption, console, err, exits_on_error, fail,
-                                 load_spec, data_plan, start_console)
+                                 header, load_spec, data_plan, start_console)
 from pipeline.spec import PredictSpec
 
 PREDICT_DEFAULTS = PredictSpec()  # the options' defaults are the spec's
@@ -71,12 +71,17 @@ def predict(
     verbose: bool = VerboseOption,
 ) -> None:
     """Batch inference over shards with a registered model: one row per sample, bad samples with reasons."""
+    from pipeline.console import log_file_for, log_to
     from pipeline.predict import predict as run_predict
 
     with start_console("predict", None, verbose):
-        console.print(f"predict {', '.join(shards)} with {model}: {actors} replica(s)"
-                      f"{' on GPU' if gpu else ''}, batches of {batch_size} → {out}", soft_wrap=True,
-                      highlight=False, markup=False)
+        header(f"predict with {model}", {
+            "data": ", ".join(shards) if len(shards) <= 3 else  # a shell-expanded glob: not hundreds of paths
+                    f"{len(shards)} paths: {shards[0]}, {shards[1]}, …, {shards[-1]}",
+            "replicas": f"{actors}{' x 1 GPU' if gpu else ''}, batches of {batch_size}"
+                        + (", exact duplicates marked" if dedupe else ""),
+            "output": f"{out} (and its .report.json)",
+            "logs": log_to(log_file_for(None, "predict"))})  # Ray starts in predict: its log file, chosen now
         with exits_on_error(FAILED):  # the model reference is resolved before Ray starts (predict does both)
             result = run_predict(model, shards, out, batch_size, actors, gpu, dedupe)
     r = result.report

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -115,6 +116,12 @@ def test_validate_writes_report_and_bad_spec_fails_early(ray_session, demo_dir, 
     report = json.loads(out.read_text(encoding="utf-8"))
     manifest = json.loads((demo_dir / "manifest.json").read_text(encoding="utf-8"))
     val = report["splits"]["val"]
+    lines = result.stdout.splitlines()  # the header, then one line for the pass (not a terminal: no bar)
+    assert lines[:2] == ["validate: job demo", f"  spec: {demo_dir / 'spec.yaml'}"], result.stdout
+    assert f"  data: val {demo_dir}/val/*.tar" in lines and f"  report: {out}" in lines
+    passes = [line for line in lines if line.startswith("data report: ")]
+    assert len(passes) == 1 and re.fullmatch(rf"data report: val: {val['rows_in']:,} rows \({val['rows_kept']:,} "
+                                             r"kept\) in \d+\.\d s, [\d,]+ rows/s", passes[0]), passes
     assert set(report["splits"]) == {"val"}  # --split val: only that split was read
     assert val["rows_in"] == manifest["splits"]["val"]["samples"]  # every sample of the split was read...
     assert {r: n for r, n in val["dropped"].items() if n} == manifest["planted"]["val"]  # ...each planted one caught

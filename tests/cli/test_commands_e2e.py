@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -50,7 +51,16 @@ def test_prepare_digits_then_pack(tmp_path):
     with (tmp_path / "raw" / "manifest.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 36 and "manifest.csv" in out
-    mmpipe("pack", str(tmp_path / "raw" / "manifest.csv"), str(tmp_path / "packed"))
+    errors: list[str] = []  # piped, and 40 columns: nothing may wrap there
+    said = mmpipe("pack", str(tmp_path / "raw" / "manifest.csv"), str(tmp_path / "packed"), env={"COLUMNS": "40"},
+                  stderr=errors)
+    lines = said.splitlines()
+    assert lines[:2] == [f"pack {tmp_path / 'raw' / 'manifest.csv'}", f"  output: {tmp_path / 'packed'}"], said
+    assert "  order: shuffled, seed 0" in lines
+    assert [line for line in lines if line.startswith("packing")] == [lines[5]], said  # one line for the pass
+    assert re.fullmatch(r"packing: 36 rows in \d+\.\d s, [\d,]+ rows/s", lines[5]), said
+    assert lines[6].startswith(f"wrote 36 samples in 3 shards to {tmp_path / 'packed'} (") and len(lines) == 7
+    assert "\x1b[" not in said + errors[0] and errors[0] == "", errors  # no colour codes, no bar, no noise
     manifest = json.loads((tmp_path / "packed" / "manifest.json").read_text(encoding="utf-8"))
     by_split = {s: sum(1 for r in rows if r["split"] == s) for s in {r["split"] for r in rows}}
     assert {s: m["samples"] for s, m in manifest["splits"].items()} == by_split
@@ -153,6 +163,12 @@ def test_predict_with_the_registered_champion(cli_runs):
     manifest = json.loads((cli_runs["data"] / "manifest.json").read_text(encoding="utf-8"))
     assert len(table) == manifest["splits"]["test"]["samples"]  # one row per sample, bad ones included
     assert report["version"] == 1
+    said = cli_runs["said"]["predict"].splitlines()  # piped: the header, then one line for the pass
+    assert said[0] == f"predict with {cli_runs['registry']}@champion", said
+    assert f"  data: {cli_runs['data']}/test/*.tar" in said
+    passes = [line for line in said if line.startswith("predict: ")]
+    assert len(passes) == 1 and passes[0].startswith(
+        f"predict: {len(table):,} rows ({report['predicted']:,} predicted) in "), said
     ok = table[table.status == "ok"]
     assert len(ok) > 0 and ok.pred_class.notna().all()
 
@@ -162,7 +178,7 @@ def test_predict_with_the_registered_champion(cli_runs):
 # gradient-stride warning, deprecation notes and Ray Data's progress-bar note.
 RAY_NOISE = ("Execution plan", "Starting execution", "Reporting training result", "pid=", "(raylet)",
              "PYTHON worker processes", "core_worker", "PreemptionWatcher", "grad strides", "eprecat",
-             "Progress bars disabled")
+             "Progress bars disabled", "Token authentication")
 
 
 @pytest.mark.cluster
@@ -190,3 +206,6 @@ def test_the_console_is_quiet_one_line_per_epoch_and_v_brings_ray_back(cli_runs)
     trials = [line for line in said["run"].splitlines() if line.startswith("trial ")]
     assert len([t for t in trials if " TERMINATED fusion=sum" in t]) == 1, said["run"]  # the one trial
     assert len([t for t in trials if " RUNNING fusion=sum" in t]) == 1, said["run"]
+    # the demo's data report pass: one line per split (not one per batch), train last
+    passes = [line.split(":")[1].strip() for line in lines if line.startswith("data report: ")]
+    assert passes == ["val", "test", "train"], out

@@ -75,6 +75,35 @@ def test_live_view_draws_a_bar_with_rows_speed_eta_and_loss_then_one_line():
     assert "epoch 1/2: train loss 1.234" in buf.getvalue()
 
 
+def test_a_pass_is_one_line_off_a_terminal_and_nothing_outside_the_command_line(capsys):
+    c, buf = plain_console()
+    with con.showing(con.view_for(c)):
+        shown = con.PassCount("data report: val", 3000)
+        for _ in range(3):
+            shown.add(1000)
+        line = shown.finish(" (2,900 kept)")
+    assert buf.getvalue().splitlines() == [line]  # not a line per batch
+    assert re.fullmatch(r"data report: val: 3,000 rows \(2,900 kept\) in \d+\.\d s, [\d,]+ rows/s", line), line
+    con.PassCount("packing", 10).finish()  # a library call: the default view shows nothing
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("total", [200, None])
+def test_a_pass_on_a_terminal_is_a_bar_with_rows_and_speed_then_one_line(total):
+    buf = io.StringIO()
+    with con.showing(con.view_for(Console(file=buf, force_terminal=True, width=140))) as view:
+        shown = con.PassCount("predict", total)
+        shown.add(20)
+        time.sleep(0.05)  # rich's speed needs two samples
+        shown.add(30)
+        view.progress.refresh()
+        drawn = buf.getvalue()
+        assert "predict" in drawn and ("50/200" if total else "50/?") in drawn and "rows/s" in drawn, drawn
+        assert ("ETA" in drawn) == (total is not None)  # an ETA only when the total is known
+        shown.finish(" (50 predicted)")
+    assert "predict: 50 rows (50 predicted) in " in buf.getvalue()
+
+
 def test_the_off_terminal_console_does_not_wrap_or_colour(capsys):
     c = con.make_console()  # pytest's captured stdout is not a terminal
     path = "/tmp/" + "x" * 150 + "/spec.yaml"

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from pipeline.console import make_console
 from pipeline.data.stages.clean import DROP_REASONS
 from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 
@@ -99,7 +100,7 @@ class DataReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False))
 
     def print(self, console: Console | None = None) -> None:
-        console = console or Console()
+        console = console or make_console()  # off a terminal: no wrapping at 80 columns, no colour codes
         names = list(self.splits)
         summary = Table(title="Data report", title_justify="left")
         summary.add_column("")
@@ -132,7 +133,8 @@ class DataReport:
             console.print(table)
         for n in names:
             for bad in self.splits[n].bad_shards:
-                console.print(f"[red]bad shard[/] ({n}) {bad['path']}: {bad['error']}")
+                console.print(f"[red]bad shard[/] ({escape(n)}) {escape(bad['path'])}: {escape(bad['error'])}",
+                              highlight=False)  # a path or message with [brackets] is text, not markup
         for pair in self.cross_split:
             a, b = pair["splits"]
             examples = "; ".join(f"{s}: " + ", ".join(e["key"] for e in pair["examples"][s]) for s in (a, b))

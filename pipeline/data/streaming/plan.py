@@ -32,6 +32,7 @@ from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
 from pipeline.data.streaming.pull import pulled
 from pipeline.data.streaming.source import read_prepared
 from pipeline.spec import JobSpec
+from pipeline.console import PassCount
 from pipeline.watchdog import progressed, watch
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,11 @@ class SplitData:
         """Shards with a fault: left out, or (truncated) read up to the damage."""
         return [c for c in self.checks if c.error]
 
+    @property
+    def expected_rows(self) -> int:
+        """Rows a pass over the split reads: every sample the shard checks counted in the shards it reads."""
+        return sum(c.samples for c in self.checks if c.usable)
+
     def kept(self):
         """Only the kept rows, fixed shapes (of a ``report`` dataset, which holds every row)."""
         return self.dataset.map_batches(keep_rows, batch_format="numpy")
@@ -96,13 +102,16 @@ class SplitData:
         report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks))
         columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities] + ([HASH_COLUMN] if cross else [])
         batches = self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy")
+        shown = PassCount(f"data report: {self.name}", self.expected_rows)
         for batch in pulled(batches, f"data report: {self.name}"):  # a stalled read can still be interrupted
             report.add_batch(batch)
             progressed(len(batch["drop_reason"]))  # rows counted: the progress a watch over this pass sees
+            shown.add(len(batch["drop_reason"]))
             if cross is not None:
                 usable = [r in ("", "duplicate_of_eval") for r in batch["drop_reason"]]
                 cross.add(self.name, [h if ok else "" for h, ok in zip(batch[HASH_COLUMN], usable)],
                           batch[KEY_COLUMN], batch[URL_COLUMN], remember)
+        shown.finish(f" ({report.rows_kept:,} kept)")
         return report
 
 

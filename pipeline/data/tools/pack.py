@@ -20,8 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
+from pipeline.console import PassCount
 from pipeline.data.stages.contract import base_extension
 from pipeline.data.stages.decode import Rejected, decode_audio, decode_image
 from pipeline.data.tools.shardwriter import Sample, ShardWriter
@@ -224,7 +223,8 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
                   progress: bool = True, overwrite: bool = False, shuffle_seed: int | None = 0,
                   allow_outside: bool = False) -> PackResult:
     """``allow_outside``: also read media outside the manifest's folder (absolute paths, '..', symlinks leading
-    out); off by default. ``shuffle_seed``: rows are written in a seeded random order (None keeps the manifest's order). Manifests
+    out); off by default. ``progress``: show the rows packed on the command's view (``console.current()``: a bar
+    on a terminal, one closing line elsewhere, nothing outside the command line). ``shuffle_seed``: rows are written in a seeded random order (None keeps the manifest's order). Manifests
     are often sorted by class, and a shard holding one class makes every streamed batch nearly single-class."""
     manifest = Path(manifest)
     rows = read_rows(manifest)
@@ -239,7 +239,10 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
     skipped: list[dict] = []
     unusual: dict[str, int] = {}
     known = default_member_extensions()
-    for line, row in tqdm(rows, desc="packing", unit="row", disable=not progress):  # skipped: by line number
+    shown = PassCount("packing", len(rows)) if progress else None  # the command's view: a bar, or one line
+    for line, row in rows:  # skipped: by line number
+        if shown is not None:
+            shown.add(1)
         try:
             split, sample = row_to_sample(row, line, manifest.parent, classes, allow_outside)
             writer.write(split, sample)
@@ -253,6 +256,8 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, classes: list[str] 
             if base_extension(ext) not in known:
                 unusual[ext] = unusual.get(ext, 0) + 1
     writer.close()
+    if shown is not None:
+        shown.finish(f" ({len(skipped):,} skipped)" if skipped else "")
     skipped.sort(key=lambda s: s["line"])
     warnings = [f"{n} sample(s) have .{ext} members, which no modality reads by default; add the extension to "
                 "the spec's modalities.<role>.extensions or convert the files" for ext, n in sorted(unusual.items())]
