@@ -25,4 +25,5 @@ def run_rank(rank: int, port: int, out) -> None:
     loss, n = pair_loss(a, b, PA[rows], PB[rows], torch.tensor(5.0))
     (loss * n).backward()  # this rank's sum over its pairs
     out.put((rank, (loss * n).item(), n, a.grad.tolist(), b.grad.tolist()))
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it (that aborts the process)
     dist.destroy_process_group()
