@@ -6,15 +6,21 @@ import io
 from pathlib import Path
 
 
-def load_model(source: bytes | str | Path, origin: str = "<checkpoint>"):
-    """(model in eval mode on CPU, its JobSpec, class names). Never unpickles: ``weights_only=True``."""
+def read_checkpoint(source: bytes | str | Path):
+    """What a checkpoint file (or its bytes) holds, on CPU. The one place checkpoints are read: never unpickles
+    (``weights_only=True``), so a crafted file cannot run code."""
     import torch
 
+    file = io.BytesIO(source) if isinstance(source, bytes) else source
+    return torch.load(file, weights_only=True, map_location="cpu")
+
+
+def load_model(source: bytes | str | Path, origin: str = "<checkpoint>"):
+    """(model in eval mode on CPU, its JobSpec, class names)."""
     from pipeline.model.classifier import MultimodalClassifier
     from pipeline.spec import spec_from_dict
 
-    file = io.BytesIO(source) if isinstance(source, bytes) else source
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = read_checkpoint(source)
     spec = spec_from_dict(state["spec"], source=origin)
     classes = list(state["classes"])
     model = MultimodalClassifier(spec, len(classes))

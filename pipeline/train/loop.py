@@ -21,6 +21,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pipeline.model.checkpoint import read_checkpoint
 from pipeline.model.augment import device_augmenter
 from pipeline.model.classifier import MultimodalClassifier, input_columns, model_modalities, train_columns
 from pipeline.model.losses import make_loss
@@ -144,7 +145,7 @@ def train_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group, or a re-run of the same run directory
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = read_checkpoint(Path(d) / STATE_FILE)
         start_epoch, history = resume(state, model, optimizer, scheduler, stopper, t.epochs)
         resumed = resume_record(model, scheduler, state)
 

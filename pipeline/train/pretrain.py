@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.model.checkpoint import read_checkpoint
 from pipeline.data.streaming.actors import actors_scope
 from pipeline.data.streaming.epoch import EpochClock
 from pipeline.data.streaming.plan import DataPlan
@@ -99,7 +100,7 @@ def run_pretraining(spec: JobSpec, run_dir: str | Path, data_plan: DataPlan | No
     if result.checkpoint is None:
         raise TrainError("pretraining reported no checkpoint")
     with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_checkpoint(Path(d) / STATE_FILE)
     return write_pretrained(run_dir, state)
 
 

@@ -16,6 +16,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from pipeline.model.checkpoint import read_checkpoint
 from pipeline.model.augment import device_augmenter
 from pipeline.model.contrastive import MAX_LOGIT_SCALE, ContrastiveModel, encoder_state
 from pipeline.spec import JobSpec
@@ -60,7 +61,7 @@ def pretrain_loop(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = read_checkpoint(Path(d) / STATE_FILE)
         start_epoch, history = resume(state, model, optimizer, scheduler, stopper, t.epochs)
         resumed = resume_record(model, scheduler, state)
 

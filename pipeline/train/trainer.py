@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.model.checkpoint import read_checkpoint
 from pipeline.data.streaming.epoch import EpochClock
 from pipeline.data.streaming.plan import DataPlan, RebalancePlan
 from pipeline.data.streaming.actors import actors_scope
@@ -205,7 +206,7 @@ def best_checkpoint(result, metric: str):
 
 def _load_state(checkpoint) -> dict:
     with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        return read_checkpoint(Path(d) / STATE_FILE)
 
 
 def finish(data: DataPlan, run_dir: Path, result) -> TrainResult:

@@ -11,20 +11,18 @@ Every file is read with ``weights_only=True``: nothing is unpickled.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 
-from pipeline.model.checkpoint import InitError, describe_init, load_matching
+from pipeline.model.checkpoint import InitError, describe_init, load_matching, read_checkpoint
 from pipeline.spec import JobSpec
 
 RUN_FILES = ("pretrained.pt", "best.pt", "pretrain/pretrained.pt", "train/best.pt")
 
 
 def _read(source: bytes | Path) -> dict:
-    state = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
-                       weights_only=True)
+    state = read_checkpoint(source)
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise InitError("holds no weights (expected a checkpoint written by mmpipe: pretrained.pt, best.pt)")
