@@ -11,7 +11,7 @@ import pytest
 from pipeline.resources import PlanError, check_predict, plan_resources
 from pipeline.spec_checks import job_from_dict
 from pipeline.watchdog import StallError, progressed, watch
-from support.actors import leftovers, live_actors, live_placement_groups, settled
+from support.actors import cpus_held_by_another_job, leftovers, live_actors, live_placement_groups, settled
 
 FAST_TRAIN = ["train.epochs=1", "train.batch_size=16", "model.hidden=32", "augment.enabled=false"]
 ONE_TRIAL = ["tune.search_space={model.fusion: {grid: [concat]}}", "tune.num_samples=1"]
@@ -183,22 +183,14 @@ def test_a_trial_reads_its_data_when_everything_else_is_taken(ray_session, demo_
 def test_a_training_that_cannot_start_fails_with_what_it_waits_for(ray_session, demo_dir, tmp_path):
     """Another job holds CPUs the workers need: the run stops after its stall timeout with Ray's pending demand
     in the message (not a silent wait), and leaves nothing behind."""
-    import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
-
     from pipeline.spec_checks import load_job
     from pipeline.train.trainer import run_training
 
     spec = load_job(demo_dir / "spec.yaml", FAST_TRAIN + ["scaling.stall_timeout_s=20"])
     baseline = settled(live_actors(), 5)
-    other = placement_group([{"CPU": 0.6}], name="other-job")
-    ray.get(other.ready(), timeout=30)
     start = time.monotonic()
-    try:
-        with pytest.raises(StallError) as e:
-            run_training(spec, tmp_path / "run", data_report=False)
-    finally:
-        remove_placement_group(other)
+    with cpus_held_by_another_job(0.6), pytest.raises(StallError) as e:
+        run_training(spec, tmp_path / "run", data_report=False)
     assert time.monotonic() - start < 120
     message = str(e.value)
     assert "training made no progress for 20 s" in message
@@ -214,21 +206,15 @@ def test_a_data_report_pass_that_cannot_read_stops_with_what_it_waits_for(ray_se
     """``mmpipe validate`` and the train/tune data reports: every CPU held by another job, the pass's read tasks
     wait; it stops after scaling.stall_timeout_s with Ray's pending demand, and its duplicate-index actors end."""
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
 
     from pipeline.data.streaming.plan import DataPlan
     from pipeline.spec_checks import load_job
 
     spec = load_job(demo_dir / "spec.yaml", ["scaling.stall_timeout_s=3"])
     baseline = settled(live_actors(), 5)
-    other = placement_group([{"CPU": ray.cluster_resources()["CPU"]}], name="other-job")
-    ray.get(other.ready(), timeout=30)
     start = time.monotonic()
-    try:
-        with pytest.raises(StallError) as e:
-            DataPlan(spec).validate()
-    finally:
-        remove_placement_group(other)
+    with cpus_held_by_another_job(ray.cluster_resources()["CPU"]), pytest.raises(StallError) as e:
+        DataPlan(spec).validate()
     assert time.monotonic() - start < 60
     message = str(e.value)
     assert "the data report pass made no progress for 3 s" in message

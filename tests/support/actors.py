@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections import Counter
@@ -49,3 +50,17 @@ def leftovers(now: dict, baseline: dict) -> dict:
     """Actors alive in ``now`` beyond ``baseline``, by class. A baseline may still hold an earlier test's actors
     on their way out: fewer now is fine, more is a leak."""
     return {name: n - baseline.get(name, 0) for name, n in now.items() if n > baseline.get(name, 0)}
+
+
+@contextlib.contextmanager
+def cpus_held_by_another_job(cpus: float):
+    """A placement group named "other-job" holding ``cpus`` for the block: what a run waits on in the stall tests."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    other = placement_group([{"CPU": cpus}], name="other-job")
+    ray.get(other.ready(), timeout=30)
+    try:
+        yield other
+    finally:
+        remove_placement_group(other)
