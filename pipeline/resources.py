@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 
 from pipeline.spec import JobSpec
@@ -168,27 +167,6 @@ def data_strategy(placement_group, bundle_index: int):
 
     return PlacementGroupSchedulingStrategy(placement_group=placement_group, placement_group_bundle_index=bundle_index,
                                             placement_group_capture_child_tasks=True)
-
-
-@contextlib.contextmanager
-def data_tasks_in(strategy):
-    """Superseded: pass ``scheduling_strategy=`` to the DataPlan builders (``train_dataset``, ``eval_dataset``,
-    ``split``), which schedule only their own dataset. This sets the process-wide DataContext default (a
-    deprecated field) for the block instead, so anything built meanwhile, in any thread, lands in ``strategy``;
-    kept only until train/pretrain.py passes the strategy too."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    before = ctx.scheduling_strategy, ctx.scheduling_strategy_large_args
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ctx.scheduling_strategy = ctx.scheduling_strategy_large_args = strategy
-    try:
-        yield
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ctx.scheduling_strategy, ctx.scheduling_strategy_large_args = before
 
 
 def orphaned_groups(before: set[str]) -> list:
