@@ -161,4 +161,6 @@ def align_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.
 def keep_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Only the kept rows, without the drop columns: what training sees."""
     kept = np.array([not r for r in batch["drop_reason"]], dtype=bool)
+    if kept.all():  # the usual case: no copy of ~200 KB a row
+        return {k: v for k, v in batch.items() if k not in ("drop_reason", "drop_detail")}
     return {k: v[kept] for k, v in batch.items() if k not in ("drop_reason", "drop_detail")}

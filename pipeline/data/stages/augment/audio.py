@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data.stages.augment.build import TransformError, construct, lookup
-from pipeline.data.stages.seeds import global_rng
+from pipeline.data.stages.seeds import globals_restored, seed_globals
 
 
 def _is_transform(obj) -> bool:
@@ -26,8 +26,9 @@ def build(specs, sample_rate: int):
     compose = AM.Compose(transforms)
 
     def apply(wave: np.ndarray, seed: int) -> np.ndarray:
-        with global_rng(int(seed)):
-            out = compose(samples=wave, sample_rate=sample_rate)
+        """Reseeds the global generators: call it inside ``seeds.globals_restored()``."""
+        seed_globals(int(seed))
+        out = compose(samples=wave, sample_rate=sample_rate)
         out = np.asarray(out, dtype=np.float32).reshape(-1)
         if len(out) >= len(wave):
             return out[: len(wave)]
@@ -41,7 +42,8 @@ def check(specs, sample_rate: int, num_samples: int) -> None:
     apply = build(forced, sample_rate)
     wave = (0.3 * np.sin(np.arange(num_samples) * 2 * np.pi * 440 / sample_rate)).astype(np.float32)
     try:
-        out = apply(wave, 0)
+        with globals_restored():
+            out = apply(wave, 0)
     except Exception as e:
         raise TransformError(f"failed on a {num_samples}-sample clip at {sample_rate} Hz: "
                              f"{str(e).splitlines()[0][:300]}") from None

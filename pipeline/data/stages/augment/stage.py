@@ -20,7 +20,7 @@ from pipeline.data.stages.augment import audio as audio_aug
 from pipeline.data.stages.augment import image as image_aug
 from pipeline.data.stages.augment import text as text_aug
 from pipeline.data.stages.augment.build import TransformError
-from pipeline.data.stages.seeds import row_ids, row_seeds
+from pipeline.data.stages.seeds import globals_restored, row_ids, row_seeds
 from pipeline.spec import AugmentSpec, JobSpec, ModalitiesSpec
 
 
@@ -66,17 +66,18 @@ def augment_batch(batch: dict[str, np.ndarray], augment: AugmentSpec, modalities
         for i in np.flatnonzero(batch["present_image"]):
             images[i] = aug.image(images[i], seeds[i])
         out["image"] = images
-    if aug.audio:
-        audio = batch["audio"].copy()
-        for i in np.flatnonzero(batch["present_audio"]):
-            audio[i] = aug.audio(audio[i], seeds[i] ^ np.uint64(0xA5A5))
-        out["audio"] = audio
-    if aug.text:
-        texts = list(batch["text_raw"])
-        for i in np.flatnonzero(batch["present_text"]):
-            texts[i] = aug.text(texts[i], seeds[i] ^ np.uint64(0x5A5A))
-        out["text_raw"] = np.array(texts, dtype=object)
-        out.pop("text", None)
+    with globals_restored():  # the audio and text libraries draw from the global generators, reseeded per row
+        if aug.audio:
+            audio = batch["audio"].copy()
+            for i in np.flatnonzero(batch["present_audio"]):
+                audio[i] = aug.audio(audio[i], seeds[i] ^ np.uint64(0xA5A5))
+            out["audio"] = audio
+        if aug.text:
+            texts = list(batch["text_raw"])
+            for i in np.flatnonzero(batch["present_text"]):
+                texts[i] = aug.text(texts[i], seeds[i] ^ np.uint64(0x5A5A))
+            out["text_raw"] = np.array(texts, dtype=object)
+            out.pop("text", None)
     return out
 
 

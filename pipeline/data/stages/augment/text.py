@@ -9,7 +9,7 @@ present locally, and otherwise fail at spec load with a message naming what is m
 from __future__ import annotations
 
 from pipeline.data.stages.augment.build import TransformError, construct, lookup
-from pipeline.data.stages.seeds import global_rng
+from pipeline.data.stages.seeds import globals_restored, seed_globals
 
 OFFLINE = ("KeyboardAug", "OcrAug", "RandomCharAug", "RandomWordAug", "SplitAug")
 NEEDS_DATA = {
@@ -54,12 +54,13 @@ def build(specs):
             raise _missing_data(spec.name, e) from None
 
     def apply(text: str, seed: int) -> str:
-        with global_rng(int(seed)):
-            import random
+        """Reseeds the global generators: call it inside ``seeds.globals_restored()``."""
+        import random
 
-            for augmenter, p in augmenters:
-                if random.random() < p:
-                    text = _one(augmenter, text)
+        seed_globals(int(seed))
+        for augmenter, p in augmenters:
+            if random.random() < p:
+                text = _one(augmenter, text)
         return text
 
     return apply
@@ -76,7 +77,8 @@ def check(specs) -> None:
     apply = build([s.model_copy(update={"p": 1.0}) for s in specs])
     for probe in PROBES:
         try:
-            out = apply(probe, 0)
+            with globals_restored():
+                out = apply(probe, 0)
         except Exception as e:
             raise _missing_data(specs[0].name if len(specs) == 1 else "text augmenter", e) from None
         if not isinstance(out, str):
