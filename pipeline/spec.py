@@ -331,6 +331,10 @@ class TrainSpec(Strict):
     label_fraction: float | None = Field(None, gt=0, le=1, description="keep the labels of this seeded, "
                                          "class-stratified fraction of the train split (by key); the rest train "
                                          "unlabelled (label -1: no supervised loss). null: every label")
+    prefetch_batches: int = Field(2, ge=0, description="batches each training worker prepares ahead of the step "
+                                  "(collated and copied to its device in a background thread; pinned memory on CUDA)")
+    compile: bool = Field(False, description="torch.compile the model for training (inductor: a C++ compiler on CPU, "
+                                             "Triton on GPU); the first steps pay the compile time")
     _metric = field_validator("early_stopping_metric")(_metric_name)
     _optimizer = field_validator("optimizer")(_registered("optimizer"))
     _loss = field_validator("loss")(_registered("loss"))

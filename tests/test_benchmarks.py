@@ -95,3 +95,9 @@ def test_device_augment_quick_prints_both_backends_and_the_gpu_line():
     out = run("device_augment.py", "--quick")
     assert "albumentations " in out and "device backend on CPU " in out and "ratio device/albumentations " in out
     assert ("images/s (" in out) if torch.cuda.is_available() else ("no CUDA GPU" in out)
+
+
+def test_feeding_compare_quick_prints_both_loaders_first_and_warm():
+    out = run("feeding_compare.py", "--quick")
+    assert "source 256x256 JPEG" in out and "\nmmpipe " in out and "\nby hand " in out
+    assert "ratio mmpipe/by hand (warm): " in out and "mmpipe first pass / warm: " in out

@@ -111,7 +111,20 @@ def _sync_buffers(model: torch.nn.Module) -> None:
 
 
 def _to_batch(batch: dict, columns: list[str], device) -> dict:
-    return {c: batch[c].to(device, non_blocking=True) for c in columns}
+    return {c: batch[c].to(device, non_blocking=True) for c in columns}  # a no-op where Ray placed it already
+
+
+def device_feed(device: torch.device, prefetch_batches: int) -> dict:
+    """iter_torch_batches arguments: Ray collates and copies ``prefetch_batches`` batches to ``device`` ahead of
+    the step in its own thread, from pinned host memory on CUDA (so the copy overlaps compute)."""
+    return {"device": device, "prefetch_batches": prefetch_batches, "pin_memory": device.type == "cuda"}
+
+
+def compiled(model: torch.nn.Module, enabled: bool, backend: str = "inductor") -> torch.nn.Module:
+    """``torch.compile(model)`` when ``enabled`` (train.compile): the same parameters, so optimizer, DDP and
+    checkpoints are unchanged; the compiled callable only runs the training steps. (Inductor compiling the default
+    model took ~2.5 min on 2 CPU cores: worth it on long GPU runs only.)"""
+    return torch.compile(model, backend=backend) if enabled else model
 
 
 def train_loop(config: dict) -> None:
@@ -129,6 +142,7 @@ def train_loop(config: dict) -> None:
     # model.init_from / freeze / pretrained_lr_scale (pipeline/train/transfer.py): frozen encoders get lr 0
     pretrained = prepare_transfer(model, spec, say=lambda _: None)  # the driver said what it loads
     model = ray.train.torch.prepare_model(model)  # DDP (gradients all-reduced in backward) + device
+    forward = compiled(model, t.compile)  # training steps; eval and checkpoints use the model itself
     optimizer = make_optimizer(t, param_groups(unwrap(model), t.lr, pretrained, spec.model.pretrained_lr_scale,
                                                spec.model.frozen_epochs()))
     steps_per_epoch = max(1, int(config["rows_per_epoch"] // (world * t.batch_size)))
@@ -151,6 +165,7 @@ def train_loop(config: dict) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")
+    feed = device_feed(device, t.prefetch_batches)
     failure = config.get("inject_failure")
     heartbeat = config.get("heartbeat")  # the driver's stall watchdog counts these (pipeline/watchdog.py)
     tensorboard = _tensorboard(config) if rank == 0 else None
@@ -176,7 +191,7 @@ def train_loop(config: dict) -> None:
         # already; the buffer mixes rows across blocks (each block is one prepared batch of one shard).
         for batch in train_shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
                                                     local_shuffle_buffer_size=2 * t.batch_size,
-                                                    local_shuffle_seed=t.seed + epoch):
+                                                    local_shuffle_seed=t.seed + epoch, **feed):
             if first_batch and heartbeat:  # the driver logs it (benchmarks/first_batch.py reads that line)
                 heartbeat.event("first_batch", time=time.time())
                 first_batch = False
@@ -185,7 +200,7 @@ def train_loop(config: dict) -> None:
             if augment_on_device:
                 batch = augment_on_device(batch)
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
-                logits = model(batch)                                  # (B, C)
+                logits = forward(batch)                                # (B, C)
                 loss = loss_fn(logits, batch["label"])
             apply_gradients(loss, model, optimizer, scheduler, t.grad_clip)
             labelled = batch["label"] >= 0  # train.label_fraction: unlabelled rows (-1) are not scored
@@ -199,7 +214,7 @@ def train_loop(config: dict) -> None:
         model.eval()
         val_acc = Accumulator(len(classes))
         with torch.no_grad():
-            for i, batch in enumerate(val_data.iter_torch_batches(batch_size=t.batch_size, drop_last=False)):
+            for i, batch in enumerate(val_data.iter_torch_batches(batch_size=t.batch_size, drop_last=False, **feed)):
                 if i % world != rank:
                     continue
                 batch = _to_batch(batch, columns, device)
