@@ -38,8 +38,9 @@ def _floor(x: float) -> float:
 
 @dataclass(frozen=True)
 class ResourcePlan:
-    """One run's resources: ``trials`` trainings side by side, each ``workers`` x ``cpus_per_worker`` (+1 GPU each
-    with ``use_gpu``), ``data_cpus`` for its data tasks and ``trial_cpu`` for its Tune function."""
+    """One run's resources: ``trials`` trainings side by side, each ``workers`` x ``cpus_per_worker`` (+
+    ``gpus_per_worker`` with ``use_gpu``), ``data_cpus`` for its data tasks and ``trial_cpu`` for its Tune
+    function."""
     cluster_cpus: float
     cluster_gpus: float
     workers: int
@@ -48,13 +49,14 @@ class ResourcePlan:
     data_cpus: int
     trials: int = 1
     trial_cpu: float = 0.0
+    gpus_per_worker: float = 1.0
 
     @property
     def per_training(self) -> float:
         return self.workers * self.cpus_per_worker + self.data_cpus + self.trial_cpu
 
     def worker_resources(self) -> dict:
-        return {"CPU": self.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})}
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
     def trial_bundles(self) -> list[dict]:
         """A Tune trial's placement group: its function, then its data CPUs (``DATA_BUNDLE``)."""
@@ -87,12 +89,17 @@ def plan_resources(spec: JobSpec, cpus: float, gpus: float = 0.0, tune: bool = F
     MIN_CPUS_PER_WORKER, more GPUs than there are, or data CPUs the cluster lacks is refused (PlanError)."""
     s = spec.scaling
     overhead = TRIAL_CPU if tune else 0.0
-    gpus_per_training = s.num_workers if s.use_gpu else 0
-    if gpus_per_training > gpus:
-        raise PlanError(f"scaling.use_gpu with {s.num_workers} workers needs {gpus_per_training} GPUs; the cluster "
-                        f"has {gpus:g}: set scaling.num_workers={int(gpus)} or scaling.use_gpu=false"
-                        if gpus >= 1 else
-                        f"scaling.use_gpu needs GPUs; the cluster has none: set scaling.use_gpu=false")
+    gpus_per_training = s.num_workers * s.gpus_per_worker if s.use_gpu else 0
+    if s.use_gpu and gpus <= 0:
+        raise PlanError("scaling.use_gpu needs GPUs; the cluster has none: set scaling.use_gpu=false")
+    if s.use_gpu and s.gpus_per_worker < 1 and s.num_workers > 1:
+        raise PlanError(f"scaling.gpus_per_worker={s.gpus_per_worker:g} with {s.num_workers} workers could put two "
+                        "ranks of one training on one GPU, which NCCL refuses: set scaling.num_workers=1 (trials "
+                        "side by side share the GPUs) or scaling.gpus_per_worker=1")
+    if gpus_per_training > gpus + 1e-9:
+        raise PlanError(f"scaling.use_gpu with {s.num_workers} workers x {s.gpus_per_worker:g} GPU needs "
+                        f"{gpus_per_training:g} GPUs; the cluster has {gpus:g}: set "
+                        f"scaling.num_workers={max(1, int(gpus // s.gpus_per_worker))} or scaling.use_gpu=false")
     requested = s.num_workers * s.cpus_per_worker + s.data_cpus + overhead
     trials = 1
     if tune:
@@ -106,12 +113,16 @@ def plan_resources(spec: JobSpec, cpus: float, gpus: float = 0.0, tune: bool = F
             if share >= max(MIN_CPUS_PER_WORKER, (1 - MAX_SHARE_CUT) * s.cpus_per_worker):
                 trials += 1
             if gpus_per_training:
-                trials = min(trials, int(gpus // gpus_per_training))
-        if gpus_per_training * trials > gpus:
-            raise PlanError(f"{trials} trials side by side need {gpus_per_training * trials} GPUs; the cluster has "
-                            f"{gpus:g}: set tune.max_concurrent_trials={max(1, int(gpus // gpus_per_training))}")
+                trials = min(trials, int(gpus / gpus_per_training + 1e-9))
+        if gpus_per_training * trials > gpus + 1e-9:
+            raise PlanError(f"{trials} trials side by side need {gpus_per_training * trials:g} GPUs; the cluster "
+                            f"has {gpus:g}: set tune.max_concurrent_trials="
+                            f"{max(1, int(gpus / gpus_per_training + 1e-9))}"
+                            + ("" if s.gpus_per_worker < 1 or s.num_workers > 1 else
+                               " (or scaling.gpus_per_worker below 1: small models share a GPU)"))
     per_worker = min(s.cpus_per_worker, _floor((cpus / trials - s.data_cpus - overhead) / s.num_workers))
-    plan = ResourcePlan(cpus, gpus, s.num_workers, per_worker, s.use_gpu, s.data_cpus, trials, overhead)
+    plan = ResourcePlan(cpus, gpus, s.num_workers, per_worker, s.use_gpu, s.data_cpus, trials, overhead,
+                        s.gpus_per_worker)
     if per_worker < MIN_CPUS_PER_WORKER:
         raise PlanError(_refusal(spec, plan, cpus, overhead, tune))
     if per_worker < s.cpus_per_worker:
@@ -124,7 +135,7 @@ def _refusal(spec: JobSpec, plan: ResourcePlan, cpus: float, overhead: float, tu
     """Why the plan cannot fit and what would."""
     s = spec.scaling
     want = ResourcePlan(cpus, plan.cluster_gpus, s.num_workers, s.cpus_per_worker, s.use_gpu, s.data_cpus,
-                        plan.trials, overhead)
+                        plan.trials, overhead, s.gpus_per_worker)
     fixes = []
     if tune and plan.trials > 1:
         fitting = int(math.floor(cpus / (s.num_workers * MIN_CPUS_PER_WORKER + s.data_cpus + overhead) + 1e-9))

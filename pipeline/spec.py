@@ -364,6 +364,9 @@ class ScalingSpec(Strict):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0, description="fractional on small machines so Ray Data keeps a CPU")
     use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="with use_gpu: the share of one GPU each worker "
+                                   "takes; below 1, tune trials of small models share a GPU (one worker each: "
+                                   "NCCL cannot run two ranks of one training on one GPU)")
     max_failures: int = Field(1, ge=-1)
     data_cpus: int = Field(1, ge=1, description="CPUs reserved for the run's (each trial's) data read tasks, "
                                                 "which take one CPU each: training never waits on CPUs held by "

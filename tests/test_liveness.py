@@ -40,11 +40,29 @@ def test_an_impossible_plan_says_what_to_change():
         plan_resources(job_from_dict({"scaling": {"num_workers": 12}}), 2.1)
     with pytest.raises(PlanError, match="set scaling.use_gpu=false"):
         plan_resources(job_from_dict({"scaling": {"use_gpu": True}}), 8)
+    with pytest.raises(PlanError, match="needs 2 GPUs; the cluster has 1: set scaling.num_workers=1"):
+        plan_resources(job_from_dict({"scaling": {"use_gpu": True}}), 8, 1)
     with pytest.raises(PlanError, match="more CPUs"):
         plan_resources(job_from_dict({}), 1)
     with pytest.raises(PlanError, match="set --actors 1"):
         check_predict(2, False, 2, 0)
     check_predict(1, False, 2, 0)
+
+
+def test_trials_of_small_models_share_gpus_at_a_fractional_share():
+    one_worker = {"num_workers": 1, "cpus_per_worker": 1, "use_gpu": True}
+    whole = plan_resources(job_from_dict({"scaling": one_worker}), 16, 2, tune=True)
+    assert whole.trials == 2 and whole.worker_resources() == {"CPU": 1, "GPU": 1.0}
+    quarter = plan_resources(job_from_dict({"scaling": {**one_worker, "gpus_per_worker": 0.25}}), 16, 2, tune=True)
+    # CPUs bound it: 8 x (0.99 + 1 data + 0.01), the workers giving up 1% of their share for the 8th trial
+    assert quarter.trials == 8 and quarter.worker_resources() == {"CPU": 0.99, "GPU": 0.25}
+    assert plan_resources(job_from_dict({"scaling": {**one_worker, "gpus_per_worker": 0.25}}), 64, 1,
+                          tune=True).trials == 4  # GPUs bound it: 4 x 0.25
+    with pytest.raises(PlanError, match="need 3 GPUs; the cluster has 2: set tune.max_concurrent_trials=2 "
+                                        r"\(or scaling.gpus_per_worker below 1"):
+        plan_resources(job_from_dict({"scaling": one_worker, "tune": {"max_concurrent_trials": 3}}), 16, 2, tune=True)
+    with pytest.raises(PlanError, match="NCCL refuses: set scaling.num_workers=1"):
+        plan_resources(job_from_dict({"scaling": {"num_workers": 2, "use_gpu": True, "gpus_per_worker": 0.5}}), 8, 1)
 
 
 # ------------------------------------------------------------------------------------------- the watchdog

@@ -40,7 +40,7 @@ def job_header(title: str, job, spec_path: Path, run_dir: Path, log: Path | None
         "data": "; ".join(f"{split} {', '.join(p)}" for split, p in job.data.splits.items()),
         "model": f"{job.model.fusion} fusion of {', '.join(job.modalities.enabled())}; {job.train.optimizer} "
                  f"lr {job.train.lr:g}, {job.train.epochs} epochs of batch {job.train.batch_size}",
-        "workers": f"{s.num_workers} x {s.cpus_per_worker:g} CPU{' + GPU' if s.use_gpu else ''}, "
+        "workers": f"{s.num_workers} x {s.cpus_per_worker:g} CPU{f' + {s.gpus_per_worker:g} GPU' if s.use_gpu else ''}, "
                    f"{s.data_cpus} data CPU(s)",
         "run directory": run_dir,
         "logs": log or "-"})
