@@ -126,7 +126,9 @@ def plan_resources(spec: JobSpec, cpus: float, gpus: float = 0.0, tune: bool = F
     if per_worker < MIN_CPUS_PER_WORKER:
         raise PlanError(_refusal(spec, plan, cpus, overhead, tune))
     if per_worker < s.cpus_per_worker:
-        log.warning("scaling: %s: %d workers x %g CPU would not fit beside the data CPUs; using %g CPU per worker",
+        # a cut within MAX_SHARE_CUT is the plan's own rounding (the trials' 0.01 CPU each): not worth a warning
+        cut_much = per_worker < (1 - MAX_SHARE_CUT) * s.cpus_per_worker
+        (log.warning if cut_much else log.info)("scaling: %s: %d workers x %g CPU would not fit beside the data CPUs; using %g CPU per worker",
                     plan.describe(), s.num_workers, s.cpus_per_worker, per_worker)
     return plan
 
@@ -225,7 +227,8 @@ def no_orphaned_groups():
         if before is not None:
             try:
                 for g in orphaned_groups(before):
-                    log.warning("removing placement group %s left by an ended training", g.placement_group_id)
+                    # routine after a trial's Train controller ends: the log file's business, not the terminal's
+                    log.info("removing placement group %s left by an ended training", g.placement_group_id)
                     remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(g.placement_group_id))))
             except Exception as e:  # noqa: BLE001
                 log.warning("could not sweep leftover placement groups: %s", e)
@@ -262,7 +265,7 @@ def remove_groups_of_dead_creators() -> int:
     try:
         groups = groups_of_dead_creators()
         for group_id in groups:
-            log.warning("removing placement group %s: the actor that made it died", group_id.hex())
+            log.info("removing placement group %s: the actor that made it died", group_id.hex())
             remove_placement_group(PlacementGroup(group_id))
         return len(groups)
     except Exception as e:  # noqa: BLE001  (internals moved in another Ray version: only the sweep is lost)

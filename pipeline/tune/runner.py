@@ -10,7 +10,9 @@ Re-running the same ``tune`` with the same output folder continues the experimen
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,13 +205,32 @@ def _search(spec: JobSpec, out_dir: Path, data: DataPlan, resources) -> TuneResu
     try:
         with no_orphaned_groups(), watch("tune", spec.scaling.stall_timeout_s, heartbeat,
                                          force_stop=kill_train_controllers):
-            results = tuner.fit()
+            with _tune_console_output(verbose()):
+                results = tuner.fit()
     finally:
         heartbeat.close()
     del val, trainable, tuner  # the shared val set (and its data actors) go with the experiment
     exported = export(spec, base, results, out_dir)
     publish_run(out_dir, spec)  # environment.json, report.html; MLflow when tracking asks (pipeline/report)
     return exported
+
+
+@contextmanager
+def _tune_console_output(on: bool):
+    """Tune's own console output only with -v. Its default ("new") output prints an experiment box and result
+    paths even at verbose=0; its legacy reporter honours 0. RAY_AIR_NEW_OUTPUT is read when fit() starts."""
+    if on:
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def export(spec: JobSpec, base: dict, results, out_dir: Path) -> TuneResult:
