@@ -29,6 +29,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 VERBOSE_ENV = "MMPIPE_VERBOSE"  # set by -v, so processes a command starts (scheduled runs, jobs) inherit it
 # Off a terminal nothing wraps: a path or a table row stays on one line whatever reads it.
 UNWRAPPED_WIDTH = 10_000
+# Off a terminal, a pass still running says how far it is this often (a long epoch in a CI log or a Ray job's
+# log would otherwise be silent until it ends).
+PLAIN_PROGRESS_EVERY_S = 30.0
 # The driver loggers whose console lines are Ray's business, not the user's; their lines go to the log file.
 RAY_LOGGERS = ("ray",)
 
@@ -189,10 +192,28 @@ def _format_value(value: object) -> str:
 
 
 class PlainView(View):
-    """Off a terminal: plain lines, one per finished pass; no bars, no colour codes."""
+    """Off a terminal: plain lines, one per finished pass and one every PLAIN_PROGRESS_EVERY_S while a pass runs;
+    no bars, no colour codes."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self, console: Console, every_s: float = PLAIN_PROGRESS_EVERY_S) -> None:
+        self.console, self.every_s = console, every_s
+        self._pass: tuple[str, float | None, float] | None = None  # label, total, started
+        self._said = 0.0
+
+    def start(self, label: str, total: float | None) -> None:
+        self._pass = (label, total, time.monotonic())
+        self._said = time.monotonic()
+
+    def update(self, done: float, loss: float | None = None, label: str | None = None) -> None:
+        if self._pass is None or time.monotonic() - self._said < self.every_s:
+            return
+        name, total, started = self._pass
+        self._said = now = time.monotonic()
+        rate = done / max(now - started, 1e-9)
+        of = f" of {total:,.0f}" if total else ""
+        eta = f", about {(total - done) / rate:,.0f} s left" if total and rate > 0 and done < total else ""
+        running = f", loss {loss:.3f}" if loss is not None else ""
+        self.line(f"{label or name}: {done:,.0f}{of} rows so far, {rate:,.0f} rows/s{running}{eta}")
 
     def header(self, title: str, fields: dict[str, object]) -> None:
         self.console.print(title, highlight=False, soft_wrap=True, markup=False)
@@ -200,6 +221,7 @@ class PlainView(View):
             self.console.print(f"  {key}: {_format_value(value)}", highlight=False, soft_wrap=True, markup=False)
 
     def done(self, line: str) -> None:
+        self._pass = None
         self.line(line)
 
     def line(self, text: str) -> None:

@@ -57,6 +57,26 @@ def test_plain_view_prints_lines_only_no_bars_no_colour():
     assert not ANSI.search(buf.getvalue())
 
 
+def test_a_long_pass_off_a_terminal_says_how_far_it_is_every_so_often():
+    c, buf = plain_console()
+    view = con.PlainView(c, every_s=0.2)
+    view.start("epoch 1/2", 1000)
+    view.update(10, 2.5)  # under every_s since the start: nothing yet
+    time.sleep(0.25)
+    view.update(400, 1.75)
+    view.update(420, 1.7)  # just said: nothing
+    time.sleep(0.25)
+    view.update(800, None, "validate val")
+    view.done("epoch 1/2: train loss 1.600")
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3 and lines[2] == "epoch 1/2: train loss 1.600"
+    assert re.fullmatch(r"epoch 1/2: 400 of 1,000 rows so far, [\d,]+ rows/s, loss 1\.750, about [\d,]+ s left",
+                        lines[0]), lines[0]
+    assert lines[1].startswith("validate val: 800 of 1,000 rows so far") and "loss" not in lines[1]
+    view.update(900)  # after done(): no pass, nothing
+    assert len(buf.getvalue().splitlines()) == 3
+
+
 def test_live_view_draws_a_bar_with_rows_speed_eta_and_loss_then_one_line():
     buf = io.StringIO()
     c = Console(file=buf, force_terminal=True, width=140)
