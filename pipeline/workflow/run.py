@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
+from pipeline import storage
 from pipeline.spec import JobSpec
 from pipeline.workflow.rundir import RunDir, fingerprint, output_files
 from pipeline.workflow.steps import STEPS, StepContext, step_inputs
@@ -135,11 +136,22 @@ def _run_steps(spec: JobSpec, run: RunDir, say: Callable[[str], None], data_plan
         say(f"[{number}/{len(steps)}] {step}: done in {manifest['seconds']:.1f} s {_short(summary)}")
     record.update(status="succeeded", ended=_now(), outcome=_outcome(ctx))
     run.write_run(record)
-    if not run.remote:  # report.html beside run.json: steps, promotion, the train/tune reports
-        from pipeline.report import publish_run
-
-        publish_run(run.work)
+    _publish(run)
     return record
+
+
+def _publish(run: RunDir) -> None:
+    """report.html (steps, promotion, the train/tune reports) and environment.json beside run.json. A run directory
+    on a URI is reported from its local cache, which gets copies of run.json and the step records first."""
+    from pipeline.report import publish_run
+
+    if run.remote:
+        run.mirror_records()
+    report = publish_run(run.work)
+    if run.remote and report is not None:
+        for name in (report.name, "environment.json"):
+            if (run.work / name).is_file():
+                storage.write_bytes(run.uri_of(name), (run.work / name).read_bytes())
 
 
 def _brief(manifest: dict) -> dict:

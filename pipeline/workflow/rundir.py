@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import storage
+from pipeline.io import atomic_write_bytes
 
 try:
     import fcntl
@@ -96,6 +97,15 @@ class RunDir:
 
     def write_manifest(self, step: str, manifest: dict) -> None:
         storage.write_json(self.uri_of("steps", f"{step}.json"), manifest)
+
+    def mirror_records(self) -> None:
+        """run.json and steps/*.json of a URI run directory copied into the local cache (what the report reads)."""
+        steps = [name for name in storage.listdir(self.uri_of("steps")) if name.endswith(".json")]
+        for uri, local in [(self.uri_of("run.json"), self.work / "run.json")] + [
+                (self.uri_of("steps", name), self.work / "steps" / name) for name in steps]:
+            if storage.exists(uri):
+                local.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(local, storage.read_bytes(uri))
 
     def completed(self, step: str, inputs_sha: str) -> dict | None:
         """The step's manifest when it finished with these very inputs and its outputs are there."""

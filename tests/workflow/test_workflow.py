@@ -197,6 +197,8 @@ def test_run_directory_on_an_fsspec_uri(workflows, tmp_path):
     assert run["status"] == "succeeded"
     assert storage.read_json(f"{uri}/steps/predict.json")["status"] == "succeeded"
     assert storage.read_json(f"{uri}/predict/predict_report.json")["version"] == 2
+    report = storage.read_bytes(f"{uri}/report.html").decode()  # reported from the local cache, uploaded beside
+    assert "<html" in report.lower() and "predict" in report and storage.exists(f"{uri}/environment.json")
     again = run_workflow(spec, uri, say=lambda m: None)
     assert again["steps"][0]["status"].startswith("skipped")
 
