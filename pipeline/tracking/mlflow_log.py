@@ -56,6 +56,23 @@ def _final_metrics(run_dir: Path) -> dict:
             and not math.isnan(v)}
 
 
+def _workflow_tags(run_dir: Path) -> dict[str, str]:
+    """A workflow run's status, steps and promotion outcome as tags (run.json; nothing for other runs)."""
+    from pipeline.report.collect import read_json
+
+    run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else None
+    if not run:
+        return {}
+    outcome = run.get("outcome") or {}
+    tags = {"mmpipe.workflow.status": str(run.get("status")),
+            "mmpipe.workflow.steps": ",".join(s.get("name", "") for s in run.get("steps", []))}
+    if "version" in outcome:
+        tags["mmpipe.registered_version"] = str(outcome["version"])
+    if "promoted" in outcome:
+        tags["mmpipe.promoted"] = str(bool(outcome["promoted"])).lower()
+    return tags
+
+
 def _key(name: str) -> str:
     # MLflow keys allow word characters (any script) and -. /:; a class name may hold anything else too
     return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in name)
@@ -104,6 +121,8 @@ def log_run(run_dir: str | Path, spec) -> str:
                 client.log_artifact(run_id, str(run_dir / name))
         for png in sorted(run_dir.glob("*.png")):
             client.log_artifact(run_id, str(png), artifact_path="plots")
+        for key, value in _workflow_tags(run_dir).items():
+            client.set_tag(run_id, key, value)
         client.set_terminated(run_id)
     except MlflowException as e:
         raise TrackingError(f"MLflow at tracking.mlflow_uri={uri!r}: {e.message}") from None

@@ -136,18 +136,19 @@ def _run_steps(spec: JobSpec, run: RunDir, say: Callable[[str], None], data_plan
         say(f"[{number}/{len(steps)}] {step}: done in {manifest['seconds']:.1f} s {_short(summary)}")
     record.update(status="succeeded", ended=_now(), outcome=_outcome(ctx))
     run.write_run(record)
-    _publish(run)
+    _publish(run, spec)
     return record
 
 
-def _publish(run: RunDir) -> None:
-    """report.html (steps, promotion, the train/tune reports) and environment.json beside run.json. A run directory
-    on a URI is reported from its local cache, which gets copies of run.json and the step records first."""
+def _publish(run: RunDir, spec: JobSpec) -> None:
+    """report.html (steps, promotion, the train/tune reports) and environment.json beside run.json, and the
+    workflow as an MLflow run of its own when ``tracking`` asks (its train step logs itself). A run directory on a
+    URI is reported from its local cache, which gets copies of run.json and the step records first."""
     from pipeline.report import publish_run
 
     if run.remote:
         run.mirror_records()
-    report = publish_run(run.work)
+    report = publish_run(run.work, spec)
     if run.remote and report is not None:
         for name in (report.name, "environment.json"):
             if (run.work / name).is_file():

@@ -114,3 +114,19 @@ def test_registering_records_the_mlflow_run_id(tmp_path, store):
     (tmp_path / "reg-step").mkdir()
     version = register(StepContext(spec, run, "wf-1"), tmp_path / "reg-step")["version"]
     assert Registry(str(tmp_path / "reg")).meta(version)["mlflow_run_id"] == run_id
+
+
+def test_a_workflow_run_is_logged_with_its_report_and_promotion_outcome(tmp_path, store):
+    from pipeline.tracking.mlflow_log import mlflow_run_id
+    from pipeline.workflow.run import _publish
+    from pipeline.workflow.rundir import RunDir
+    from support.run_dirs import write_workflow_run
+
+    run = write_workflow_run(tmp_path / "wf")
+    _publish(RunDir(str(run)), _spec(store))  # what the end of a successful `mmpipe run` calls
+    logged = mlflow.MlflowClient(store).get_run(mlflow_run_id(run))
+    tags = logged.data.tags
+    assert tags["mmpipe.workflow.status"] == "succeeded" and tags["mmpipe.promoted"] == "true"
+    assert tags["mmpipe.registered_version"] == "2" and "train" in tags["mmpipe.workflow.steps"]
+    top = {a.path for a in mlflow.MlflowClient(store).list_artifacts(logged.info.run_id)}
+    assert {"report.html", "run.json", "environment.json"} <= top
