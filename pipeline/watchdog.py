@@ -247,20 +247,27 @@ def raise_if_stalled() -> None:
 
 
 def _default_sigint():
-    """Python's own SIGINT handler (KeyboardInterrupt) for the watched block; returns what to restore. Ray Train and
-    Tune install theirs inside ``fit()`` and one may stay after it: a data report pass after a tune in the same
-    process got the interrupt delivered to a finished run's handler, which swallowed it."""
+    """Python's own SIGINT handler (KeyboardInterrupt) for the watched block; returns what to restore after it
+    (None off the main thread). Ray Train and Tune install theirs inside ``fit()`` and never put the old one back.
+    Ray Train's closes over its controller's handle, so while it stays installed that controller and its
+    SplitCoordinator outlive the run (the leak issue 20 saw after workflows), and a later interrupt goes to a
+    finished run (a data report pass after a tune swallowed it). So a handler of Ray's found here is replaced by
+    Python's, and on the way out the handler from before the block is put back, whatever ``fit()`` installed."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
         return None
     before = signal.getsignal(signal.SIGINT)
-    if before is signal.default_int_handler:
-        return None
+    if _installed_by_ray(before):  # a finished fit()'s: restoring it would pin that run's controller again
+        before = signal.default_int_handler
     with contextlib.suppress(ValueError, TypeError):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         return before
     return None
+
+
+def _installed_by_ray(handler) -> bool:
+    return (getattr(handler, "__module__", None) or "").startswith("ray.")
 
 
 def _restore_sigint(before) -> None:

@@ -111,6 +111,28 @@ def test_a_stale_sigint_handler_does_not_swallow_the_stop():
         signal.signal(signal.SIGINT, before)
 
 
+def test_a_fit_s_sigint_handler_does_not_outlive_the_block():
+    """Ray Train's handler closes over its controller's handle: left installed (or put back later as "the handler
+    from before"), that controller and its SplitCoordinator stayed alive after the run."""
+    import signal
+
+    def ray_handler(*a):  # what fit() installs: a closure defined in a ray.* module
+        pass
+
+    ray_handler.__module__ = "ray.train.v2.api.data_parallel_trainer"
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with watch("training", 60):
+            signal.signal(signal.SIGINT, ray_handler)  # fit() inside the block
+        assert signal.getsignal(signal.SIGINT) is before  # not ray_handler
+        signal.signal(signal.SIGINT, ray_handler)  # a stale one from an earlier fit, found at the start
+        with watch("training", 60):
+            pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # dropped, not put back
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_progress_keeps_the_watchdog_quiet():
     with watch("reading", 0.5, poll_s=0.05):
         for _ in range(20):  # 2 s, four timeouts long, progressing all along
