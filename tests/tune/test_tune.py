@@ -1,4 +1,5 @@
-"""Ray Tune: search-space validation, resource fitting, and a tiny real search whose best spec trains."""
+"""Ray Tune: search-space validation, resource fitting, and a tiny real search that exports a complete best spec
+(which a workflow then trains: tests/cli/test_commands_e2e.py, jobs/tune.yaml)."""
 
 import pytest
 
