@@ -48,9 +48,12 @@ def test_tiny_search_exports_a_complete_spec_and_continues(ray_session, tiny_dem
     from pipeline.tune.space import DEFAULT_SEARCH_SPACE
 
     # no tune.search_space: the default search (3 fusions, each with a drawn optimizer and lr)
-    # tiny data, one epoch a trial: what is checked is the search, its outputs and its continuation, not a score
+    # tiny data, one epoch a trial, one worker: what is checked is the search, its outputs and its continuation, not
+    # a score (trials of two DDP workers run in tests/cli/test_commands_e2e.py, tests/train/test_resume.py and
+    # tests/test_liveness.py)
     spec = load_spec(tiny_demo / "spec.yaml", ["tune.num_samples=1", "train.epochs=1", "train.batch_size=16",
-                                              "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false"])
+                                              "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false",
+                                              "scaling.num_workers=1"])
     shown = io.StringIO()
     with showing(PlainView(Console(file=shown, width=10_000, color_system=None))):  # as piped `mmpipe tune`
         result = run_tune(spec, tmp_path / "tune")
