@@ -1,4 +1,4 @@
-"""A scheduled retrain through the real ``mmpipe run`` (jobs/retrain.yaml on tiny demo data, three epochs): the fire,
+"""A scheduled retrain through the real ``mmpipe run`` (jobs/retrain.yaml on the demo data, three epochs): the fire,
 the run killed (its whole session, SIGKILL) after its training's first checkpoint and resumed by the scheduler in
 the same run directory, whose training then continues from that checkpoint; the recorded registry version and
 promotion decision, then the data trigger skipping the unchanged data."""
@@ -29,10 +29,9 @@ T0 = datetime(2024, 6, 3, 2, 59, tzinfo=timezone.utc)
 @pytest.mark.timeout(800)
 def test_scheduled_retrain_records_version_and_promotion(tmp_path):
     data = tmp_path / "demo"
-    write_demo(data, seed=1, scale=0.1)  # the smallest demo data: what is checked is the kill, resume and record
+    write_demo(data, seed=1, scale=0.25)
     sets = [f"data.splits.{split}={data}/{split}/*.tar" for split in ("train", "val", "test")] + \
-        ["train.epochs=3", "train.batch_size=16", "model.hidden=32", "augment.enabled=false",
-         f"registry.uri={tmp_path / 'registry'}"]
+        ["train.epochs=3", "train.batch_size=32", "augment.enabled=false", f"registry.uri={tmp_path / 'registry'}"]
     clock = [T0]
     store = Store(tmp_path / "schedule.db")
     store.add(Schedule(name="retrain", spec=str(RETRAIN), overrides=sets, cron="0 3 * * *", timezone="UTC",
