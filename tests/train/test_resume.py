@@ -103,14 +103,14 @@ FAST = ["train.batch_size=16", "model.hidden=32", "augment.enabled=false", "scal
 
 
 @pytest.mark.slow
-def test_an_interrupted_workflow_resumes_its_training(ray_session, tiny_demo, tmp_path, monkeypatch):
+def test_an_interrupted_workflow_resumes_its_training(ray_session, demo_dir, tmp_path, monkeypatch):
     """The train step fails after epoch 0's checkpoint (a worker dies, no retries left); `mmpipe run` again with
     the same inputs resumes that training from its checkpoint instead of training again."""
     from pipeline.spec_checks import load_job
     from pipeline.train import trainer
     from pipeline.workflow.run import WorkflowFailed, run_workflow
 
-    spec = load_job(tiny_demo / "spec.yaml", FAST + ["train.epochs=2", "workflow.steps=[validate-data, train]"])
+    spec = load_job(demo_dir / "spec.yaml", FAST + ["train.epochs=2", "workflow.steps=[validate-data, train]"])
     run_training = trainer.run_training
     with monkeypatch.context() as patch:
         patch.setattr(trainer, "run_training", lambda *a, **kw: run_training(

@@ -90,10 +90,10 @@ def _assert_tensorboard(folder, rows):
 
 
 @pytest.mark.slow
-def test_training_recovers_from_a_worker_failure(ray_session, tiny_demo, tmp_path):
+def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path):
     from pipeline.train.trainer import run_training
 
-    spec = load_spec(tiny_demo / "spec.yaml", FAST + ["scaling.max_failures=1", "train.epochs=2",
+    spec = load_spec(demo_dir / "spec.yaml", FAST + ["scaling.max_failures=1", "train.epochs=2",
                                                       "augment.enabled=false"])
     marker = tmp_path / "failed-once"
     result = run_training(spec, tmp_path / "run", inject_failure={"epoch": 1, "marker": str(marker)})
