@@ -34,15 +34,24 @@ FIRST = re.compile(r"first training batch at unix time ([0-9.]+)")
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Interrupt the run (it shuts its own Ray instance down), escalating if it does not exit."""
+    """Interrupt the run (it shuts its own Ray instance down), escalating if it does not exit. The interrupt goes
+    to the CLI alone: sent to the whole session, it also reached the Ray processes the CLI started, and the CLI then
+    took ~40 s to exit instead of ~9 (measured on 2 cores). Whatever of the session is left is then killed."""
     for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         if proc.poll() is not None:
-            return
-        os.killpg(proc.pid, sig)  # our own session: the CLI and the Ray processes it started
+            break
+        if sig == signal.SIGINT:
+            proc.send_signal(sig)
+        else:
+            os.killpg(proc.pid, sig)  # our own session: the CLI and the Ray processes it started
         try:
             proc.wait(wait)
         except subprocess.TimeoutExpired:
             continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # a Ray process the CLI's shutdown left behind
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def mmpipe_command(spec: Path, epochs: int) -> tuple[list[str], Path]:

@@ -194,14 +194,14 @@ class Squatter(threading.Thread):
 
 
 @pytest.mark.ray
-def test_a_trial_reads_its_data_when_everything_else_is_taken(ray_session, demo_dir, tmp_path):
+def test_a_trial_reads_its_data_when_everything_else_is_taken(ray_session, tiny_demo, tmp_path):
     """The deadlock of issue 20, made deterministic: once the trial and its workers are placed, every free CPU is
     taken. The trial's data tasks still run (in its own reserved CPU); before, they waited for a whole free CPU
     forever while the workers waited for them. The tune also leaves no actors or reservations behind."""
     from pipeline.spec_checks import load_job
     from pipeline.tune.runner import run_tune
 
-    spec = load_job(demo_dir / "spec.yaml", FAST_TRAIN + ONE_TRIAL + ["scaling.cpus_per_worker=0.25",
+    spec = load_job(tiny_demo / "spec.yaml", FAST_TRAIN + ONE_TRIAL + ["scaling.cpus_per_worker=0.25",
                                                                       "scaling.stall_timeout_s=120"])
     baseline = settled(live_actors(), 5)
     squatter = Squatter(after_groups=2)  # the trial's group, then its workers'
@@ -226,14 +226,14 @@ def test_a_training_that_cannot_start_fails_with_what_it_waits_for(ray_session, 
     from pipeline.spec_checks import load_job
     from pipeline.train.trainer import run_training
 
-    spec = load_job(demo_dir / "spec.yaml", FAST_TRAIN + ["scaling.stall_timeout_s=20"])
+    spec = load_job(demo_dir / "spec.yaml", FAST_TRAIN + ["scaling.stall_timeout_s=8"])
     baseline = settled(live_actors(), 5)
     start = time.monotonic()
     with cpus_held_by_another_job(0.6), pytest.raises(StallError) as e:
         run_training(spec, tmp_path / "run", data_report=False)
     assert time.monotonic() - start < 120
     message = str(e.value)
-    assert "training made no progress for 20 s" in message
+    assert "training made no progress for 8 s" in message
     assert "pending demand: placement group bundle" in message and "other-job: CREATED" in message
     assert "likely fix: a placement group (training workers) waits for 1 CPU" in message
     del e

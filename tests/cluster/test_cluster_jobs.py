@@ -202,7 +202,7 @@ def authed(cluster, no_auth_env, monkeypatch):
 def test_demo_run_succeeds_and_a_broken_one_fails_with_its_error(authed, tmp_path):
     url, token = authed["url"], authed["token"]
     data = tmp_path / "data"
-    write_demo(data, seed=1, scale=0.25)
+    write_demo(data, seed=1, scale=0.1)
     # Submitted first, so it fails while the good run trains: train shards that do not exist.
     missing = tmp_path / "gone" / "train-*.tar"
     bad_id = J.submit_run(data / "spec.yaml", url, FAST + [f"data.splits.train={missing}"], str(tmp_path / "bad"))
@@ -211,7 +211,7 @@ def test_demo_run_succeeds_and_a_broken_one_fails_with_its_error(authed, tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN_PATH"}
     env["RAY_AUTH_TOKEN"] = token
     run_dir = tmp_path / "run"
-    sets = [a for s in FAST for a in ("--set", s)]
+    sets = [a for s in FAST + ["train.batch_size=16", "model.hidden=32"] for a in ("--set", s)]
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "submit", str(data / "spec.yaml"), *sets,
                            "--address", url, "--run-dir", str(run_dir), "--follow"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)

@@ -1,4 +1,5 @@
-"""Ray Tune: search-space validation, resource fitting, and a tiny real search whose best spec trains."""
+"""Ray Tune: search-space validation, resource fitting, and a tiny real search that exports a complete best spec
+(which a workflow then trains: tests/cli/test_commands_e2e.py, jobs/tune.yaml)."""
 
 import pytest
 
@@ -36,8 +37,7 @@ def test_trials_leave_ray_data_a_cpu():
 
 
 @pytest.mark.slow
-def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_dir, tmp_path):
-    from pipeline.train.trainer import run_training
+def test_tiny_search_exports_a_complete_spec_and_continues(ray_session, tiny_demo, tmp_path):
     from pipeline.tune.runner import run_tune
 
     import io
@@ -48,8 +48,12 @@ def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_di
     from pipeline.tune.space import DEFAULT_SEARCH_SPACE
 
     # no tune.search_space: the default search (3 fusions, each with a drawn optimizer and lr)
-    spec = load_spec(demo_dir / "spec.yaml", ["tune.num_samples=1", "train.epochs=2", "train.batch_size=16",
-                                              "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false"])
+    # tiny data, one epoch a trial, one worker: what is checked is the search, its outputs and its continuation, not
+    # a score (trials of two DDP workers run in tests/cli/test_commands_e2e.py, tests/train/test_resume.py and
+    # tests/test_liveness.py)
+    spec = load_spec(tiny_demo / "spec.yaml", ["tune.num_samples=1", "train.epochs=1", "train.batch_size=16",
+                                              "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false",
+                                              "scaling.num_workers=1"])
     shown = io.StringIO()
     with showing(PlainView(Console(file=shown, width=10_000, color_system=None))):  # as piped `mmpipe tune`
         result = run_tune(spec, tmp_path / "tune")
@@ -69,8 +73,7 @@ def test_tiny_search_exports_a_spec_that_trains_and_resumes(ray_session, demo_di
     best = load_spec(result.best_spec_path)  # a complete job spec, unchanged
     assert best.model.fusion == result.best_config["model.fusion"]
     assert best.train.optimizer == result.best_config["train.optimizer"]
-    trained = run_training(load_spec(result.best_spec_path, ["train.epochs=1"]), tmp_path / "run")
-    assert trained.metrics["epochs_run"] == 1
+    # That best_spec.yaml trains is checked where a workflow trains it (tune -> train): tests/cli/test_commands_e2e.py
     again = run_tune(spec, tmp_path / "tune")  # a finished experiment is continued, not started over
     assert again.trials == len(fusions) and again.best_config == result.best_config
 

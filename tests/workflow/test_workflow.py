@@ -19,7 +19,9 @@ pytestmark = pytest.mark.ray
 
 
 def _spec(demo_dir, registry, *overrides):
-    return load_spec(demo_dir / "spec.yaml", [f"registry.uri={registry}", "train.batch_size=32", *overrides])
+    # a small model without augmentation: 4 epochs at lr 0.003 still clearly beat 1 at lr 1e-5 (the promotion test)
+    return load_spec(demo_dir / "spec.yaml", [f"registry.uri={registry}", "train.batch_size=32", "model.hidden=32",
+                                              "augment.enabled=false", *overrides])
 
 
 def _sha(path) -> str:
@@ -53,7 +55,8 @@ def workflows(ray_session, demo_dir, tmp_path_factory):
     best_before = _sha(strong_dir / "train" / "best.pt")
     said: list[str] = []
     resumed = run_workflow(strong, str(strong_dir), say=said.append)
-    actors = (actors_before, settled(actors_before))
+    # what test_workflows_leave_no_actors_of_theirs_alive tolerates (the open issue-20 leak) does not hold the wait
+    actors = (actors_before, settled(actors_before, tolerated={"TrainController": 1, "SplitCoordinator": 1}))
     return {"actors": actors, "root": root, "registry": Registry(str(registry)), "weak": weak, "resumed": resumed, "said": said,
             "best_before": best_before, "strong_dir": strong_dir, "demo_dir": demo_dir, "weak_scored": scored}
 
