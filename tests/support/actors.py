@@ -35,20 +35,13 @@ def live_placement_groups() -> list[str]:
             if g.state in ("CREATED", "PENDING", "RESCHEDULING")]
 
 
-def settled(baseline: dict, timeout_s: float = 60.0, tolerated: dict | None = None,
-            tolerated_after_s: float = 15.0) -> dict:
+def settled(baseline: dict, timeout_s: float = 60.0) -> dict:
     """Live actors once none is above ``baseline`` and no placement group is left (Ray ends them
-    asynchronously), else after ``timeout_s``. ``tolerated`` (class -> count): leftovers the caller accepts (a
-    known leak it bounds itself); once only those are left, after ``tolerated_after_s``, waiting on cannot change
-    what the caller asserts, so the wait ends there instead of running out ``timeout_s``."""
-    start = time.monotonic()
+    asynchronously), else after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
     while True:
         now = live_actors()
-        left = leftovers(now, baseline)
-        if not left and not live_placement_groups() or time.monotonic() > start + timeout_s:
-            return now
-        if tolerated and time.monotonic() > start + tolerated_after_s and all(
-                n <= tolerated.get(name, 0) for name, n in left.items()):
+        if not leftovers(now, baseline) and not live_placement_groups() or time.monotonic() > deadline:
             return now
         time.sleep(1)
 

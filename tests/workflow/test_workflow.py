@@ -55,8 +55,7 @@ def workflows(ray_session, demo_dir, tmp_path_factory):
     best_before = _sha(strong_dir / "train" / "best.pt")
     said: list[str] = []
     resumed = run_workflow(strong, str(strong_dir), say=said.append)
-    # what test_workflows_leave_no_actors_of_theirs_alive tolerates (the open issue-20 leak) does not hold the wait
-    actors = (actors_before, settled(actors_before, tolerated={"TrainController": 1, "SplitCoordinator": 1}))
+    actors = (actors_before, settled(actors_before))
     return {"actors": actors, "root": root, "registry": Registry(str(registry)), "weak": weak, "resumed": resumed, "said": said,
             "best_before": best_before, "strong_dir": strong_dir, "demo_dir": demo_dir, "weak_scored": scored}
 
