@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 TRIAL_CPU = 0.01  # a Tune trial's function only waits on fit(); Tune refuses 0
 MIN_CPUS_PER_WORKER = 0.1  # fitting workers below this share leaves nothing to train with: refused instead
+# Ray's state API (list_actors, list_placement_groups) for the best-effort sweeps: its own default is 30 s, which a
+# terminal Ctrl-C (that also stops the dashboard serving the API) spent in full before the command could exit.
+STATE_API_TIMEOUT_S = 5
 MAX_SHARE_CUT = 0.05  # how much of the workers' requested share the default trial count may take to fit one more
 RESERVE_TIMEOUT_S = 120.0  # how long a train run waits for its data CPUs before saying who holds them
 # Ray's resource quantities have four decimals: fitted shares are rounded down to them, or a sum like
@@ -194,10 +197,11 @@ def orphaned_groups(before: set[str]) -> list:
     job = ray.get_runtime_context().get_job_id()
     address = state_address()
     if list_actors(address=address, filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
-                                             ("job_id", "=", job)], raise_on_missing_output=False):
+                                             ("job_id", "=", job)], timeout=STATE_API_TIMEOUT_S,
+                   raise_on_missing_output=False):
         return []
     return [g for g in list_placement_groups(address=address, filters=[("creator_job_id", "=", job)],
-                                             raise_on_missing_output=False)
+                                             timeout=STATE_API_TIMEOUT_S, raise_on_missing_output=False)
             if g.placement_group_id not in before and g.state in ("CREATED", "PENDING", "RESCHEDULING")
             and g.name != DATA_GROUP]
 
@@ -208,6 +212,7 @@ def group_ids() -> set[str]:
     from pipeline.watchdog import state_address
 
     return {g.placement_group_id for g in list_placement_groups(address=state_address(), limit=10_000,
+                                                                timeout=STATE_API_TIMEOUT_S,
                                                                 raise_on_missing_output=False)}
 
 
@@ -223,6 +228,9 @@ def no_orphaned_groups():
         before = None
     try:
         yield
+    except (KeyboardInterrupt, SystemExit):  # the command is ending: Ray removes its job's groups with it
+        before = None
+        raise
     finally:
         if before is not None:
             try:

@@ -146,14 +146,17 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
         failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric,
                                            checkpoint_score_order=metric_mode(metric)))
-    stalled = False
+    stopped = False
     try:
         result = _fit(data, plan, resources, run_config, inject_failure)
-    except StallError:
-        stalled = True  # the diagnostic is the report that matters; a data pass could wait on the same thing
+    except (StallError, KeyboardInterrupt, SystemExit):
+        # stalled: the diagnostic is what matters, and a data pass could wait on the same thing. Ctrl-C (Ray
+        # Train's SIGINT handler raises SystemExit when the signal also ended its controller): the user wants the
+        # prompt back, not a pass over every split first
+        stopped = True
         raise
     finally:  # also when training fails: the report may say why
-        if data_report and not stalled:
+        if data_report and not stopped:
             write_data_report(data, run_dir, plan)
     if result.error:
         raise TrainError(f"training failed: {result.error}")
