@@ -79,5 +79,14 @@ def quiet_line() -> str:
             f"-> {verdict}")
 
 
+def timed(batches) -> tuple[int, float]:
+    """(rows, seconds) to drain an iterator of batches."""
+    import time
+
+    start = time.perf_counter()
+    rows = sum(len(b["label"]) for b in batches)
+    return rows, time.perf_counter() - start
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")

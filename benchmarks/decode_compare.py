@@ -24,25 +24,13 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.bench_common import machine_line, quiet_line  # noqa: E402
+from benchmarks.realistic_shards import photo  # noqa: E402
 from pipeline.data.stages.align import resize_image  # noqa: E402
 from pipeline.data.stages.decode import decode_image, jpeg_scale  # noqa: E402
 
 TARGET = (224, 224)
 SIZES = ((683, 512), (1024, 768))
 MIN_SIDE, MAX_PIXELS = 32, 89_478_485  # the clean section's defaults' order of magnitude; no image comes near
-
-
-def photo(w: int, h: int, seed: int) -> bytes:
-    """A photo-like JPEG at quality 90: smooth colour fields, edges and sensor-like noise (~120 KB at 683x512)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    f = rng.uniform(20, 80, 6)
-    rgb = np.stack([128 + 100 * np.sin(x / f[0] + y / f[1]), 128 + 90 * np.cos(x / f[2] - y / f[3]),
-                    128 + 80 * np.sin((x + y) / f[4]) * (y > h * rng.uniform(0.3, 0.7))], -1)
-    rgb += rng.normal(0, 10, rgb.shape)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def mmpipe(data: bytes) -> np.ndarray:
@@ -78,7 +66,7 @@ def main() -> None:
     print(machine_line(1))
     print(quiet_line())
     for w, h in SIZES:
-        images = [photo(w, h, seed) for seed in range(args.images)]
+        images = [photo(w, h, np.random.default_rng(seed)) for seed in range(args.images)]
         kb = np.mean([len(d) for d in images]) / 1024
         best = {"mmpipe": 0.0, "opencv full": 0.0}
         for fn in (mmpipe, opencv_full):

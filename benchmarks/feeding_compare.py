@@ -31,7 +31,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_common import machine_line, median, quiet_line, start_ray  # noqa: E402
+from bench_common import machine_line, median, quiet_line, start_ray, timed  # noqa: E402
 from realistic_shards import (AUDIO_AUG, IMAGE_AUG, MAX_TOKENS, SAMPLE_RATE, SECONDS, TARGET,  # noqa: E402
                               TEXT_AUG, realistic_shards)
 
@@ -85,12 +85,6 @@ class HandWritten(torch.utils.data.IterableDataset):
         self.epoch += 1
         yield from wds.WebDataset(order, shardshuffle=False, empty_check=False).map(sample).batched(
             self.batch_size, collation_fn=collate, partial=True)
-
-
-def timed(batches) -> tuple[int, float]:
-    start = time.perf_counter()
-    rows = sum(len(b["label"]) for b in batches)
-    return rows, time.perf_counter() - start
 
 
 def compare(width: int, height: int, args) -> dict:

@@ -21,23 +21,15 @@ conversion, collation): where the Ray path's time goes.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-from bench_common import demo_data, machine_line, median, quiet_line, start_ray
+from bench_common import demo_data, machine_line, median, quiet_line, start_ray, timed
 from torch_loader import StageStream, make_loader
 
 from pipeline.data.streaming.plan import DataPlan
 from pipeline.data.shards.check import expand_shards
 from pipeline.model.classifier import input_columns
 from pipeline.spec import load_spec
-
-
-def timed(batches) -> tuple[int, float]:
-    """(rows, seconds) to drain an iterator of batches."""
-    start = time.perf_counter()
-    rows = sum(len(b["label"]) for b in batches)
-    return rows, time.perf_counter() - start
 
 
 def main() -> None:

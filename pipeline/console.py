@@ -201,8 +201,8 @@ class PlainView(View):
         self._said = 0.0
 
     def start(self, label: str, total: float | None) -> None:
-        self._pass = (label, total, time.monotonic())
         self._said = time.monotonic()
+        self._pass = (label, total, self._said)
 
     def update(self, done: float, loss: float | None = None, label: str | None = None) -> None:
         if self._pass is None or time.monotonic() - self._said < self.every_s:

@@ -131,8 +131,9 @@ def plan_resources(spec: JobSpec, cpus: float, gpus: float = 0.0, tune: bool = F
     if per_worker < s.cpus_per_worker:
         # a cut within MAX_SHARE_CUT is the plan's own rounding (the trials' 0.01 CPU each): not worth a warning
         cut_much = per_worker < (1 - MAX_SHARE_CUT) * s.cpus_per_worker
-        (log.warning if cut_much else log.info)("scaling: %s: %d workers x %g CPU would not fit beside the data CPUs; using %g CPU per worker",
-                    plan.describe(), s.num_workers, s.cpus_per_worker, per_worker)
+        (log.warning if cut_much else log.info)(
+            "scaling: %s: %d workers x %g CPU would not fit beside the data CPUs; using %g CPU per worker",
+            plan.describe(), s.num_workers, s.cpus_per_worker, per_worker)
     return plan
 
 

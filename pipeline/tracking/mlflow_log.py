@@ -60,7 +60,7 @@ def _workflow_tags(run_dir: Path) -> dict[str, str]:
     """A workflow run's status, steps and promotion outcome as tags (run.json; nothing for other runs)."""
     from pipeline.report.collect import read_json
 
-    run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else None
+    run = read_json(run_dir / "run.json")
     if not run:
         return {}
     outcome = run.get("outcome") or {}

@@ -100,12 +100,8 @@ class RunDir:
 
     def mirror_records(self) -> None:
         """run.json and steps/*.json of a URI run directory copied into the local cache (what the report reads)."""
-        steps = [name for name in storage.listdir(self.uri_of("steps")) if name.endswith(".json")]
-        for uri, local in [(self.uri_of("run.json"), self.work / "run.json")] + [
-                (self.uri_of("steps", name), self.work / "steps" / name) for name in steps]:
-            if storage.exists(uri):
-                local.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(local, storage.read_bytes(uri))
+        storage.download_dir(self.uri_of("steps"), self.work / "steps")
+        atomic_write_bytes(self.work / "run.json", storage.read_bytes(self.uri_of("run.json")))
 
     def completed(self, step: str, inputs_sha: str) -> dict | None:
         """The step's manifest when it finished with these very inputs and its outputs are there."""
