@@ -15,6 +15,11 @@ from pipeline.console import quiet_ray, verbose
 # minute; cluster.yaml starts Ray with the same setting.
 IDLE_WORKER_KILL_MS = 60_000
 
+# Settings for the processes of our own local instance only (a cluster's operator decides its own). Ray Train starts
+# a PreemptionWatcher actor per worker group to hear of spot nodes being drained; a single-machine instance has no
+# node to lose, and the actor is one more Ray worker process (~2 s of CPU) per training and per Tune trial.
+LOCAL_WORKER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 _started_here = False
 log = logging.getLogger("pipeline")
 
@@ -33,10 +38,17 @@ def _start_local(**kwargs) -> None:
 
     before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
+    # The raylet started here inherits this process's environment and hands it to every worker it starts; set only
+    # for the start, so a later join to a cluster from this process does not carry it there. A value the user set
+    # wins.
+    ours = {k: v for k, v in LOCAL_WORKER_ENV.items() if k not in os.environ}
+    os.environ.update(ours)
     try:
         ray.init(address="local", **kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+        for key in ours:
+            os.environ.pop(key, None)
 
 
 def _warn_if_unauthenticated(address: str) -> None:

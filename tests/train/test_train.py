@@ -91,6 +91,8 @@ def _assert_tensorboard(folder, rows):
 
 @pytest.mark.slow
 def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path):
+    from ray.util.state import list_actors
+
     from pipeline.train.trainer import run_training
 
     spec = load_spec(demo_dir / "spec.yaml", FAST + ["scaling.max_failures=1", "train.epochs=2",
@@ -102,6 +104,10 @@ def test_training_recovers_from_a_worker_failure(ray_session, demo_dir, tmp_path
     rows = epoch_rows(tmp_path / "run")
     assert [int(r["epoch"]) for r in rows] == [1, 2]  # epoch 1 not repeated...
     assert_resumed(rows, from_epoch=1)  # ...and epoch 2 started from its checkpoint's weights and optimizer steps
+    # the killed attempt's TensorBoard events for epoch 1 survive it (each epoch's are on disk before its checkpoint)
+    _assert_tensorboard(tmp_path / "run" / "tensorboard", rows)
+    actors = {a.class_name for a in list_actors(limit=10_000)}  # dead ones included
+    assert "TrainController" in actors and "PreemptionWatcher" not in actors  # ray_runtime.LOCAL_WORKER_ENV
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
