@@ -209,7 +209,8 @@ def train_loop(config: dict) -> None:
                 heartbeat.beat(rank=rank, epoch=epoch, phase="train", rows=train_acc.rows,
                                loss=train_acc.loss_sum / max(1, train_acc.rows))
 
-        # ---- validate: every val row once across the ranks (batch i goes to rank i % world)
+        # ---- validate: every val row once across the ranks (batch i goes to rank i % world; every rank sees the
+        # same batches in the same order: trainer._val_options)
         _sync_buffers(model)  # BatchNorm running stats diverge per rank after the last step; use rank 0's
         model.eval()
         val_acc = Accumulator(len(classes))

@@ -107,8 +107,20 @@ def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict
         scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
                                      resources_per_worker=resources),
         datasets={"train": train, "val": val},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"val": _val_options()}),
         run_config=run_config)
+
+
+def _val_options():
+    """Ray Data options for the val split: each rank reads it whole and scores batch i when i % world == rank
+    (pipeline/train/loop.py), so every rank must see the same batches in the same order. Without preserve_order
+    the batch iterator's prefetch threads (train.prefetch_batches) hand batches over as they finish: a rank once
+    saw [16, 16, 16, 1, 16], and the epoch scored 50 of 65 val rows, some twice (tests/train/test_train.py)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None = None,

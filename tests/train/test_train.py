@@ -64,6 +64,9 @@ def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, t
         assert key in saved
     rows = list(csv.DictReader((tmp_path / "run" / "epochs.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))  # 1-based, as the log lines and plots say
+    # every epoch scored each val row once: ranks split val by batch index, so both must see the same batches in
+    # the same order (with prefetch threads reordering them, 1 epoch in 2 runs scored 50 of 65 rows)
+    assert [int(r["val.rows"]) for r in rows] == [report["splits"]["val"]["rows_kept"]] * 6
     assert 1 <= m["best_epoch"] <= 6 and m["epochs_run"] == 6
     assert float(rows[-1]["lr"]) > 0  # the lr the last epoch trained with, not the schedule's 0.0 after it
     for name in ("curves.png", "confusion.png", "spec.yaml", "environment.json"):
