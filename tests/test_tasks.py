@@ -225,3 +225,24 @@ def test_task_metrics_name_the_further_tasks_and_score_only_their_labelled_rows(
     assert m["val.accuracy"] == 1.0 and m["val.rows"] == 3
     assert m["val.speaker.rows"] == 2 and m["val.speaker.accuracy"] == 0.5
     assert "val.speaker.precision.李" in m and "val.speaker.confusion" in m and "val.precision.猫" in m
+
+
+# ------------------------------------------------------------------ what people read
+
+def test_the_epoch_line_the_report_and_the_promotion_name_the_further_tasks():
+    from pipeline.progress import epoch_line
+    from pipeline.report.collect import further_tasks
+    from pipeline.workflow.champion import decide
+
+    m = {"train.loss": 1.0, "train.accuracy": 0.5, "val.loss": 0.9, "val.accuracy": 0.6, "val.macro_f1": 0.55,
+         "val.speaker.macro_f1": 0.7, "val.speaker.loss": 0.3, "val.precision.cat": 0.1}
+    assert epoch_line({"epoch": 0, "epochs": 2, "metrics": m}).endswith("macro-F1 0.550 | speaker macro-F1 0.700")
+    metrics = {"tasks": {"animal": CLASSES, "speaker": SPEAKERS}, "test.speaker.macro_f1": 0.8,
+               "test.speaker.precision.bo": 1.0, "test.speaker.recall.bo": 0.5, "test.macro_f1": 0.1}
+    (task,) = further_tasks(metrics, "test")
+    assert task["name"] == "speaker" and task["scores"]["macro_f1"] == 0.8
+    assert task["per_class"] == [{"class": "bo", "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3)}]
+    assert further_tasks({"classes": CLASSES, "test.macro_f1": 0.1}, "test") == []  # one task: nothing more
+    decision = decide("macro_f1", 0.9, 0.8, 0.0, task="animal")
+    assert decision["task"] == "animal" and "on macro_f1 (task animal) (0.9000 vs 0.8000)" in decision["reason"]
+    assert "task" not in decide("loss", 0.5, 0.6, 0.0) and decide("loss", 0.5, 0.6, 0.0, task="a")["promote"]
