@@ -381,6 +381,9 @@ METRIC_NAMES = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "auc")
 
 def _metric_name(v: str) -> str:
     split, _, name = v.partition(".")
+    if split in ("train", "val") and name.partition(".")[2] in METRIC_NAMES:  # val.speaker.macro_f1
+        raise ValueError("the primary task's metrics decide (val.<name>); a further task's (label.tasks) cannot: "
+                         "make that task the primary one (the label section) to select by it")
     if split not in ("train", "val") or name not in METRIC_NAMES:
         raise ValueError(f"must be train.<name> or val.<name> with name one of {', '.join(METRIC_NAMES)}")
     return v

@@ -246,3 +246,10 @@ def test_the_epoch_line_the_report_and_the_promotion_name_the_further_tasks():
     decision = decide("macro_f1", 0.9, 0.8, 0.0, task="animal")
     assert decision["task"] == "animal" and "on macro_f1 (task animal) (0.9000 vs 0.8000)" in decision["reason"]
     assert "task" not in decide("loss", 0.5, 0.6, 0.0) and decide("loss", 0.5, 0.6, 0.0, task="a")["promote"]
+
+
+def test_a_further_tasks_metric_cannot_drive_early_stopping_or_tune():
+    for field in ("train.early_stopping_metric", "tune.metric"):
+        section, name = field.split(".")
+        with pytest.raises(SpecError, match=rf"{field}: .*a further task's \(label.tasks\) cannot"):
+            two_task(**{section: {name: "val.speaker.macro_f1"}})

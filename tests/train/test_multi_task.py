@@ -73,3 +73,17 @@ def test_two_tasks_train_score_and_predict(ray_session, fsdd_shards, tmp_path):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     accuracy = (out["speaker.pred_index"] == out["speaker.label_index"]).mean()
     assert accuracy == pytest.approx(m["test.speaker.accuracy"], abs=1e-6)  # the same model, the same rows
+
+
+def test_rebalancing_by_the_speaker_counts_its_classes_in_a_label_pass(ray_session, fsdd_shards):
+    from pipeline.data.streaming.plan import DataPlan
+
+    splits = [f"data.splits.{s}={fsdd_shards}/{s}/*.tar" for s in ("train", "val", "test")]
+    spec = load_spec(ROOT / "jobs" / "av-digits.yaml", splits + TWO_TASKS + ["rebalance.strategy=oversample",
+                                                                          "rebalance.task=speaker"])
+    data = DataPlan(spec)
+    counts, source = data.class_counts()
+    assert (counts.tolist(), source) == ([4, 4, 4], "label pass (speaker)")  # not the manifest's digit counts
+    assert data.rebalance.classes == SPEAKERS and data.rebalance.factors == [1.0, 1.0, 1.0]
+    rows = data.train_dataset(columns=["label", "label_speaker", "copy"]).take_all()
+    assert sorted(r["label_speaker"] for r in rows) == [0] * 4 + [1] * 4 + [2] * 4
