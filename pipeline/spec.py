@@ -605,7 +605,8 @@ class JobSpec(Strict):
         if task is not None and task not in self.label.task_names():
             raise ValueError(f"rebalance.task: {unknown_name('task', task, self.label.task_names())}")
         t = self.train
-        counted = t.loss in ("weighted_ce", "logit_adjusted") or (t.loss == "focal" and t.class_balanced_beta is not None)
+        counted = t.loss in ("weighted_ce", "logit_adjusted") or \
+            (t.loss == "focal" and t.class_balanced_beta is not None)
         if task not in (None, self.label.name) and counted and self.rebalance.strategy != "none":
             raise ValueError(f"train.loss={t.loss} weighs the primary task's classes by their counts after "
                              f"rebalancing, which rebalance.task={task} does not give; use train.loss=ce (or focal "

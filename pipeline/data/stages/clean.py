@@ -6,6 +6,7 @@ Out: one row per input row (nothing is lost here), with decoded values and ``dro
      ``image``  object: uint8 (H, W, 3) or None          ``text``  object: str or None
      ``audio``  object: float32 (frames, channels) or None  ``audio_rate`` int64
      ``meta``   object: dict                             ``label`` int64 (-1 when unknown)
+     ``label_<task>`` int64 per further task (label.tasks; -1 when the sample has no such label)
      ``drop_reason``, ``drop_detail``  object: str           ``content_hash`` object: str ("" when none)
 Duplicates: within the split (``duplicate``: a ``Duplicates`` index decides which copy is kept) and, for the train
 split with ``clean.cross_split_duplicates: drop_from_train``, content that another split holds
@@ -105,7 +106,7 @@ def label_value(label_member: Member, meta: dict, cfg: StageConfig) -> object:
 def task_labels(batch: dict[str, np.ndarray], columns: dict[str, list[str]], i: int, meta: dict,
                 cfg: StageConfig) -> list[int]:
     """Row ``i``'s label index for each further task (label.tasks); -1 where the sample has none (that task's
-    loss is masked, the data report counts it as ``<task>_missing``). A value that is not one of the task's
+    loss is masked; the data report counts it per task as ``missing``). A value that is not one of the task's
     classes raises Rejected("label_unknown") naming the task (kept as -1 when labels are not required)."""
     out = []
     for task in cfg.tasks:
@@ -149,9 +150,9 @@ def _member_limits(role: str, cfg: StageConfig) -> tuple[int, str]:
 
 def _sample_parts(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]], cfg: StageConfig
                   ) -> tuple[dict, list[int], dict[str, Member], list[bytes | None]]:
-    """Meta, label index per task (primary first), each enabled role's member and the content parts to hash, for row ``i``, nothing
-    decoded; raises Rejected. ``columns``: each role's member columns (``_columns``); members are opened here, one
-    row at a time."""
+    """Meta, label index per task (primary first), each enabled role's member and the content parts to hash, for
+    row ``i``, nothing decoded; raises Rejected. ``columns``: each role's member columns (``_columns``); members
+    are opened here, one row at a time."""
     dropped = batch[DROP_COLUMN][i] if DROP_COLUMN in batch else None
     if dropped:  # the tar reader could not hold the sample whole
         reason, _, detail = str(dropped).partition(": ")
