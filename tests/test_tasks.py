@@ -253,3 +253,19 @@ def test_a_further_tasks_metric_cannot_drive_early_stopping_or_tune():
         section, name = field.split(".")
         with pytest.raises(SpecError, match=rf"{field}: .*a further task's \(label.tasks\) cannot"):
             two_task(**{section: {name: "val.speaker.macro_f1"}})
+
+
+def test_a_run_resumes_only_with_the_tasks_it_was_trained_with(tmp_path):
+    import yaml
+
+    from pipeline.spec import dump_spec
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    written = yaml.safe_load(dump_spec(spec_from_dict({})))
+    for key in ("name", "weight", "tasks"):  # a run from before label.tasks existed
+        del written["label"][key]
+    (tmp_path / "ray" / "train").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(written))
+    check_resumable(spec_from_dict({}), tmp_path, "train")
+    with pytest.raises(TrainError, match=r"label.tasks"):
+        check_resumable(spec_from_dict({"label": TWO["label"]}), tmp_path, "train")

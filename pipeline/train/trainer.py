@@ -56,7 +56,8 @@ def check_resumable(spec: JobSpec, run_dir: Path, name: str) -> None:
     if not (run_dir / "ray" / name).exists() or not previous.exists():
         return
     old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-    changed = [f"{section}.{k}" for section in ("model", "train")
+    # label: its tasks and classes shape the model's heads (label.tasks)
+    changed = [f"{section}.{k}" for section in ("model", "train", "label")
                for k, value in _settings(spec, section, old.get(section) or {}) if k != "epochs"]
     if changed:
         raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); it would resume "
