@@ -1,5 +1,6 @@
 """label.tasks end to end on real data: the FSDD fixture (digit as the primary task, the speaker from the packed
-meta json as a second), one real Ray Train run, then prediction with the trained model."""
+meta json as a second): a real Ray Train run and prediction with its model, rebalancing by the speaker, and a
+workflow that registers, promotes and predicts (each test ~40-50 s)."""
 
 import csv
 import json
@@ -87,3 +88,31 @@ def test_rebalancing_by_the_speaker_counts_its_classes_in_a_label_pass(ray_sessi
     assert data.rebalance.classes == SPEAKERS and data.rebalance.factors == [1.0, 1.0, 1.0]
     rows = data.train_dataset(columns=["label", "label_speaker", "copy"]).take_all()
     assert sorted(r["label_speaker"] for r in rows) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+@pytest.mark.slow
+def test_a_two_task_workflow_registers_promotes_and_predicts_naming_the_primary_task(ray_session, fsdd_shards,
+                                                                                     tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.registry import Registry
+    from pipeline.workflow.run import run_workflow
+
+    splits = [f"data.splits.{s}={fsdd_shards}/{s}/*.tar" for s in ("train", "val", "test")]
+    registry = tmp_path / "registry"
+    out = tmp_path / "predictions.parquet"
+    spec = load_spec(ROOT / "jobs" / "av-digits.yaml", splits + TWO_TASKS + [
+        "train.epochs=1", f"registry.uri={registry}", f"predict.model={registry}@champion",
+        f"predict.shards={fsdd_shards}/test/*.tar", f"predict.out={out}",
+        "workflow.steps=[train, evaluate, register, promote, predict]"])
+    run_workflow(spec, str(tmp_path / "run"), say=lambda m: None)
+    evaluation = json.loads((tmp_path / "run" / "evaluate" / "evaluation.json").read_text())
+    assert {"test.macro_f1", "test.speaker.macro_f1"} <= set(evaluation["metrics"])
+    reg = Registry(str(registry))
+    assert reg.meta(1)["task"] == "digit" and "test.speaker.accuracy" in reg.meta(1)["metrics"]
+    assert reg.decision(1)["task"] == "digit" and reg.decision(1)["promote"]
+    table = pq.read_table(out).to_pydict()
+    assert len(table["key"]) == 12 and set(table["speaker.pred_class"]) <= set(SPEAKERS)
+    assert table["speaker.label_index"] == [SPEAKERS.index(k.split("/")[0]) for k in table["key"]]
+    report = json.loads(out.with_name("predictions.report.json").read_text())
+    assert report["report"]["tasks"]["speaker"]["class_histogram"] == {s: 4 for s in SPEAKERS}
