@@ -607,7 +607,8 @@ class JobSpec(Strict):
         t = self.train
         counted = t.loss in ("weighted_ce", "logit_adjusted") or \
             (t.loss == "focal" and t.class_balanced_beta is not None)
-        if task not in (None, self.label.name) and counted and self.rebalance.strategy != "none":
+        # the class counts training sees are the rebalanced task's (also with strategy none)
+        if task not in (None, self.label.name) and counted:
             raise ValueError(f"train.loss={t.loss} weighs the primary task's classes by their counts after "
                              f"rebalancing, which rebalance.task={task} does not give; use train.loss=ce (or focal "
                              "with train.class_balanced_beta: null), or rebalance the primary task")

@@ -98,6 +98,9 @@ def test_rebalance_task_must_name_a_task_and_suit_the_loss():
         two_task(rebalance={"task": "speakr"})
     with pytest.raises(SpecError, match=r"train.loss=logit_adjusted weighs the primary task's classes"):
         two_task(rebalance={"strategy": "sqrt", "task": "speaker"}, train={"loss": "logit_adjusted"})
+    with pytest.raises(SpecError, match=r"train.loss=weighted_ce weighs the primary task's classes"):
+        two_task(rebalance={"task": "speaker"}, train={"loss": "weighted_ce"})
+    assert two_task(rebalance={"task": "animal"}, train={"loss": "weighted_ce"}).rebalance.task == "animal"
 
 
 # ------------------------------------------------------------------ data path
