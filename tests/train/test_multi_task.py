@@ -55,6 +55,7 @@ def test_two_tasks_train_score_and_predict(ray_session, fsdd_shards, tmp_path):
     assert (run / "confusion.png").stat().st_size > 0 and (run / "confusion_speaker.png").stat().st_size > 0
     html = (run / "report.html").read_text(encoding="utf-8")
     assert '<section id="tasks">' in html and 'alt="confusion matrix, speaker"' in html
+    assert "Task speaker (kept rows)" in html  # the data section's counts per task
     report = json.loads((run / "data_report.json").read_text())
     assert report["tasks"] == {"speaker": SPEAKERS}
     train = report["splits"]["train"]
