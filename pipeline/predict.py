@@ -19,6 +19,7 @@ from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.report import REPORT_COLUMNS, SplitReport
 from pipeline.registry import ModelRef, Registry
 from pipeline.spec import PredictSpec
+from pipeline.tasks import split_logits
 
 SPLIT = "predict"
 TEXT_COLUMNS = ("key", "shard", "status", "detail", "pred_class")
@@ -45,9 +46,11 @@ class Predictor:
 
         from pipeline.model.checkpoint import load_model
         from pipeline.model.classifier import input_columns
+        from pipeline.tasks import label_columns, spec_tasks
 
         self.model, spec, self.classes = load_model(model_file)
-        self.columns = [c for c in input_columns(spec) if c != "label"]
+        self.tasks = spec_tasks(spec, self.classes)
+        self.columns = [c for c in input_columns(spec) if c not in label_columns(spec)]
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
 
@@ -56,19 +59,33 @@ class Predictor:
 
         n = len(batch[KEY_COLUMN])
         kept = np.array([not r for r in batch["drop_reason"]], dtype=bool)
-        probs = np.full((n, len(self.classes)), np.nan, dtype=np.float32)
+        logits = None
         if kept.any():
             inputs = {c: torch.as_tensor(batch[c][kept]).to(self.device) for c in self.columns}
             with torch.no_grad():
-                probs[kept] = torch.softmax(self.model(inputs).float(), dim=1).cpu().numpy()
-        index = np.where(kept, np.nan_to_num(probs, nan=-1.0).argmax(1), -1).astype(np.int64)
+                logits = self.model(inputs).float()
         out = {"key": batch[KEY_COLUMN], "shard": batch[URL_COLUMN],
                "status": np.array([r or "ok" for r in batch["drop_reason"]], dtype=object),
-               "detail": batch["drop_detail"], "label_index": batch["label"], "pred_index": index,
-               "pred_class": np.array([self.classes[i] if i >= 0 else None for i in index], dtype=object)}
-        for j, name in enumerate(self.classes):
-            out[f"prob_{name}"] = probs[:, j]
+               "detail": batch["drop_detail"]}
+        blocks = split_logits(logits, self.tasks) if logits is not None else [None] * len(self.tasks)
+        for task, block in zip(self.tasks, blocks):  # the primary's columns unprefixed, then <task>.pred_class...
+            probs = np.full((n, len(task.classes)), np.nan, dtype=np.float32)
+            if block is not None:
+                probs[kept] = torch.softmax(block, dim=1).cpu().numpy()
+            index = np.where(kept, np.nan_to_num(probs, nan=-1.0).argmax(1), -1).astype(np.int64)
+            out[task_column(task, "label_index")] = batch[task.column]
+            out[task_column(task, "pred_index")] = index
+            out[task_column(task, "pred_class")] = np.array([task.classes[i] if i >= 0 else None for i in index],
+                                                            dtype=object)
+            for j, name in enumerate(task.classes):
+                out[task_column(task, f"prob_{name}")] = probs[:, j]
         return out
+
+
+def task_column(task, name: str) -> str:
+    """A prediction column of ``task``: ``pred_class`` for the primary task, ``speaker.pred_class`` for a
+    further one (label.tasks)."""
+    return f"{task.infix}{name}"
 
 
 def predict(model: str, shards: list[str], out: str, batch_size: int | None = None, actors: int | None = None,
@@ -107,10 +124,12 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
     spec.clean.dedupe = dedupe  # every sample gets a prediction unless asked otherwise
     # Every row, unlabelled ones too, carrying only what the Predictor reads (its model's inputs)
     columns = list(dict.fromkeys([*REPORT_COLUMNS, *input_columns(spec)]))
+    text_columns = {*TEXT_COLUMNS, *(f"{t}.pred_class" for t in spec.label.tasks)}
     with actors_scope():  # a dedupe index of the read ends with the prediction
         split = DataPlan(spec, loaded.classes).split(SPLIT, labels_required=False, columns=columns)
         report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks),
-                             bad_shards=bad_shard_entries(split.checks))
+                             bad_shards=bad_shard_entries(split.checks),
+                             tasks={name: list(t.classes) for name, t in spec.label.tasks.items()})
 
         ds = split.dataset.map_batches(
             Predictor, fn_constructor_kwargs={"model_file": registry.model_bytes(version), "use_gpu": use_gpu},
@@ -129,12 +148,13 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
                 for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
                     report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"],
                                       "label": batch["label_index"],
+                                      **{f"label_{t}": batch[f"{t}.label_index"] for t in report.tasks},
                                       "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
                                                               dtype=object),
                                       "drop_detail": batch["detail"]})
                     # Text columns typed up front: a first batch of only dropped rows has no class names to infer
                     # from.
-                    table = pa.table({k: (pa.array(v.tolist(), pa.string()) if k in TEXT_COLUMNS else v)
+                    table = pa.table({k: (pa.array(v.tolist(), pa.string()) if k in text_columns else v)
                                       for k, v in batch.items()})
                     table = table.append_column("model_version",
                                                 pa.array([version] * len(batch["key"]), pa.int64()))

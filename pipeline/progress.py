@@ -23,9 +23,12 @@ def epoch_line(event: dict) -> str:
     """``epoch 2/8: train loss 1.234 acc 0.512 | val loss 1.100 acc 0.600 macro-F1 0.550 (4.1 s)``"""
     m = event["metrics"]
     seconds = f" ({event['seconds']:.1f} s)" if event.get("seconds") is not None else ""
+    # label.tasks: each further task's validation macro-F1 (val.<task>.macro_f1) after the primary's
+    tasks = "".join(f" | {k.split('.')[1]} macro-F1 {v:.3f}" for k, v in m.items()
+                    if k.startswith("val.") and k.endswith(".macro_f1") and k.count(".") == 2)
     return (f"epoch {event['epoch'] + 1}/{event['epochs']}: train loss {m['train.loss']:.3f} "
             f"acc {m['train.accuracy']:.3f} | val loss {m['val.loss']:.3f} acc {m['val.accuracy']:.3f} "
-            f"macro-F1 {m['val.macro_f1']:.3f}{seconds}")
+            f"macro-F1 {m['val.macro_f1']:.3f}{tasks}{seconds}")
 
 
 class TrainingFeed:

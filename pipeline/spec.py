@@ -8,6 +8,7 @@ they are validated exactly like the file.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,6 +143,55 @@ class ModalitiesSpec(Strict):
         return self
 
 
+def _unique_classes(v: list[str] | None) -> list[str] | None:
+    if v is not None:
+        if len(v) < 2:
+            raise ValueError("need at least 2 classes")
+        dupes = sorted({c for c in v if v.count(c) > 1})
+        if dupes:
+            raise ValueError(f"duplicate class names: {dupes}")
+    return v
+
+
+# Words a task name may not be: it sits inside metric names (val.<task>.macro_f1, val.precision.<class>).
+RESERVED_TASK_NAMES = ("train", "val", "test", "best", "loss", "accuracy", "balanced_accuracy", "macro_f1", "auc",
+                       "rows", "precision", "recall", "confusion")
+_TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def _valid_task_name(v: str) -> str:
+    if not _TASK_NAME.fullmatch(v):
+        raise ValueError(f"task name {v!r}: lower-case letters, digits and _, starting with a letter (at most 32)")
+    if v in RESERVED_TASK_NAMES:
+        raise ValueError(f"task name {v!r} is reserved (it would read as part of a metric name); "
+                         f"reserved: {', '.join(RESERVED_TASK_NAMES)}")
+    return v
+
+
+class TaskSpec(Strict):
+    """A further label of each sample (label.tasks.<name>): read like the primary label, scored by its own head.
+    A sample without it trains only the other tasks (its loss masked, counted in the data report as
+    ``<task>_missing``); a value that is not one of the classes drops the sample (label_unknown)."""
+    source: Literal["cls", "json"] = Field("json", description="cls: a member with one of `extensions`; json: the "
+                                                               "key `json_key` of the meta json member")
+    extensions: list[str] = Field(default_factory=list, description="with source cls: the member extensions, "
+                                                                    "e.g. [speaker]")
+    json_key: str | None = Field(None, description="with source json: the key; default: the task's name")
+    format: Literal["auto", "index", "name"] = Field("auto", description="as label.format")
+    classes: list[str] = Field(description="class names (required: the manifest holds the primary task's only)")
+    weight: float = Field(1.0, gt=0, description="this task's weight in the summed loss")
+    _norm = field_validator("extensions")(_lower_exts)
+    _unique = field_validator("classes")(_unique_classes)
+
+    @model_validator(mode="after")
+    def _source_has_what_it_needs(self) -> "TaskSpec":
+        if self.source == "cls" and not self.extensions:
+            raise ValueError("source cls needs extensions (the member holding this task's label, e.g. [speaker])")
+        if self.source == "json" and self.extensions:
+            raise ValueError("extensions are for source cls; source json reads json_key")
+        return self
+
+
 class LabelSpec(Strict):
     source: Literal["cls", "json"] = Field("cls", description="cls: a member holding an index or class name; "
                                                               "json: a key inside the meta json member")
@@ -151,18 +201,42 @@ class LabelSpec(Strict):
         "auto", description="auto: an integer is a class index (as `mmpipe pack` writes), anything else a name; "
                             "name: always a class name (for numeric class names such as 1, 2, 10)")
     classes: list[str] | None = Field(None, description="class names; default: from the dataset manifest.json")
+    name: str = Field("label", description="the task's name, in the data report and where another task "
+                                           "(label.tasks) must be told apart; its metrics keep plain names "
+                                           "(val.macro_f1)")
+    weight: float = Field(1.0, gt=0, description="this task's weight in the summed loss (with label.tasks)")
+    tasks: dict[str, TaskSpec] = Field(
+        default_factory=dict, description="more labels per sample, task name -> its label (docs/training.md, "
+                                          "\"Several tasks\"): one head, loss and metrics each (val.<task>.macro_f1)"
+                                          "; the label above stays the primary task, which early stopping, the best "
+                                          "checkpoint, tune.metric and the registry's holdout metric use")
     _norm = field_validator("extensions")(_lower_exts)
+    _unique = field_validator("classes")(_unique_classes)
 
-    @field_validator("classes")
+    @field_validator("name")
     @classmethod
-    def _unique(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None:
-            if len(v) < 2:
-                raise ValueError("need at least 2 classes")
-            dupes = sorted({c for c in v if v.count(c) > 1})
-            if dupes:
-                raise ValueError(f"duplicate class names: {dupes}")
-        return v
+    def _task_name(cls, v: str) -> str:
+        return _valid_task_name(v)
+
+    @model_validator(mode="after")
+    def _tasks_apart(self) -> "LabelSpec":
+        if self.name in self.tasks:
+            raise ValueError(f"task {self.name!r} is the primary task's name (label.name); name it otherwise")
+        for name, task in self.tasks.items():
+            _valid_task_name(name)
+            if task.source == "cls":
+                taken = {e: "label.extensions" for e in self.extensions if self.source == "cls"}
+                for other, t in self.tasks.items():
+                    if other != name and t.source == "cls":
+                        taken.update({e: f"label.tasks.{other}.extensions" for e in t.extensions})
+                both = sorted(set(task.extensions) & set(taken))
+                if both:
+                    raise ValueError(f"label.tasks.{name}.extensions {both} are also {taken[both[0]]}")
+        return self
+
+    def task_names(self) -> list[str]:
+        """Every task's name, the primary first."""
+        return [self.name, *self.tasks]
 
 
 class CleanSpec(Strict):
@@ -230,6 +304,8 @@ class RebalanceSpec(Strict):
     strategy: Literal["none", "oversample", "undersample", "sqrt", "target"] = "none"
     target: dict[str, float] | None = Field(None, description="class name -> proportion, for strategy=target")
     seed: int = 0
+    task: str | None = Field(None, description="the task (label.name or a label.tasks name) whose classes are "
+                                               "rebalanced; default: the primary task")
 
     @model_validator(mode="after")
     def _target_needs_proportions(self) -> "RebalanceSpec":
@@ -305,6 +381,9 @@ METRIC_NAMES = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "auc")
 
 def _metric_name(v: str) -> str:
     split, _, name = v.partition(".")
+    if split in ("train", "val") and name.partition(".")[2] in METRIC_NAMES:  # val.speaker.macro_f1
+        raise ValueError("the primary task's metrics decide (val.<name>); a further task's (label.tasks) cannot: "
+                         "make that task the primary one (the label section) to select by it")
     if split not in ("train", "val") or name not in METRIC_NAMES:
         raise ValueError(f"must be train.<name> or val.<name> with name one of {', '.join(METRIC_NAMES)}")
     return v
@@ -509,11 +588,30 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _label_members_not_claimed(self) -> "JobSpec":
-        if self.label.source == "cls":
-            for role in self.modalities.enabled():
-                both = set(self.label.extensions) & set(getattr(self.modalities, role).extensions)
+        owners = [("label", self.label.extensions)] if self.label.source == "cls" else []
+        owners += [(f"label.tasks.{n}", t.extensions) for n, t in self.label.tasks.items() if t.source == "cls"]
+        for what, extensions in owners:
+            for role in [*self.modalities.enabled(), *(["meta"] if what != "label" else [])]:
+                claimed = (self.modalities.meta_extensions if role == "meta" else
+                           getattr(self.modalities, role).extensions)
+                both = set(extensions) & set(claimed)
                 if both:
-                    raise ValueError(f"label extensions {sorted(both)} are also {role} extensions")
+                    raise ValueError(f"{what} extensions {sorted(both)} are also {role} extensions")
+        return self
+
+    @model_validator(mode="after")
+    def _rebalance_task_known(self) -> "JobSpec":
+        task = self.rebalance.task
+        if task is not None and task not in self.label.task_names():
+            raise ValueError(f"rebalance.task: {unknown_name('task', task, self.label.task_names())}")
+        t = self.train
+        counted = t.loss in ("weighted_ce", "logit_adjusted") or \
+            (t.loss == "focal" and t.class_balanced_beta is not None)
+        # the class counts training sees are the rebalanced task's (also with strategy none)
+        if task not in (None, self.label.name) and counted:
+            raise ValueError(f"train.loss={t.loss} weighs the primary task's classes by their counts after "
+                             f"rebalancing, which rebalance.task={task} does not give; use train.loss=ce (or focal "
+                             "with train.class_balanced_beta: null), or rebalance the primary task")
         return self
 
 

@@ -43,7 +43,8 @@ def list_versions(registry: str = typer.Argument(..., help="Registry folder or U
         split = v.get("holdout", "test")
         score = ", ".join(f"{k}={m[f'{split}.{k}']:.3f}" for k in ("accuracy", "macro_f1")
                           if m.get(f"{split}.{k}") is not None)
-        table.add_row(str(v["version"]), v.get("created", ""), f"{split}: {score}", v.get("code_version", ""),
+        task = f" (task {v['task']})" if v.get("task") else ""  # label.tasks: the primary task's scores
+        table.add_row(str(v["version"]), v.get("created", ""), f"{split}{task}: {score}", v.get("code_version", ""),
                       ", ".join(aliases.get(v["version"], [])))
     print_table(table)
 

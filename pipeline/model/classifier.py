@@ -9,6 +9,7 @@ from pipeline.model.augment import FEATURE_MASK, DeviceAugment
 from pipeline.model.encoders import AudioEncoder, ImageEncoder, TextEncoder
 from pipeline.model.fusion import UNIMODAL, build_fusion
 from pipeline.spec import JobSpec
+from pipeline.tasks import label_columns
 
 
 def model_modalities(spec: JobSpec) -> list[str]:
@@ -36,9 +37,18 @@ def build_encoders(spec: JobSpec, modalities: list[str]) -> nn.ModuleDict:
     return nn.ModuleDict(encoders)
 
 
+def output_width(spec: JobSpec, num_classes: int) -> int:
+    """Logits per sample: the primary task's ``num_classes``, then each further task's (label.tasks). The heads
+    are blocks of the fusion's last layer on its shared hidden features (``pipeline.tasks.split_logits``); with
+    one task, the model is exactly the single-task one (checkpoints load unchanged)."""
+    return num_classes + sum(len(t.classes) for t in spec.label.tasks.values())
+
+
 class MultimodalClassifier(nn.Module):
     def __init__(self, spec: JobSpec, num_classes: int):
+        """``num_classes``: the primary task's; the logits hold every task's (``output_width``)."""
         super().__init__()
+        num_classes = output_width(spec, num_classes)
         self.modalities = model_modalities(spec)
         self.encoders = build_encoders(spec, self.modalities)
         fusion = "concat" if spec.model.fusion in UNIMODAL else spec.model.fusion
@@ -85,8 +95,9 @@ class MultimodalClassifier(nn.Module):
 
 
 def input_columns(spec: JobSpec) -> list[str]:
+    """The model's inputs and every task's label column (label, label_<task>)."""
     mods = model_modalities(spec)
-    return [*mods, *(f"present_{m}" for m in mods), "label"]
+    return [*mods, *(f"present_{m}" for m in mods), *label_columns(spec)]
 
 
 def train_columns(spec: JobSpec) -> list[str]:

@@ -84,6 +84,19 @@ def labelled_only(loss: LossFn) -> LossFn:
     return masked
 
 
+def make_task_loss(t: TrainSpec, counts_seen, weights: list[float]):
+    """``loss(blocks, targets) -> (total, per-task losses)`` over every task's logits block and label column
+    (primary first): train.loss for the primary task (``counts_seen`` are its classes' counts), cross-entropy for
+    each further task (label.tasks: no class counts are known for them), each over its labelled rows, summed with
+    ``weights``."""
+    fns = [make_loss(t, counts_seen)] + [labelled_only(F.cross_entropy)] * (len(weights) - 1)
+
+    def total(blocks: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        parts = [fn(block, y) for fn, block, y in zip(fns, blocks, targets)]
+        return sum(w * part for w, part in zip(weights, parts)), parts
+    return total
+
+
 def make_loss(t: TrainSpec, counts_seen) -> LossFn:
     """``loss(logits, target)`` for ``t.loss`` with the train section's β, γ and τ; ``counts_seen`` is the
     per-class count per epoch as the model sees it (after rebalancing). Rows labelled -1 (unlabelled) count for

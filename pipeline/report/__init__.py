@@ -54,6 +54,8 @@ def _draw(folder, training, tune, data_report, tune_dir) -> dict:
             or charts.learning_curves(training["epochs"])
         png["confusion"] = charts.file_png(folder / "confusion.png") or charts.confusion(
             training["confusion"], training["classes"], f"confusion matrix ({training['split']})")
+        for task in training["tasks"]:  # label.tasks: confusion_<task>.png
+            png[f"confusion_{task['name']}"] = charts.file_png(folder / f"confusion_{task['name']}.png")
     if tune is not None and tune_dir is not None:
         png["trials_curves"] = charts.file_png(tune_dir / "trials_curves.png")
         png["best_by_choice"] = charts.file_png(tune_dir / "best_by_choice.png")
@@ -92,6 +94,7 @@ def build_report(run_dir: str | Path) -> str:
     nav += [("trials", "trials"), ("best-trial", "best trial")] if tune else []
     nav += [("summary", "summary"), ("curves", "curves"), ("confusion", "confusion"),
             ("per-class", "per class")] if training else []
+    nav += [("tasks", "other tasks")] if training and training["tasks"] else []
     nav += [("data", "data"), ("rebalance", "rebalancing")]
     nav += [("augmentation", "augmentation")] if training else []
     nav += [("spec", "spec"), ("environment", "environment")]

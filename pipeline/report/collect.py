@@ -78,6 +78,16 @@ def per_class(metrics: dict, classes: list[str], split: str) -> list[dict]:
     return rows
 
 
+def further_tasks(metrics: dict, split: str) -> list[dict]:
+    """label.tasks beside the primary (metrics.json ``tasks``: name -> classes, the primary first): each one's
+    scores on ``split`` (``test.speaker.macro_f1``...) and per-class table."""
+    names = list(metrics.get("tasks") or {})[1:]
+    return [{"name": name, "classes": metrics["tasks"][name],
+             "scores": {k: metrics.get(f"{split}.{name}.{k}") for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                                          "auc", "rows")},
+             "per_class": per_class(metrics, metrics["tasks"][name], f"{split}.{name}")} for name in names]
+
+
 def training(run_dir: Path) -> dict:
     metrics = read_json(run_dir / "metrics.json") or {}
     raw = read_csv(run_dir / "epochs.csv")
@@ -99,7 +109,7 @@ def training(run_dir: Path) -> dict:
             phases.append(("outside the epochs", max(0.0, total - sum(seconds)),
                            "Ray and workers starting, data report, test evaluation, artifacts"))
     return {"metrics": metrics, "epochs": epochs, "renumbered": epochs is not raw, "classes": classes, "split": split,
-            "per_class": per_class(metrics, classes, split),
+            "per_class": per_class(metrics, classes, split), "tasks": further_tasks(metrics, split),
             "confusion": metrics.get(f"{split}.confusion"),
             "data_report": read_json(run_dir / "data_report.json"),
             "spec": read_text(run_dir / "spec.yaml"), "environment": env, "phases": phases}

@@ -73,9 +73,13 @@ def confusion_figure(confusion, classes: list[str], title: str):
 
 
 def write_artifacts(run_dir: Path, history: list[dict], classes: list[str], confusion: np.ndarray,
-                    split: str) -> None:
+                    split: str, task_confusions: dict[str, tuple[np.ndarray, list[str]]] | None = None) -> None:
+    """``confusion``: the primary task's (confusion.png); ``task_confusions``: task -> (confusion, classes) of each
+    further task (label.tasks: confusion_<task>.png)."""
     write_epochs_csv(run_dir / "epochs.csv", history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plot_curves(run_dir / "curves.png", history)
         plot_confusion(run_dir / "confusion.png", confusion, classes, f"confusion matrix ({split})")
+        for task, (matrix, names) in (task_confusions or {}).items():
+            plot_confusion(run_dir / f"confusion_{task}.png", matrix, names, f"confusion matrix, {task} ({split})")

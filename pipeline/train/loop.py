@@ -24,9 +24,10 @@ import torch.distributed as dist
 from pipeline.model.checkpoint import read_checkpoint
 from pipeline.model.augment import device_augmenter
 from pipeline.model.classifier import MultimodalClassifier, input_columns, model_modalities, train_columns
-from pipeline.model.losses import make_loss
+from pipeline.model.losses import make_task_loss
 from pipeline.spec import JobSpec
-from pipeline.train.metrics import Accumulator, metric_mode
+from pipeline.tasks import Task, spec_tasks, split_logits
+from pipeline.train.metrics import Accumulator, metric_mode, task_metrics
 from pipeline.train.optim import apply_gradients, freeze_groups, lr_schedule, make_optimizer, param_groups
 from pipeline.train.transfer import prepare_transfer
 
@@ -127,6 +128,18 @@ def compiled(model: torch.nn.Module, enabled: bool, backend: str = "inductor") -
     return torch.compile(model, backend=backend) if enabled else model
 
 
+def score(accs: list[Accumulator], logits: torch.Tensor, batch: dict, tasks: tuple[Task, ...]) -> None:
+    """Add one evaluation batch to each task's accumulator: its logits block against its labelled rows (a further
+    task's label may be missing: -1), with the summed cross-entropy as the loss."""
+    for acc, block, task in zip(accs, split_logits(logits, tasks), tasks):
+        y = batch[task.column]
+        labelled = y >= 0
+        if not bool(labelled.all()):
+            block, y = block[labelled], y[labelled]
+        loss = torch.nn.functional.cross_entropy(block.float(), y, reduction="sum") if len(y) else torch.zeros(())
+        acc.add(block, y, loss.item())
+
+
 def train_loop(config: dict) -> None:
     # ---- setup
     spec = JobSpec.model_validate(config["spec"])
@@ -147,7 +160,8 @@ def train_loop(config: dict) -> None:
                                                spec.model.frozen_epochs()))
     steps_per_epoch = max(1, int(config["rows_per_epoch"] // (world * t.batch_size)))
     scheduler = lr_schedule(t, optimizer, steps_per_epoch)
-    loss_fn = make_loss(t, config["counts_seen"])
+    tasks = spec_tasks(spec, classes)  # the primary task, then label.tasks: one logits block and label column each
+    loss_fn = make_task_loss(t, config["counts_seen"], [task.weight for task in tasks])
     columns = input_columns(spec)
     # augment.backend: device -> augmented here, on the device, per-row seeds from the data path (else None)
     augment_on_device = device_augmenter(spec.augment, spec.modalities, model_modalities(spec))
@@ -185,7 +199,7 @@ def train_loop(config: dict) -> None:
 
         # ---- train on this rank's shard; equal row counts per rank and drop_last keep the ranks in step
         model.train()
-        train_acc = Accumulator(len(classes))
+        train_accs = [Accumulator(len(task.classes)) for task in tasks]
         # The shuffle buffer must fill before the first batch (at 1,024 rows a small epoch's first step waited
         # for the whole epoch; at 4 batches, for most of the demo's shards). Shard order is shuffled per epoch
         # already; the buffer mixes rows across blocks (each block is one prepared batch of one shard).
@@ -200,20 +214,22 @@ def train_loop(config: dict) -> None:
             if augment_on_device:
                 batch = augment_on_device(batch)
             with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
-                logits = forward(batch)                                # (B, C)
-                loss = loss_fn(logits, batch["label"])
+                blocks = split_logits(forward(batch), tasks)           # (B, C_t) per task
+                targets = [batch[task.column] for task in tasks]
+                loss, parts = loss_fn(blocks, targets)
             apply_gradients(loss, model, optimizer, scheduler, t.grad_clip)
-            labelled = batch["label"] >= 0  # train.label_fraction: unlabelled rows (-1) are not scored
-            train_acc.add(logits.detach()[labelled], batch["label"][labelled], loss.item() * int(labelled.sum()))
+            for acc, block, y, part in zip(train_accs, blocks, targets, parts):
+                labelled = y >= 0  # train.label_fraction, a missing task label: rows labelled -1 are not scored
+                acc.add(block.detach()[labelled], y[labelled], part.item() * int(labelled.sum()))
             if heartbeat:  # the driver's progress bar: rows and running loss of this rank's epoch so far
-                heartbeat.beat(rank=rank, epoch=epoch, phase="train", rows=train_acc.rows,
-                               loss=train_acc.loss_sum / max(1, train_acc.rows))
+                heartbeat.beat(rank=rank, epoch=epoch, phase="train", rows=train_accs[0].rows,
+                               loss=train_accs[0].loss_sum / max(1, train_accs[0].rows))
 
         # ---- validate: every val row once across the ranks (batch i goes to rank i % world; every rank sees the
         # same batches in the same order: trainer._val_options)
         _sync_buffers(model)  # BatchNorm running stats diverge per rank after the last step; use rank 0's
         model.eval()
-        val_acc = Accumulator(len(classes))
+        val_accs = [Accumulator(len(task.classes)) for task in tasks]
         with torch.no_grad():
             for i, batch in enumerate(val_data.iter_torch_batches(batch_size=t.batch_size, drop_last=False, **feed)):
                 if i % world != rank:
@@ -221,14 +237,13 @@ def train_loop(config: dict) -> None:
                 batch = _to_batch(batch, columns, device)
                 with torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext():
                     logits = unwrap(model)(batch)  # no DDP collectives in eval: ranks see different batch counts
-                    loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"], reduction="sum")
-                val_acc.add(logits, batch["label"], loss.item())
+                score(val_accs, logits, batch, tasks)
                 if heartbeat:
-                    heartbeat.beat(rank=rank, epoch=epoch, phase="val", rows=val_acc.rows)
+                    heartbeat.beat(rank=rank, epoch=epoch, phase="val", rows=val_accs[0].rows)
         # 1-based, as every log line and plot says; the last epoch's lr is its last step's, not the 0.0 after it
         metrics = {"epoch": epoch + 1, "lr": lr}
-        metrics.update(_scalars(train_acc.all_reduce().compute(classes, "train")))
-        val_metrics = val_acc.all_reduce().compute(classes, "val")
+        metrics.update(_scalars(task_metrics([a.all_reduce() for a in train_accs], tasks, "train")))
+        val_metrics = task_metrics([a.all_reduce() for a in val_accs], tasks, "val")
         metrics.update(_scalars(val_metrics))
 
         stop = stopper.update(metrics)
@@ -245,9 +260,11 @@ def train_loop(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
+                confusions = {task.name: val_metrics[task.metric("val", "confusion")] for task in tasks[1:]}
                 torch.save(checkpoint_state(model, optimizer, scheduler, stopper, epoch, history, stop,
                                             spec=config["spec"], classes=classes,
-                                            val_confusion=val_metrics["val.confusion"]), Path(d) / STATE_FILE)
+                                            val_confusion=val_metrics["val.confusion"],
+                                            val_task_confusions=confusions), Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)
                 if heartbeat:  # the driver prints the epoch's line (pipeline/progress.py); workers never print
                     heartbeat.event("epoch", epoch=epoch, epochs=t.epochs, metrics=metrics,

@@ -62,6 +62,15 @@ class Accumulator:
                                       loss=self.loss_sum / self.rows if self.rows else float("nan"))
 
 
+def task_metrics(accs: list[Accumulator], tasks, prefix: str) -> dict:
+    """Every task's metrics (``tasks``: pipeline.tasks.Task, primary first): the primary's as ``val.macro_f1``, a
+    further task's as ``val.<task>.macro_f1``."""
+    out = {}
+    for acc, task in zip(accs, tasks):
+        out.update(acc.compute(list(task.classes), task.prefix(prefix)))
+    return out
+
+
 def classification_metrics(confusion: np.ndarray, probs: np.ndarray | None, labels: np.ndarray | None,
                            classes: list[str], prefix: str, loss: float | None = None) -> dict:
     cm = confusion.astype(np.float64)

@@ -27,9 +27,10 @@ from pipeline.spec import JobSpec, dump_spec
 from pipeline.report import publish_run
 from pipeline.tracking.tensorboard import TENSORBOARD_DIR
 from pipeline.train.artifacts import write_artifacts
-from pipeline.train.loop import STATE_FILE, train_loop
+from pipeline.tasks import spec_tasks
+from pipeline.train.loop import STATE_FILE, score, train_loop
 from pipeline.train.transfer import prepare_transfer
-from pipeline.train.metrics import Accumulator, metric_mode
+from pipeline.train.metrics import Accumulator, metric_mode, task_metrics
 from pipeline.watchdog import Heartbeat, StallError, kill_train_controllers, progressed, watch
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def check_resumable(spec: JobSpec, run_dir: Path, name: str) -> None:
     if not (run_dir / "ray" / name).exists() or not previous.exists():
         return
     old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-    changed = [f"{section}.{k}" for section in ("model", "train")
+    # label: its tasks and classes shape the model's heads (label.tasks)
+    changed = [f"{section}.{k}" for section in ("model", "train", "label")
                for k, value in _settings(spec, section, old.get(section) or {}) if k != "epochs"]
     if changed:
         raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); it would resume "
@@ -74,15 +76,14 @@ def _settings(spec: JobSpec, section: str, old: dict):
 def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str], prefix: str) -> dict:
     """Every row of ``dataset`` through ``model`` on the driver."""
     columns = input_columns(spec)
-    acc = Accumulator(len(classes))
+    tasks = spec_tasks(spec, classes)  # label.tasks: every task scored, as val is in training
+    accs = [Accumulator(len(task.classes)) for task in tasks]
     model.eval()
     with torch.no_grad():
         for batch in dataset.select_columns(columns).iter_torch_batches(batch_size=256, drop_last=False):
-            logits = model(batch)
-            loss = torch.nn.functional.cross_entropy(logits, batch["label"], reduction="sum")
-            acc.add(logits, batch["label"], loss.item())
+            score(accs, model(batch), batch, tasks)
             progressed(len(batch["label"]))
-    return acc.compute(classes, prefix)
+    return task_metrics(accs, tasks, prefix)
 
 
 def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict, run_config,
@@ -239,14 +240,20 @@ def finish(data: DataPlan, run_dir: Path, result) -> TrainResult:
         test = evaluate(model, data.eval_dataset("test"), spec, classes, "test")
     metrics = {**{k: v for k, v in best_epoch.items()}, **test, "best_epoch": best["epoch"] + 1,  # 1-based
                "epochs_run": latest["epoch"] + 1, "classes": classes}
+    tasks = spec_tasks(spec, classes)
+    if len(tasks) > 1:  # label.tasks: each task's classes, the primary first
+        metrics["tasks"] = {task.name: list(task.classes) for task in tasks}
     torch.save({"model": best["model"], "classes": classes, "spec": best["spec"], "epoch": best["epoch"] + 1,
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}},
                run_dir / ".best.pt.tmp")
     shutil.move(run_dir / ".best.pt.tmp", run_dir / "best.pt")
     atomic_write_text(run_dir / "metrics.json", json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False))
+    split = "test" if test else "val"
     write_artifacts(run_dir, latest["history"], classes,
-                    np.array(test.get("test.confusion", best["val_confusion"])),
-                    "test" if test else "val")
+                    np.array(test.get("test.confusion", best["val_confusion"])), split,
+                    {task.name: (np.array(test[task.metric("test", "confusion")] if test else
+                                          best["val_task_confusions"][task.name]), list(task.classes))
+                     for task in tasks[1:]})
     return TrainResult(run_dir, metrics, run_dir / "best.pt")
 
 

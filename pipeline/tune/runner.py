@@ -25,6 +25,7 @@ from pipeline.resources import (DATA_BUNDLE, cluster_capacity, data_strategy, no
                                 remove_groups_of_dead_creators)
 from pipeline.report import publish_run
 from pipeline.spec import JobSpec, dump_spec
+from pipeline.tasks import label_columns
 from pipeline.tracking.tensorboard import TENSORBOARD_DIR
 from pipeline.trust import check_private_dir
 from pipeline.tune.progress import trial_table_callback
@@ -74,7 +75,7 @@ def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], val,
 
     spec = trial_spec(base, config)
     trial = data.for_spec(spec, data.classes)
-    plan = plan_rebalance(spec, trial.classes, counts, "shared counts")
+    plan = plan_rebalance(spec, list(trial.rebalanced_task.classes), counts, "shared counts")
     # The trial's epoch clock and duplicate index end with it (also when Tune reuses the trial's actor).
     with actors_scope():
         trainer = build_trainer(trial, plan, val, worker_resources,
@@ -168,11 +169,13 @@ def _search(spec: JobSpec, out_dir: Path, data: DataPlan, resources) -> TuneResu
     search_alg = _search_alg(spec)
     # Shared work, once: the data report (exact kept counts for every trial's rebalancing) and the val set.
     report = data.validate(["train", "val"])
-    hist = report.splits["train"].class_histogram
-    counts = [hist.get(c, 0) for c in data.classes]
+    task = data.rebalanced_task  # rebalance.task: counts of that task's classes
+    hist = report.splits["train"].histogram(None if task.primary else task.name)
+    counts = [hist.get(c, 0) for c in task.classes]
     report.write_json(out_dir / "data_report.json")
     data_progress(False)
-    all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} | {"label"})
+    all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} |
+                         set(label_columns(spec)))
     # Only its blocks go to the trials: the materialised dataset's plan still holds the read's duplicate-index
     # actor, which Tune's parameter registry would otherwise carry into every trial.
     val = ray.data.from_arrow_refs(data.eval_dataset("val", columns=all_columns).materialize().to_arrow_refs())

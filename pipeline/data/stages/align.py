@@ -122,7 +122,7 @@ def align_batch(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, np.
     n = len(batch[KEY_COLUMN])
     reasons, details = batch["drop_reason"].copy(), batch["drop_detail"].copy()
     out: dict[str, np.ndarray] = {KEY_COLUMN: batch[KEY_COLUMN], URL_COLUMN: batch[URL_COLUMN],
-                                  "label": batch["label"]}
+                                  "label": batch["label"], **{t.column: batch[t.column] for t in cfg.tasks}}
     mods = cfg.modalities
     if mods.image:
         images = np.zeros((n, *mods.image.size, 3), dtype=np.uint8)

@@ -6,6 +6,7 @@ Out: one row per input row (nothing is lost here), with decoded values and ``dro
      ``image``  object: uint8 (H, W, 3) or None          ``text``  object: str or None
      ``audio``  object: float32 (frames, channels) or None  ``audio_rate`` int64
      ``meta``   object: dict                             ``label`` int64 (-1 when unknown)
+     ``label_<task>`` int64 per further task (label.tasks; -1 when the sample has no such label)
      ``drop_reason``, ``drop_detail``  object: str           ``content_hash`` object: str ("" when none)
 Duplicates: within the split (``duplicate``: a ``Duplicates`` index decides which copy is kept) and, for the train
 split with ``clean.cross_split_duplicates: drop_from_train``, content that another split holds
@@ -102,6 +103,30 @@ def label_value(label_member: Member, meta: dict, cfg: StageConfig) -> object:
     return label_member.data
 
 
+def task_labels(batch: dict[str, np.ndarray], columns: dict[str, list[str]], i: int, meta: dict,
+                cfg: StageConfig) -> list[int]:
+    """Row ``i``'s label index for each further task (label.tasks); -1 where the sample has none (that task's
+    loss is masked; the data report counts it per task as ``missing``). A value that is not one of the task's
+    classes raises Rejected("label_unknown") naming the task (kept as -1 when labels are not required)."""
+    out = []
+    for task in cfg.tasks:
+        if task.source == "json":
+            raw = meta.get(task.json_key)
+        else:
+            member = pick_member(batch, columns[task.column], i, cfg.clean.max_member_bytes)
+            if member.error:
+                raise Rejected("label_unknown", f"task {task.name}: {member.error}")
+            raw = member.data
+        try:
+            out.append(parse_label(raw, task.classes, task.format))
+        except Rejected as r:
+            if r.reason == "label_missing" or not cfg.labels_required:
+                out.append(-1)
+            else:
+                raise Rejected(r.reason, f"task {task.name}: {r.detail}") from None
+    return out
+
+
 def _decode_member(role: str, member: Member, cfg: StageConfig):
     if member.error:
         raise Rejected(member.reason or f"{role}_undecodable", member.error)
@@ -124,10 +149,10 @@ def _member_limits(role: str, cfg: StageConfig) -> tuple[int, str]:
 
 
 def _sample_parts(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]], cfg: StageConfig
-                  ) -> tuple[dict, int, dict[str, Member], list[bytes | None]]:
-    """Meta, label index, each enabled role's member and the content parts to hash, for row ``i``, nothing
-    decoded; raises Rejected. ``columns``: each role's member columns (``_columns``); members are opened here, one
-    row at a time."""
+                  ) -> tuple[dict, list[int], dict[str, Member], list[bytes | None]]:
+    """Meta, label index per task (primary first), each enabled role's member and the content parts to hash, for
+    row ``i``, nothing decoded; raises Rejected. ``columns``: each role's member columns (``_columns``); members
+    are opened here, one row at a time."""
     dropped = batch[DROP_COLUMN][i] if DROP_COLUMN in batch else None
     if dropped:  # the tar reader could not hold the sample whole
         reason, _, detail = str(dropped).partition(": ")
@@ -142,6 +167,7 @@ def _sample_parts(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[
         if cfg.labels_required:
             raise
         label = -1
+    labels = [label, *task_labels(batch, columns, i, meta, cfg)]
     row = {role: pick_member(batch, columns[role], i, *_member_limits(role, cfg)) for role in cfg.enabled}
     for role, member in row.items():
         if getattr(cfg.modalities, role).required and not member.present:
@@ -149,12 +175,14 @@ def _sample_parts(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[
     if not any(m.present for m in row.values()):
         raise Rejected("no_modality", "no image, text or audio member")
     meta_bytes = meta_member.data if meta_member.present else None
-    return meta, label, row, [str(label).encode(), meta_bytes] + [row[r].data for r in cfg.enabled]
+    # the label(s) are part of the content: the same sample with another label is no duplicate
+    label_part = str(label if not cfg.tasks else labels).encode()
+    return meta, labels, row, [label_part, meta_bytes] + [row[r].data for r in cfg.enabled]
 
 
 def _clean_row(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str]], cfg: StageConfig
-               ) -> tuple[dict, int, list[bytes | None]]:
-    """Decoded values, label index and the content parts to hash, for row ``i``; raises Rejected."""
+               ) -> tuple[dict, list[int], list[bytes | None]]:
+    """Decoded values, label index per task and the content parts to hash, for row ``i``; raises Rejected."""
     meta, label, row, parts = _sample_parts(i, batch, columns, cfg)
     decoded = {role: _decode_member(role, m, cfg) if m.present else None for role, m in row.items()}
     decoded["meta"] = meta
@@ -164,7 +192,8 @@ def _clean_row(i: int, batch: dict[str, np.ndarray], columns: dict[str, list[str
 class _Chunk:
     """Cleaned rows of one chunk of a batch, and the decoded bytes they hold."""
 
-    def __init__(self) -> None:
+    def __init__(self, label_columns: tuple[str, ...] = ("label",)) -> None:
+        self.label_columns = label_columns  # label, then label_<task> per further task
         self.keys, self.urls, self.reasons, self.details, self.rates, self.labels = [], [], [], [], [], []
         self.values: dict[str, list] = {"image": [], "text": [], "audio": [], "meta": []}
         self.hashes: dict[int, str] = {}
@@ -176,9 +205,9 @@ class _Chunk:
         self.keys.append(key)
         self.urls.append(url)
         reason = detail = ""
-        decoded, label, rate = {}, -1, 0
+        decoded, labels, rate = {}, [-1] * (1 + len(cfg.tasks)), 0
         try:
-            decoded, label, parts = _clean_row(i, batch, columns, cfg)
+            decoded, labels, parts = _clean_row(i, batch, columns, cfg)
             self.hashes[row] = content_hash(parts)
         except Rejected as r:
             reason, detail = r.reason, r.detail
@@ -192,8 +221,12 @@ class _Chunk:
             self.held += value.nbytes if isinstance(value, np.ndarray) else len(value) if isinstance(value, str) else 0
         self.reasons.append(reason)
         self.details.append(detail)
-        self.labels.append(label)
+        self.labels.append(labels)
         self.rates.append(rate)
+
+    def _label_arrays(self) -> np.ndarray:
+        """(tasks, rows) int64: one row of label indices per label column."""
+        return np.array(self.labels, dtype=np.int64).reshape(-1, len(self.label_columns)).T
 
     def _drop(self, i: int, reason: str, detail: str) -> None:
         self.reasons[i], self.details[i] = reason, detail
@@ -216,7 +249,8 @@ class _Chunk:
         return {
             KEY_COLUMN: _object_column(self.keys), URL_COLUMN: _object_column(self.urls),
             **{name: _object_column(v) for name, v in self.values.items()},
-            "audio_rate": np.array(self.rates, dtype=np.int64), "label": np.array(self.labels, dtype=np.int64),
+            "audio_rate": np.array(self.rates, dtype=np.int64),
+            **dict(zip(self.label_columns, self._label_arrays())),
             "drop_reason": _object_column(self.reasons), "drop_detail": _object_column(self.details),
             HASH_COLUMN: _object_column([self.hashes.get(i, "") for i in range(len(self.keys))]),
         }
@@ -227,6 +261,9 @@ def _columns(batch: dict[str, np.ndarray], cfg: StageConfig) -> dict[str, list[s
     columns = {role: role_columns(list(batch), getattr(cfg.modalities, role).extensions) for role in cfg.enabled}
     columns["meta"] = role_columns(list(batch), cfg.modalities.meta_extensions)
     columns["label"] = role_columns(list(batch), cfg.label.extensions)
+    for task in cfg.tasks:
+        if task.source == "cls":
+            columns[task.column] = role_columns(list(batch), list(task.extensions))
     return columns
 
 
@@ -238,12 +275,13 @@ def clean_chunks(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Dup
     keys = [str(k) for k in batch[KEY_COLUMN]]
     urls = [str(u) for u in batch[URL_COLUMN]] if URL_COLUMN in batch else [""] * len(keys)
     columns = _columns(batch, cfg)
-    chunk = _Chunk()
+    label_columns = ("label", *(t.column for t in cfg.tasks))
+    chunk = _Chunk(label_columns)
     for i, (key, url) in enumerate(zip(keys, urls)):
         chunk.add(key, url, i, batch, columns, cfg)
         if chunk.held >= cfg.clean.max_decoded_batch_bytes and i < len(keys) - 1:
             yield chunk.finish(duplicates, eval_content)
-            chunk = _Chunk()
+            chunk = _Chunk(label_columns)
     yield chunk.finish(duplicates, eval_content)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.spec import AlignSpec, CleanSpec, JobSpec, LabelSpec, ModalitiesSpec
+from pipeline.tasks import Task, label_tasks
 
 
 @dataclass(frozen=True)
@@ -15,11 +16,18 @@ class StageConfig:
     align: AlignSpec
     classes: tuple[str, ...]
     labels_required: bool = True  # False for prediction: unlabelled samples are kept with label -1
+    tasks: tuple[Task, ...] = ()  # label.tasks beside the primary (label_tasks(...)[1:]); each a label_<task> column
 
     @classmethod
     def from_spec(cls, spec: JobSpec, classes: list[str] | tuple[str, ...], labels_required: bool = True
                   ) -> "StageConfig":
-        return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes), labels_required)
+        return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes), labels_required,
+                   label_tasks(spec.label, classes)[1:])
+
+    @property
+    def primary(self) -> Task:
+        """The primary task (the label section itself)."""
+        return label_tasks(self.label, self.classes)[0]
 
     @property
     def enabled(self) -> list[str]:

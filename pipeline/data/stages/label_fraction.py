@@ -23,6 +23,8 @@ def labelled_mask(keys: list[str], fraction: float, seed: int) -> np.ndarray:
     return draws < fraction
 
 
-def label_fraction_batch(batch: dict[str, np.ndarray], fraction: float, seed: int) -> dict[str, np.ndarray]:
+def label_fraction_batch(batch: dict[str, np.ndarray], fraction: float, seed: int,
+                         columns: tuple[str, ...] = ("label",)) -> dict[str, np.ndarray]:
+    """``columns``: every task's label column (label.tasks): a row keeps all its labels or none."""
     keep = labelled_mask(row_ids(batch), fraction, seed)
-    return {**batch, "label": np.where(keep, batch["label"], UNLABELLED).astype(np.int64)}
+    return {**batch, **{c: np.where(keep, batch[c], UNLABELLED).astype(np.int64) for c in columns}}

@@ -96,11 +96,15 @@ def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Dupli
         if spec.rebalance.strategy != "none":
             if factors is None:
                 raise ValueError(f"rebalance.strategy {spec.rebalance.strategy!r} needs the factors per class")
+            # rebalance.task: a further task's label column (factors are per class of that task)
+            column = next((t.column for t in cfg.tasks if t.name == spec.rebalance.task), "label")
             path.append(Stage("rebalance", rebalance_batch, {"factors": np.asarray(factors),
-                                                             "seed": spec.rebalance.seed}, takes_epoch=True))
+                                                             "seed": spec.rebalance.seed, "column": column},
+                              takes_epoch=True))
         if spec.train.label_fraction is not None:  # after rebalancing, which still sees every row's class
-            path.append(Stage("label fraction", label_fraction_batch, {"fraction": spec.train.label_fraction,
-                                                                       "seed": spec.train.seed}))
+            path.append(Stage("label fraction", label_fraction_batch, {
+                "fraction": spec.train.label_fraction, "seed": spec.train.seed,
+                "columns": ("label", *(t.column for t in cfg.tasks))}))
         if augments(spec):
             path.append(Stage("augment", augment_batch, {"augment": spec.augment, "modalities": spec.modalities},
                               takes_epoch=True))

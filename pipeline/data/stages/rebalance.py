@@ -63,10 +63,13 @@ def tolerance(expected: float, factor: float) -> float:
     return max(1.0, 4.0 * math.sqrt(rows * frac * (1 - frac)))
 
 
-def rebalance_batch(batch: dict[str, np.ndarray], factors: np.ndarray, seed: int, epoch: int
-                    ) -> dict[str, np.ndarray]:
-    """Repeat or drop rows by their class factor; adds ``copy`` (0, 1, …) so repeats can be augmented apart."""
-    f = factors[batch["label"]]
+def rebalance_batch(batch: dict[str, np.ndarray], factors: np.ndarray, seed: int, epoch: int,
+                    column: str = "label") -> dict[str, np.ndarray]:
+    """Repeat or drop rows by their class factor; adds ``copy`` (0, 1, …) so repeats can be augmented apart.
+    ``column``: the label column of the rebalanced task (rebalance.task); a row without that label (-1) is kept
+    once."""
+    labels = batch[column]
+    f = np.where(labels >= 0, factors[np.maximum(labels, 0)], 1.0)
     base = np.floor(f)
     draws = uniforms(row_seeds(row_ids(batch), np.zeros(len(f), dtype=np.int64), seed, epoch, "rebalance"))
     repeats = (base + (draws < f - base)).astype(np.int64)

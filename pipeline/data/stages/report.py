@@ -33,6 +33,10 @@ class SplitReport:
     modality_present: dict[str, int] = field(default_factory=dict)
     bad_shards: list[dict] = field(default_factory=list)
     examples: dict[str, list[dict]] = field(default_factory=dict)
+    # label.tasks: task -> its classes; per task, kept rows per class and kept rows without its label (masked)
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+    task_histograms: dict[str, dict[str, int]] = field(default_factory=dict)
+    task_missing: dict[str, int] = field(default_factory=dict)
 
     def add_batch(self, batch: dict[str, np.ndarray]) -> None:
         """Count one aligned batch (all rows, dropped ones included)."""
@@ -47,15 +51,19 @@ class SplitReport:
             if len(examples) < EXAMPLES_PER_REASON:
                 examples.append({"key": str(batch[KEY_COLUMN][i]), "shard": str(batch[URL_COLUMN][i]),
                                  "detail": str(batch["drop_detail"][i])})
-        for label, count in Counter(batch["label"][kept].tolist()).items():
-            if label < 0:  # unlabelled (prediction input)
-                continue
-            name = self.classes[label]
-            self.class_histogram[name] = self.class_histogram.get(name, 0) + count
+        _count_classes(self.class_histogram, batch["label"][kept], self.classes)
+        for task, names in self.tasks.items():
+            labels = batch[f"label_{task}"][kept]
+            _count_classes(self.task_histograms.setdefault(task, {}), labels, names)
+            self.task_missing[task] = self.task_missing.get(task, 0) + int((labels < 0).sum())
         for col in batch:
             if col.startswith("present_"):
                 role = col[len("present_"):]
                 self.modality_present[role] = self.modality_present.get(role, 0) + int(batch[col].sum())
+
+    def histogram(self, task: str | None = None) -> dict[str, int]:
+        """Kept rows per class of the primary task, or of the further task ``task``."""
+        return self.class_histogram if task is None else self.task_histograms.get(task, {})
 
     @property
     def balanced(self) -> bool:
@@ -66,12 +74,22 @@ class SplitReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("classes")
+        for name in ("classes", "tasks", "task_histograms", "task_missing"):
+            d.pop(name)
+        if self.tasks:  # label.tasks only: a single-task report keeps its old shape
+            d["tasks"] = {t: {"class_histogram": {c: self.task_histograms.get(t, {}).get(c, 0) for c in names},
+                              "missing": self.task_missing.get(t, 0)} for t, names in self.tasks.items()}
         d["dropped"] = {r: self.dropped[r] for r in sorted(self.dropped, key=_reason_order)}
         d["class_histogram"] = {c: self.class_histogram.get(c, 0) for c in self.classes}
         d["modality_coverage"] = self.coverage()
         d["balanced"] = self.balanced
         return d
+
+
+def _count_classes(histogram: dict[str, int], labels: np.ndarray, classes: list[str]) -> None:
+    for label, count in Counter(labels.tolist()).items():
+        if label >= 0:  # -1: unlabelled (prediction input, a missing further-task label)
+            histogram[classes[label]] = histogram.get(classes[label], 0) + count
 
 
 def _reason_order(reason: str) -> tuple[int, str]:
@@ -82,13 +100,17 @@ def _reason_order(reason: str) -> tuple[int, str]:
 class DataReport:
     classes: list[str]
     splits: dict[str, SplitReport] = field(default_factory=dict)
+    tasks: dict[str, list[str]] = field(default_factory=dict)  # label.tasks: task -> classes
     rebalance: dict | None = None  # RebalancePlan.to_dict() for the train split
     # CrossSplitFinder.pairs(): per split pair sharing content, {"splits": [a, b], "count", "examples": {a, b}}
     cross_split: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"classes": self.classes, "splits": {n: s.to_dict() for n, s in self.splits.items()},
-                "cross_split_duplicates": self.cross_split, "rebalance": self.rebalance}
+        out = {"classes": self.classes, "splits": {n: s.to_dict() for n, s in self.splits.items()},
+               "cross_split_duplicates": self.cross_split, "rebalance": self.rebalance}
+        if self.tasks:
+            out["tasks"] = self.tasks
+        return out
 
     def shared(self, split: str, other: str) -> int:
         """Distinct contents ``split`` and ``other`` both hold."""
@@ -115,6 +137,12 @@ class DataReport:
             summary.add_row(f"  dropped: {r}", *(str(self.splits[n].dropped.get(r, 0)) for n in names))
         for c in self.classes:
             summary.add_row(f"class {c}", *(str(self.splits[n].class_histogram.get(c, 0)) for n in names))
+        for task, task_classes in self.tasks.items():  # label.tasks: each further task's classes
+            for c in task_classes:
+                summary.add_row(f"{task} {c}", *(str(self.splits[n].task_histograms.get(task, {}).get(c, 0))
+                                                 for n in names))
+            summary.add_row(f"{task} missing (masked)", *(str(self.splits[n].task_missing.get(task, 0))
+                                                          for n in names))
         roles = sorted({m for s in self.splits.values() for m in s.modality_present})
         for m in roles:
             summary.add_row(f"{m} present", *(f"{self.splits[n].coverage().get(m, 0):.1%}" for n in names))
@@ -127,7 +155,7 @@ class DataReport:
                           title_justify="left")
             for col in ("class", "before", "expected after", "factor"):
                 table.add_column(col, justify="left" if col == "class" else "right")
-            for c in self.classes:
+            for c in self.rebalance["before"]:  # the rebalanced task's classes (rebalance.task)
                 table.add_row(c, str(self.rebalance["before"][c]), f"{self.rebalance['expected_after'][c]:.1f}",
                               f"{self.rebalance['factors'][c]:.3f}")
             console.print(table)

@@ -32,6 +32,7 @@ from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
 from pipeline.data.streaming.pull import pulled
 from pipeline.data.streaming.source import read_prepared
 from pipeline.spec import JobSpec
+from pipeline.tasks import Task, label_tasks, rebalanced_task
 from pipeline.console import PassCount
 from pipeline.watchdog import progressed, watch
 
@@ -94,13 +95,15 @@ class SplitData:
         """Only the kept rows, fixed shapes (of a ``report`` dataset, which holds every row)."""
         return self.dataset.map_batches(keep_rows, batch_format="numpy")
 
-    def report(self, classes: list[str], cross: CrossSplitFinder | None = None, remember: bool = True
-               ) -> SplitReport:
+    def report(self, classes: list[str], cross: CrossSplitFinder | None = None, remember: bool = True,
+               tasks: dict[str, list[str]] | None = None) -> SplitReport:
         """Stream the split once and count every row (of a ``report`` dataset). ``cross``: also match the content
         of its rows (kept, or dropped only as duplicate_of_eval) against the splits added there before
         (``remember=False``: this split is the last)."""
-        report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks))
-        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.modalities] + ([HASH_COLUMN] if cross else [])
+        report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks),
+                             tasks=dict(tasks or {}))
+        columns = list(REPORT_COLUMNS) + [f"label_{t}" for t in report.tasks] + \
+            [f"present_{m}" for m in self.modalities] + ([HASH_COLUMN] if cross else [])
         batches = self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy")
         shown = PassCount(f"data report: {self.name}", self.expected_rows)
         for batch in pulled(batches, f"data report: {self.name}"):  # a stalled read can still be interrupted
@@ -141,6 +144,7 @@ class DataPlan:
         if classes is None:  # the manifest is read only when the spec does not name the classes
             classes = spec.label.classes or resolve_classes(spec, self.manifest)
         self.classes = list(classes)
+        self.tasks = label_tasks(spec.label, self.classes)  # the primary task, then label.tasks
         self._counts: tuple[np.ndarray, str] | None = None
         self._rebalance: RebalancePlan | None = None
 
@@ -200,21 +204,30 @@ class DataPlan:
         else a label-only pass (its tasks scheduled by ``scheduling_strategy``). Computed once, on first use."""
         if self._counts is None:
             checks = self.checks("train")
-            counts = manifest_counts(self.manifest, "train", [c.path for c in checks], self.classes)
+            task = self.rebalanced_task
+            # the manifest counts the primary task's classes only
+            counts = (manifest_counts(self.manifest, "train", [c.path for c in checks], self.classes)
+                      if task.primary else None)
             if counts is not None:
                 self._counts = counts, "manifest.json"
             else:
                 cfg = StageConfig.from_spec(self.spec, self.classes)
-                self._counts = (label_pass(cfg, self.good_shards("train"), self.limits, scheduling_strategy),
-                                "label pass")
+                self._counts = (label_pass(cfg, self.good_shards("train"), self.limits, scheduling_strategy, task),
+                                "label pass" if task.primary else f"label pass ({task.name})")
         return self._counts
 
     @property
+    def rebalanced_task(self) -> Task:
+        """The task whose classes rebalancing evens out (rebalance.task; default the primary)."""
+        return rebalanced_task(self.tasks, self.spec.rebalance.task)
+
+    @property
     def rebalance(self) -> RebalancePlan:
-        """The rebalance plan of the train split from ``class_counts`` (once)."""
+        """The rebalance plan of the train split from ``class_counts`` (once), over the classes of
+        ``rebalanced_task``."""
         if self._rebalance is None:
             counts, source = self.class_counts()
-            self._rebalance = plan_rebalance(self.spec, self.classes, counts.tolist(), source)
+            self._rebalance = plan_rebalance(self.spec, list(self.rebalanced_task.classes), counts.tolist(), source)
         return self._rebalance
 
     # ------------------------------------------------------------------ cross-split duplicates
@@ -296,19 +309,23 @@ class DataPlan:
             return self._validate(splits)
 
     def _validate(self, splits: list[str] | None) -> DataReport:
-        report = DataReport(self.classes)
+        tasks = {t.name: list(t.classes) for t in self.tasks[1:]}
+        report = DataReport(self.classes, tasks=tasks)
         names = list(splits or self.spec.data.splits)
-        columns = list(REPORT_COLUMNS) + [f"present_{m}" for m in self.spec.modalities.enabled()] + [HASH_COLUMN]
+        columns = list(REPORT_COLUMNS) + [f"label_{t}" for t in tasks] + \
+            [f"present_{m}" for m in self.spec.modalities.enabled()] + [HASH_COLUMN]
         # train last: its content is only matched against the others', never held (the largest split, usually)
         order = sorted(names, key=lambda n: n == "train")
         cross = CrossSplitFinder(EXAMPLES_PER_REASON)
         counted = {}
         for name in order:  # payload columns never leave the read tasks
-            counted[name] = self.split(name, columns=columns).report(self.classes, cross, remember=name != order[-1])
+            counted[name] = self.split(name, columns=columns).report(self.classes, cross, remember=name != order[-1],
+                                                                     tasks=tasks)
         report.splits = {name: counted[name] for name in names}
         report.cross_split = cross.pairs(names)
         if "train" in report.splits:  # the kept rows just counted are the exact input of rebalancing
-            hist = report.splits["train"].class_histogram
-            report.rebalance = plan_rebalance(self.spec, self.classes, [hist.get(c, 0) for c in self.classes],
+            task = self.rebalanced_task
+            hist = report.splits["train"].histogram(task.name if not task.primary else None)
+            report.rebalance = plan_rebalance(self.spec, list(task.classes), [hist.get(c, 0) for c in task.classes],
                                               "kept rows of this validate pass").to_dict()
         return report

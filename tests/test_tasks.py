@@ -1,0 +1,274 @@
+"""label.tasks without Ray: the spec's rules, each stage's label columns (clean, rebalance, label fraction, the
+data report), the summed loss with masked rows, the heads' logits blocks and the per-task metric names."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from support import raw_batch
+from pipeline.data.stages.config import StageConfig
+from pipeline.data.stages.label_fraction import label_fraction_batch
+from pipeline.data.stages.path import prepare_batch, sample_path
+from pipeline.data.stages.rebalance import rebalance_batch
+from pipeline.data.stages.report import DataReport, SplitReport
+from pipeline.model.classifier import MultimodalClassifier, input_columns
+from pipeline.model.losses import make_task_loss
+from pipeline.spec import SpecError, spec_from_dict
+from pipeline.tasks import holdout_metric_name, label_columns, spec_tasks, split_logits
+from pipeline.train.metrics import Accumulator, task_metrics
+
+pytestmark = pytest.mark.fast
+
+CLASSES = ["cat", "dog", "猫"]
+SPEAKERS = ["ann", "bo", "李"]
+TWO = {"modalities": {"image": {"size": [16, 24]}, "text": {"max_tokens": 12},
+                      "audio": {"sample_rate": 8000, "seconds": 0.5}},
+       "label": {"name": "animal", "tasks": {"speaker": {"classes": SPEAKERS, "format": "name", "weight": 0.5}}}}
+
+
+def two_task(**extra):
+    raw = json.loads(json.dumps(TWO))
+    for section, values in extra.items():
+        raw.setdefault(section, {}).update(values)
+    return spec_from_dict(raw)
+
+
+def good(**extra) -> dict:
+    """A sample every stage keeps: image, text, audio and primary label (cat)."""
+    img, audio = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(img, format="PNG")
+    sf.write(audio, 0.5 * np.sin(np.arange(4000) / 3).astype(np.float32), 8000, format="WAV", subtype="PCM_16")
+    return {"png": img.getvalue(), "txt": b"a small cat", "wav": audio.getvalue(), "cls": b"0", **extra}
+
+
+def meta(**fields) -> bytes:
+    return json.dumps(fields, ensure_ascii=False).encode()
+
+
+# ------------------------------------------------------------------ spec
+
+def test_a_spec_without_tasks_has_one_task_with_the_old_names():
+    spec = spec_from_dict({})
+    (task,) = spec_tasks(spec, CLASSES)
+    assert (task.name, task.column, task.metric("val", "macro_f1"), task.prefix("val")) == \
+        ("label", "label", "val.macro_f1", "val")
+    assert label_columns(spec) == ["label"] and input_columns(spec)[-1] == "label"
+    assert holdout_metric_name(spec, "macro_f1") == "macro_f1"
+
+
+def test_further_tasks_get_their_column_metric_names_and_classes():
+    spec = two_task()
+    primary, speaker = spec_tasks(spec, CLASSES)
+    assert primary.primary and primary.name == "animal" and primary.metric("val", "auc") == "val.auc"
+    assert (speaker.column, speaker.json_key, speaker.classes, speaker.weight) == \
+        ("label_speaker", "speaker", tuple(SPEAKERS), 0.5)
+    assert speaker.metric("val", "macro_f1") == "val.speaker.macro_f1"
+    assert label_columns(spec) == ["label", "label_speaker"]
+    assert holdout_metric_name(spec, "macro_f1") == "macro_f1 (task animal)"
+
+
+@pytest.mark.parametrize("label, message", [
+    ({"tasks": {"speaker": {}}}, r"label.tasks.speaker.classes: Field required"),
+    ({"tasks": {"Speaker": {"classes": ["a", "b"]}}}, r"task name 'Speaker'"),
+    ({"tasks": {"macro_f1": {"classes": ["a", "b"]}}}, r"task name 'macro_f1' is reserved"),
+    ({"tasks": {"label": {"classes": ["a", "b"]}}}, r"task 'label' is the primary task's name"),
+    ({"tasks": {"s": {"classes": ["a"]}}}, r"label.tasks.s.classes: .*at least 2 classes"),
+    ({"tasks": {"s": {"classes": ["a", "b"], "weight": 0}}}, r"label.tasks.s.weight"),
+    ({"tasks": {"s": {"source": "cls", "classes": ["a", "b"]}}}, r"source cls needs extensions"),
+    ({"tasks": {"s": {"source": "cls", "extensions": ["cls"], "classes": ["a", "b"]}}},
+     r"label.tasks.s.extensions \['cls'\] are also label.extensions"),
+    ({"tasks": {"s": {"extensions": ["spk"], "classes": ["a", "b"]}}}, r"extensions are for source cls"),
+    ({"tasks": {"s": {"source": "cls", "extensions": ["wav"], "classes": ["a", "b"]}}},
+     r"label.tasks.s extensions \['wav'\] are also audio extensions"),
+    ({"tasks": {"s": {"classes": ["a", "b"], "head": "mlp"}}}, r"label.tasks.s.head: unknown field"),
+])
+def test_bad_tasks_are_refused_naming_the_field(label, message):
+    with pytest.raises(SpecError, match=message):
+        spec_from_dict({"label": label})
+
+
+def test_rebalance_task_must_name_a_task_and_suit_the_loss():
+    assert two_task(rebalance={"strategy": "oversample", "task": "speaker"}).rebalance.task == "speaker"
+    with pytest.raises(SpecError, match=r"rebalance.task: unknown task 'speakr' \(did you mean speaker\?\)"):
+        two_task(rebalance={"task": "speakr"})
+    with pytest.raises(SpecError, match=r"train.loss=logit_adjusted weighs the primary task's classes"):
+        two_task(rebalance={"strategy": "sqrt", "task": "speaker"}, train={"loss": "logit_adjusted"})
+    with pytest.raises(SpecError, match=r"train.loss=weighted_ce weighs the primary task's classes"):
+        two_task(rebalance={"task": "speaker"}, train={"loss": "weighted_ce"})
+    assert two_task(rebalance={"task": "animal"}, train={"loss": "weighted_ce"}).rebalance.task == "animal"
+
+
+# ------------------------------------------------------------------ data path
+
+def test_clean_reads_each_task_masks_a_missing_one_and_drops_an_unknown_one():
+    cfg = StageConfig.from_spec(two_task(), CLASSES)
+    out = prepare_batch(raw_batch([good(json=meta(speaker="李")), good(cls=b"1", json=meta(speaker="bo")),
+                                   good(cls=b"2"),                               # no speaker: masked
+                                   good(json=meta(speaker="zed")),               # not a speaker: dropped
+                                   good(json=meta(speaker=1))]), cfg)            # format name: 1 is no name
+    assert out["label"].tolist()[:3] == [0, 1, 2]
+    assert out["label_speaker"].tolist()[:3] == [2, 1, -1]
+    assert list(out["drop_reason"]) == ["", "", "", "label_unknown", "label_unknown"]
+    assert out["drop_detail"][3].startswith("task speaker: 'zed' is not one of the 3 classes")
+    # prediction (labels not required): an unknown further label is kept as -1, not dropped
+    lenient = StageConfig.from_spec(two_task(), CLASSES, labels_required=False)
+    out = prepare_batch(raw_batch([good(json=meta(speaker="zed"))]), lenient)
+    assert list(out["drop_reason"]) == [""] and out["label_speaker"].tolist() == [-1]
+
+
+def test_a_cls_task_reads_its_own_member_and_its_label_is_part_of_the_content():
+    spec = spec_from_dict({**TWO, "label": {"tasks": {"mood": {"source": "cls", "extensions": ["mood"],
+                                                                "classes": ["calm", "loud"]}}}})
+    cfg = StageConfig.from_spec(spec, CLASSES)
+    out = prepare_batch(raw_batch([good(mood=b"loud"), good(mood=b"0"), good(mood=b"calm")]), cfg)
+    assert out["label_mood"].tolist() == [1, 0, 0]
+    assert out["content_hash"][1] == out["content_hash"][2]  # index 0 is the class calm: the same sample
+    assert out["content_hash"][0] != out["content_hash"][1]  # another mood: not a duplicate
+
+
+def test_a_single_task_batch_carries_only_the_label_column():
+    cfg = StageConfig.from_spec(spec_from_dict(TWO | {"label": {}}), CLASSES)
+    out = prepare_batch(raw_batch([good()]), cfg)
+    assert [c for c in out if c.startswith("label")] == ["label"]
+
+
+def test_rebalance_by_a_further_task_uses_its_column_and_keeps_unlabelled_rows_once():
+    batch = {"__key__": np.array([f"k{i}" for i in range(6)], dtype=object),
+             "__url__": np.array(["s.tar"] * 6, dtype=object),
+             "label": np.array([0, 0, 0, 0, 0, 0]), "label_speaker": np.array([0, 1, 1, -1, 1, 0])}
+    out = rebalance_batch(batch, np.array([3.0, 0.0]), seed=0, epoch=0, column="label_speaker")
+    assert sorted(out["__key__"].tolist()) == ["k0"] * 3 + ["k3"] + ["k5"] * 3
+    spec = two_task(rebalance={"strategy": "oversample", "task": "speaker"})
+    stage = next(s for s in sample_path(spec, StageConfig.from_spec(spec, CLASSES), "train", factors=[1, 1, 1])
+                 if s.name == "rebalance")
+    assert stage.args["column"] == "label_speaker"
+
+
+def test_label_fraction_unlabels_every_task_of_a_row_together():
+    n = 400
+    batch = {"__key__": np.array([f"k{i}" for i in range(n)], dtype=object),
+             "__url__": np.array(["s.tar"] * n, dtype=object),
+             "label": np.zeros(n, np.int64), "label_speaker": np.ones(n, np.int64)}
+    out = label_fraction_batch(batch, 0.3, seed=1, columns=("label", "label_speaker"))
+    assert np.array_equal(out["label"] < 0, out["label_speaker"] < 0)
+    assert 0.2 < (out["label"] >= 0).mean() < 0.4
+
+
+def test_the_data_report_counts_each_task_and_its_missing_labels():
+    report = SplitReport("train", CLASSES, tasks={"speaker": SPEAKERS})
+    report.add_batch({"__key__": np.array(["a", "b", "c", "d"], dtype=object),
+                      "__url__": np.array(["s"] * 4, dtype=object), "label": np.array([0, 1, 1, -1]),
+                      "label_speaker": np.array([2, -1, 0, 0]),
+                      "drop_reason": np.array(["", "", "", "label_missing"], dtype=object),
+                      "drop_detail": np.array([""] * 4, dtype=object)})
+    d = report.to_dict()
+    assert d["tasks"] == {"speaker": {"class_histogram": {"ann": 1, "bo": 0, "李": 1}, "missing": 1}}
+    assert d["class_histogram"] == {"cat": 1, "dog": 2, "猫": 0} and report.balanced
+    assert "tasks" not in SplitReport("train", CLASSES).to_dict()  # a single task: the old shape
+    whole = DataReport(CLASSES, {"train": report}, tasks={"speaker": SPEAKERS})
+    assert whole.to_dict()["tasks"] == {"speaker": SPEAKERS}
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    whole.print(Console(file=buf, width=200))
+    assert "speaker 李" in buf.getvalue() and "speaker missing (masked)" in buf.getvalue()
+
+
+# ------------------------------------------------------------------ model, loss, metrics
+
+def test_the_heads_are_blocks_of_one_logits_tensor():
+    spec = two_task()
+    model = MultimodalClassifier(spec, len(CLASSES)).eval()
+    single = MultimodalClassifier(spec_from_dict({**TWO, "label": {}}), len(CLASSES))
+    batch = {"image": torch.zeros(2, 16, 24, 3, dtype=torch.uint8), "text": torch.zeros(2, 12, dtype=torch.long),
+             "audio": torch.zeros(2, 4000), **{f"present_{m}": torch.ones(2) for m in ("image", "text", "audio")}}
+    logits = model(batch)
+    assert logits.shape == (2, 6) and single(batch).shape == (2, 3)
+    blocks = split_logits(logits, spec_tasks(spec, CLASSES))
+    assert [b.shape[1] for b in blocks] == [3, 3]
+    # only the last layer grows: every other weight has the single-task shape
+    grown = {k for k, v in model.state_dict().items() if v.shape != single.state_dict()[k].shape}
+    assert grown == {"fusion.mlp.4.weight", "fusion.mlp.4.bias"}
+
+
+def test_the_loss_is_the_weighted_sum_of_each_tasks_loss_over_its_labelled_rows():
+    torch.manual_seed(0)
+    spec = two_task(train={"loss": "ce"})
+    loss = make_task_loss(spec.train, [1, 1, 1], [1.0, 0.5])
+    a, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    ya, yb = torch.tensor([0, 1, 2, 0]), torch.tensor([1, -1, -1, 2])
+    total, parts = loss([a, b], [ya, yb])
+    ce = torch.nn.functional.cross_entropy
+    assert parts[0].item() == pytest.approx(ce(a, ya).item())
+    assert parts[1].item() == pytest.approx(ce(b[[0, 3]], yb[[0, 3]]).item())
+    assert total.item() == pytest.approx(parts[0].item() + 0.5 * parts[1].item())
+    total.backward()
+    assert b.grad[1].abs().sum() == 0 and b.grad[0].abs().sum() > 0  # a masked row moves nothing
+    # no row of a task labelled: that task adds 0 and the others still train
+    total, parts = loss([a, b], [ya, torch.full((4,), -1)])
+    assert parts[1].item() == 0 and total.item() == pytest.approx(parts[0].item())
+
+
+def test_task_metrics_name_the_further_tasks_and_score_only_their_labelled_rows():
+    from pipeline.train.loop import score
+
+    spec = two_task()
+    tasks = spec_tasks(spec, CLASSES)
+    accs = [Accumulator(3), Accumulator(3)]
+    logits = torch.tensor([[5., 0, 0, 0, 5, 0], [0, 5., 0, 0, 0, 5], [0, 0, 5., 5, 0, 0]])
+    score(accs, logits, {"label": torch.tensor([0, 1, 2]), "label_speaker": torch.tensor([1, -1, 1])}, tasks)
+    m = task_metrics(accs, tasks, "val")
+    assert m["val.accuracy"] == 1.0 and m["val.rows"] == 3
+    assert m["val.speaker.rows"] == 2 and m["val.speaker.accuracy"] == 0.5
+    assert "val.speaker.precision.李" in m and "val.speaker.confusion" in m and "val.precision.猫" in m
+
+
+# ------------------------------------------------------------------ what people read
+
+def test_the_epoch_line_the_report_and_the_promotion_name_the_further_tasks():
+    from pipeline.progress import epoch_line
+    from pipeline.report.collect import further_tasks
+    from pipeline.workflow.champion import decide
+
+    m = {"train.loss": 1.0, "train.accuracy": 0.5, "val.loss": 0.9, "val.accuracy": 0.6, "val.macro_f1": 0.55,
+         "val.speaker.macro_f1": 0.7, "val.speaker.loss": 0.3, "val.precision.cat": 0.1}
+    assert epoch_line({"epoch": 0, "epochs": 2, "metrics": m}).endswith("macro-F1 0.550 | speaker macro-F1 0.700")
+    metrics = {"tasks": {"animal": CLASSES, "speaker": SPEAKERS}, "test.speaker.macro_f1": 0.8,
+               "test.speaker.precision.bo": 1.0, "test.speaker.recall.bo": 0.5, "test.macro_f1": 0.1}
+    (task,) = further_tasks(metrics, "test")
+    assert task["name"] == "speaker" and task["scores"]["macro_f1"] == 0.8
+    assert task["per_class"] == [{"class": "bo", "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3)}]
+    assert further_tasks({"classes": CLASSES, "test.macro_f1": 0.1}, "test") == []  # one task: nothing more
+    decision = decide("macro_f1", 0.9, 0.8, 0.0, task="animal")
+    assert decision["task"] == "animal" and "on macro_f1 (task animal) (0.9000 vs 0.8000)" in decision["reason"]
+    assert "task" not in decide("loss", 0.5, 0.6, 0.0) and decide("loss", 0.5, 0.6, 0.0, task="a")["promote"]
+
+
+def test_a_further_tasks_metric_cannot_drive_early_stopping_or_tune():
+    for field in ("train.early_stopping_metric", "tune.metric"):
+        section, name = field.split(".")
+        with pytest.raises(SpecError, match=rf"{field}: .*a further task's \(label.tasks\) cannot"):
+            two_task(**{section: {name: "val.speaker.macro_f1"}})
+
+
+def test_a_run_resumes_only_with_the_tasks_it_was_trained_with(tmp_path):
+    import yaml
+
+    from pipeline.spec import dump_spec
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    written = yaml.safe_load(dump_spec(spec_from_dict({})))
+    for key in ("name", "weight", "tasks"):  # a run from before label.tasks existed
+        del written["label"][key]
+    (tmp_path / "ray" / "train").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(written))
+    check_resumable(spec_from_dict({}), tmp_path, "train")
+    with pytest.raises(TrainError, match=r"label.tasks"):
+        check_resumable(spec_from_dict({"label": TWO["label"]}), tmp_path, "train")
