@@ -19,6 +19,7 @@ import torch.distributed as dist
 from pipeline.model.checkpoint import read_checkpoint
 from pipeline.model.augment import device_augmenter
 from pipeline.model.contrastive import MAX_LOGIT_SCALE, ContrastiveModel, encoder_state
+from pipeline.model.hf_encoders import ddp_options
 from pipeline.spec import JobSpec
 from pipeline.train.loop import (STATE_FILE, EarlyStopping, _barrier, _to_batch, checkpoint_state, resume,
                                  resume_record, unwrap, weights_fingerprint)
@@ -48,7 +49,7 @@ def pretrain_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed + rank)
 
-    model = ray.train.torch.prepare_model(ContrastiveModel(spec))
+    model = ray.train.torch.prepare_model(ContrastiveModel(spec), **ddp_options(spec))
     modalities = unwrap(model).modalities
     optimizer = make_optimizer(t, model.parameters())
     steps_per_epoch = max(1, int(config["rows_per_epoch"] // (world * t.batch_size)))

@@ -15,11 +15,13 @@ class StageConfig:
     align: AlignSpec
     classes: tuple[str, ...]
     labels_required: bool = True  # False for prediction: unlabelled samples are kept with label -1
+    hf_text: str | None = None  # model.hf.text: that folder's tokenizer makes the text ids
 
     @classmethod
     def from_spec(cls, spec: JobSpec, classes: list[str] | tuple[str, ...], labels_required: bool = True
                   ) -> "StageConfig":
-        return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes), labels_required)
+        return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes), labels_required,
+                   spec.model.hf.text)
 
     @property
     def enabled(self) -> list[str]:
