@@ -35,7 +35,7 @@ class HFEncoder(nn.Module):
 
     def __init__(self, folder: str, field: str, hidden: int):
         super().__init__()
-        self.backbone = load_model(folder, field)
+        self.backbone = load_model(folder, field).train()  # from_pretrained returns eval mode; a new module trains
         config = self.backbone.config
         width = getattr(config, "hidden_size", None) or config.hidden_sizes[-1]  # transformers; CNNs (ResNet)
         self.head = nn.Linear(width, hidden)

@@ -214,3 +214,15 @@ def test_checkpoint_round_trip_keeps_the_hf_weights(folders):
     batch = make_batch(TEXTS, folders["text"])
     with torch.no_grad():
         assert torch.allclose(model.eval()(batch), again(batch))
+
+
+def test_contrastive_pretraining_trains_the_hf_encoders_too(folders):
+    from pipeline.model.contrastive import ContrastiveModel
+
+    torch.manual_seed(0)
+    model = ContrastiveModel(make_spec({"text": folders["text"], "image": folders["image"]}))
+    loss, parts = model(make_batch(TEXTS, folders["text"]))
+    loss.backward()
+    assert torch.isfinite(loss) and {"image-text", "image-audio", "text-audio"} <= set(parts)
+    assert model.encoders["text"].backbone.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    assert model.encoders["image"].backbone.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
