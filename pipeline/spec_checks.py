@@ -136,10 +136,9 @@ def job_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None
                   deep: bool = True) -> JobSpec:
     """Schema, registry names and cross-checks; every problem at once, naming its field. ``deep=False``: no
     transform is built (no torch or augmentation library loads); ``check_deep`` does that part later."""
-    spec = _validated(raw, source, registries())
-    _raise(spec_problems(spec, raw, source, deep), source)
-    spec = _resolve_local_paths(spec, base or Path.cwd())
-    _raise(hf_problems(spec), source)  # folders exist once resolved against the spec file's folder
+    spec = _resolve_local_paths(_validated(raw, source, registries()), base or Path.cwd())
+    # model.hf folders are checked once resolved against the spec file's folder
+    _raise(spec_problems(spec, raw, source, deep) + hf_problems(spec), source)
     return spec
 
 

@@ -226,3 +226,9 @@ def test_contrastive_pretraining_trains_the_hf_encoders_too(folders):
     assert torch.isfinite(loss) and {"image-text", "image-audio", "text-audio"} <= set(parts)
     assert model.encoders["text"].backbone.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     assert model.encoders["image"].backbone.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+
+
+def test_hf_problems_come_with_the_others_at_once(tmp_path):
+    msg = _problems(tmp_path, {"hf": {"text": "nowhere"}},
+                    augment={"backend": "cpu", "image": [{"name": "HorizontalFlipp"}]})
+    assert "2 problem(s)" in msg and "augment.image.0: unknown" in msg and "model.hf.text" in msg
