@@ -7,13 +7,14 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from pipeline.spec import dump_spec
 from pipeline.spec_checks import load_job
 from support.hf_models import text_folder
 
-pytest.importorskip("transformers")
+pytest.importorskip("transformers")  # the mmpipe[hf] extra; the test extra installs it
+from safetensors.torch import load_file  # noqa: E402 - installed with transformers
+
 pytestmark = pytest.mark.slow
 
 
