@@ -57,8 +57,9 @@ class HFTextEncoder(HFEncoder):
         mask = tokens > 0                                          # (B, L): the tokenizer's attention mask
         attention = mask.clone()
         attention[:, 0] = True  # an absent text (all padding) attends to one position: no NaN
-        out = self.backbone(input_ids=(tokens - HF_SHIFT).clamp(min=0),
-                            attention_mask=attention.long()).last_hidden_state   # (B, L, width)
+        # padding back to the model's pad id (RoBERTa-like models number positions from the non-pad tokens)
+        ids = torch.where(mask, tokens - HF_SHIFT, self.backbone.config.pad_token_id or 0)
+        out = self.backbone(input_ids=ids, attention_mask=attention.long()).last_hidden_state   # (B, L, width)
         keep = mask.unsqueeze(-1).to(out.dtype)
         return (out * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 

@@ -232,3 +232,22 @@ def test_hf_problems_come_with_the_others_at_once(tmp_path):
     msg = _problems(tmp_path, {"hf": {"text": "nowhere"}},
                     augment={"backend": "cpu", "image": [{"name": "HorizontalFlipp"}]})
     assert "2 problem(s)" in msg and "augment.image.0: unknown" in msg and "model.hf.text" in msg
+
+
+def test_other_architectures_a_cnn_and_a_roberta_with_pad_id_1(tmp_path):
+    from transformers import ResNetConfig, ResNetModel, RobertaConfig, RobertaModel
+
+    from support.hf_models import bert_tokenizer, demo_vocabulary
+
+    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).save_pretrained(tmp_path / "cnn")
+    vocabulary = demo_vocabulary()
+    RobertaModel(RobertaConfig(vocab_size=len(vocabulary), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=40, pad_token_id=1)
+                 ).save_pretrained(tmp_path / "roberta")
+    bert_tokenizer(vocabulary).save_pretrained(tmp_path / "roberta")
+    model = MultimodalClassifier(make_spec({"image": str(tmp_path / "cnn"), "text": str(tmp_path / "roberta")}), 3)
+    a, b = make_batch(TEXTS, str(tmp_path / "roberta")), make_batch(TEXTS[::-1], str(tmp_path / "roberta"), seed=1)
+    with torch.no_grad():
+        for m in ("image", "text"):  # the CNN's (B, C, h, w) states pooled over space
+            out_a, out_b = model.eval().encoders[m](a[m]), model.encoders[m](b[m])
+            assert out_a.shape == (4, 16) and torch.isfinite(out_a).all() and not torch.allclose(out_a, out_b)
