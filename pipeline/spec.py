@@ -327,6 +327,22 @@ class SpecAugmentSpec(Strict):
     freq_width: int = Field(8, ge=0, description="most mel bins per frequency band")
 
 
+class HFSpec(Strict):
+    """Hugging Face transformers encoders (the mmpipe[hf] extra, docs/pretraining.md): per modality a local model
+    folder as save_pretrained writes it (config.json, weights; the tokenizer for text, preprocessor_config.json for
+    image and audio). Nothing is downloaded. Relative paths are resolved against the spec file's folder."""
+    text: str | None = Field(None, description="text model folder (BERT-like): its tokenizer replaces "
+                                               "modalities.text.tokenizer; modalities.text.max_tokens still applies")
+    image: str | None = Field(None, description="image model folder (ViT-like): images resized and normalised "
+                                                "as its preprocessor_config.json says (else ImageNet mean/std)")
+    audio: str | None = Field(None, description="audio model folder (wav2vec2-like) for raw waveforms; its "
+                                                "sampling rate must equal modalities.audio.sample_rate")
+
+    def folders(self) -> dict[str, str]:
+        """modality -> folder, for the modalities that have one."""
+        return {m: getattr(self, m) for m in MODALITIES if getattr(self, m)}
+
+
 class ModelSpec(Strict):
     fusion: str = Field("concat", description="a name in pipeline/model/fusion.py (FUSIONS, or a unimodal "
                                                 "baseline: image_only, text_only, audio_only)")
@@ -348,7 +364,9 @@ class ModelSpec(Strict):
         default_factory=dict, description="modality -> true (frozen encoder: feature extraction) or a number of "
                                           "epochs after which it unfreezes (then fine-tuning)")
     pretrained_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier for the weights "
-                                                              "init_from loaded")
+                                                              "init_from loaded and those of model.hf models")
+    hf: HFSpec = Field(default_factory=HFSpec, description="per modality, a local Hugging Face model folder "
+                                                           "replacing the built-in encoder")
     _fusion = field_validator("fusion")(_registered("fusion"))
 
     @model_validator(mode="before")
@@ -697,6 +715,8 @@ def _resolve_local_paths(spec: JobSpec, base: Path) -> JobSpec:
         if value:
             setattr(getattr(spec, section), name, resolve(value))
     spec.predict.shards = [resolve(p) for p in spec.predict.shards]
+    for modality, folder in spec.model.hf.folders().items():
+        setattr(spec.model.hf, modality, resolve(folder))
     if spec.predict.model:
         spec.predict.model = resolve(spec.predict.model)
     return spec
@@ -740,9 +760,10 @@ def spec_warnings(spec: JobSpec) -> list[str]:
         out.append(f"rebalance.strategy={spec.rebalance.strategy} resamples classes and train.loss={spec.train.loss} "
                    "reweights them too: minority classes are boosted twice. Use one of the two, or "
                    "train.loss=logit_adjusted (which uses the class prior after sampling).")
-    if spec.model.frozen_epochs() and not spec.model.init_from and "pretrain" not in spec.steps():
-        out.append(f"model.freeze={spec.model.freeze} freezes randomly initialised encoders: set model.init_from "
-                   "(or a pretrain step) to freeze pretrained ones")
+    random = [m for m in spec.model.frozen_epochs() if m not in spec.model.hf.folders()]
+    if random and not spec.model.init_from and "pretrain" not in spec.steps():
+        out.append(f"model.freeze={spec.model.freeze} freezes randomly initialised encoders ({', '.join(random)}): "
+                   "set model.init_from (or a pretrain step, or model.hf) to freeze pretrained ones")
     return out
 
 

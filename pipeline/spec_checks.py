@@ -49,6 +49,44 @@ def _transform_names(spec: JobSpec) -> list[tuple[str, str]]:
     return problems
 
 
+# device ops that work on the built-in encoders' own inputs: log-mel features (audio), the hash/bytes ids (text)
+_BUILT_IN_INPUT_OPS = {"audio": ("TimeMasking", "FrequencyMasking"), "text": ("TokenReplace",)}
+
+
+def hf_problems(spec: JobSpec) -> list[tuple[str, str]]:
+    """model.hf: each folder a local model folder for an enabled modality, the transformers package installed,
+    the text model long enough for modalities.text.max_tokens, the audio model at modalities.audio.sample_rate,
+    and no device op that needs the built-in encoder's input."""
+    from pipeline.hf_local import INSTALL, folder_problem, installed, read_json
+
+    problems = []
+    for modality, folder in spec.model.hf.folders().items():
+        field = f"model.hf.{modality}"
+        section = getattr(spec.modalities, modality)
+        if section is None:
+            problems.append((field, f"modalities.{modality} is disabled"))
+            continue
+        problem = folder_problem(folder) or (None if installed() else f"needs the transformers package: {INSTALL}")
+        if problem:
+            problems.append((field, problem))
+            continue
+        config, pre = read_json(folder, "config.json"), read_json(folder, "preprocessor_config.json")
+        positions = config.get("max_position_embeddings")
+        if modality == "text" and positions and section.max_tokens > positions:
+            problems.append(("modalities.text.max_tokens", f"{section.max_tokens} tokens, but the model of {field} "
+                                                           f"has {positions} positions"))
+        rate = pre.get("sampling_rate")
+        if modality == "audio" and rate and rate != section.sample_rate:
+            problems.append(("modalities.audio.sample_rate", f"{section.sample_rate}, but the model of {field} "
+                                                             f"expects {rate} Hz audio"))
+        if spec.augment.runs_on("device"):
+            for i, op in enumerate(getattr(spec.augment, modality)):
+                if op.name in _BUILT_IN_INPUT_OPS.get(modality, ()):
+                    problems.append((f"augment.{modality}.{i}", f"device op {op.name} works on the built-in "
+                                                                f"{modality} encoder's input, not {field}'s"))
+    return problems
+
+
 def deep_problems(spec: JobSpec) -> list[tuple[str, str]]:
     """Augmentation transforms are built and tried, so a bad parameter fails before any data is read (seconds:
     the libraries load). Device ops (augment.backend: device) are looked up in pipeline/model/augment.DEVICE_OPS."""
@@ -98,9 +136,10 @@ def job_from_dict(raw: dict[str, Any], source: str = "<spec>", base: Path | None
                   deep: bool = True) -> JobSpec:
     """Schema, registry names and cross-checks; every problem at once, naming its field. ``deep=False``: no
     transform is built (no torch or augmentation library loads); ``check_deep`` does that part later."""
-    spec = _validated(raw, source, registries())
-    _raise(spec_problems(spec, raw, source, deep), source)
-    return _resolve_local_paths(spec, base or Path.cwd())
+    spec = _resolve_local_paths(_validated(raw, source, registries()), base or Path.cwd())
+    # model.hf folders are checked once resolved against the spec file's folder
+    _raise(spec_problems(spec, raw, source, deep) + hf_problems(spec), source)
+    return spec
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None, deep: bool = True) -> JobSpec:

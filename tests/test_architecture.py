@@ -116,6 +116,7 @@ FORBIDDEN = {
                             "pipeline.workflow"],
     "pipeline.model": ["ray", "pipeline.data.streaming", "pipeline.train", "pipeline.tune", "pipeline.workflow"],
     "pipeline.io": ["ray", "pipeline."],
+    "pipeline.hf_local": ["ray", "pipeline."],
     "pipeline.storage": ["ray", "pipeline.data", "pipeline.model", "pipeline.train", "pipeline.workflow"],
     "pipeline.spec_checks": ["ray", "pipeline.data.streaming", "pipeline.train.trainer", "pipeline.tune.runner",
                              "pipeline.workflow", "pipeline.cli"],

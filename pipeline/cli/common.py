@@ -66,6 +66,7 @@ USER_ERRORS = {
     "pipeline.examples.av_digits": ("PrepareError",),
     "pipeline.train.trainer": ("TrainError",),
     "pipeline.model.checkpoint": ("InitError",),
+    "pipeline.hf_local": ("HFError",),
     "pipeline.tune.runner": ("TuneError",),
     "pipeline.registry": ("RegistryError",),
     "pipeline.predict": ("PredictError",),

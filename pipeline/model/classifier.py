@@ -27,14 +27,19 @@ def build_encoders(spec: JobSpec, modalities: list[str]) -> nn.ModuleDict:
     so pretrained weights load into a classifier by name)."""
     h, mods = spec.model.hidden, spec.modalities
     encoders = {}
-    if "image" in modalities:
+    hf = spec.model.hf.folders()
+    if hf.keys() & set(modalities):  # model.hf: a Hugging Face model replaces the built-in encoder
+        from pipeline.model.hf_encoders import build_hf_encoder
+
+        encoders = {m: build_hf_encoder(m, hf[m], h) for m in modalities if m in hf}
+    if "image" in modalities and "image" not in encoders:
         encoders["image"] = ImageEncoder(h, spec.model.image_width)
-    if "text" in modalities:
+    if "text" in modalities and "text" not in encoders:
         encoders["text"] = TextEncoder(h, mods.text.vocab_size, mods.text.max_tokens, spec.model.text_encoder)
-    if "audio" in modalities:
+    if "audio" in modalities and "audio" not in encoders:
         encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, spec.model.audio_width,
                                          spec.model.spec_augment)
-    return nn.ModuleDict(encoders)
+    return nn.ModuleDict({m: encoders[m] for m in modalities})  # in the modalities' order
 
 
 def output_width(spec: JobSpec, num_classes: int) -> int:

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from pipeline.model.checkpoint import read_checkpoint
 from pipeline.model.augment import device_augmenter
 from pipeline.model.classifier import MultimodalClassifier, input_columns, model_modalities, train_columns
+from pipeline.model.hf_encoders import ddp_options
 from pipeline.model.losses import make_task_loss
 from pipeline.spec import JobSpec
 from pipeline.tasks import Task, spec_tasks, split_logits
@@ -154,7 +155,7 @@ def train_loop(config: dict) -> None:
     model = MultimodalClassifier(spec, len(classes))
     # model.init_from / freeze / pretrained_lr_scale (pipeline/train/transfer.py): frozen encoders get lr 0
     pretrained = prepare_transfer(model, spec, say=lambda _: None)  # the driver said what it loads
-    model = ray.train.torch.prepare_model(model)  # DDP (gradients all-reduced in backward) + device
+    model = ray.train.torch.prepare_model(model, **ddp_options(spec))  # DDP (gradients all-reduced in backward)
     forward = compiled(model, t.compile)  # training steps; eval and checkpoints use the model itself
     optimizer = make_optimizer(t, param_groups(unwrap(model), t.lr, pretrained, spec.model.pretrained_lr_scale,
                                                spec.model.frozen_epochs()))

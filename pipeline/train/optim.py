@@ -37,7 +37,8 @@ def make_optimizer(t: TrainSpec, params: Params) -> torch.optim.Optimizer:
 def param_groups(model: torch.nn.Module, lr: float, pretrained: set[str] = frozenset(), lr_scale: float = 1.0,
                  frozen: dict[str, float] | None = None) -> list[dict]:
     """The optimizer's parameter groups: the encoder of each modality in ``frozen`` (modality -> epochs frozen,
-    inf: for good), the other weights ``init_from`` loaded (``pretrained``: parameter names), and the rest.
+    inf: for good; an encoder's ``trainable_when_frozen`` submodules, such as a model.hf encoder's new head, are left
+    out), the other weights ``init_from`` loaded (``pretrained``: parameter names), and the rest.
     Loaded weights run at ``lr * lr_scale``, the rest at ``lr``. Each group carries its ``name``, the lr it runs
     at when trainable (``trainable_lr``) and the epoch it becomes trainable (``frozen_until``): see
     ``freeze_groups``."""
@@ -45,7 +46,8 @@ def param_groups(model: torch.nn.Module, lr: float, pretrained: set[str] = froze
     groups: dict[str, dict] = {}
     for name, param in model.named_parameters():
         parts = name.split(".")
-        frozen_modality = parts[1] if parts[0] == "encoders" and parts[1] in frozen else None
+        frozen_modality = parts[1] if parts[0] == "encoders" and parts[1] in frozen and \
+            parts[2] not in getattr(model.encoders[parts[1]], "trainable_when_frozen", ()) else None
         key = f"frozen.{frozen_modality}" if frozen_modality else "pretrained" if name in pretrained else "new"
         group = groups.setdefault(key, {"params": [], "name": key, "trainable_lr": lr,
                                         "frozen_until": frozen.get(frozen_modality, 0.0)})

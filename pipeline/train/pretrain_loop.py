@@ -19,10 +19,11 @@ import torch.distributed as dist
 from pipeline.model.checkpoint import read_checkpoint
 from pipeline.model.augment import device_augmenter
 from pipeline.model.contrastive import MAX_LOGIT_SCALE, ContrastiveModel, encoder_state
+from pipeline.model.hf_encoders import ddp_options, hf_weight_names
 from pipeline.spec import JobSpec
 from pipeline.train.loop import (STATE_FILE, EarlyStopping, _barrier, _to_batch, checkpoint_state, resume,
                                  resume_record, unwrap, weights_fingerprint)
-from pipeline.train.optim import apply_gradients, lr_schedule, make_optimizer
+from pipeline.train.optim import apply_gradients, lr_schedule, make_optimizer, param_groups
 
 METRIC = "train.loss"
 
@@ -48,9 +49,11 @@ def pretrain_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed + rank)
 
-    model = ray.train.torch.prepare_model(ContrastiveModel(spec))
+    model = ray.train.torch.prepare_model(ContrastiveModel(spec), **ddp_options(spec))
     modalities = unwrap(model).modalities
-    optimizer = make_optimizer(t, model.parameters())
+    # model.hf weights are pretrained: they learn at pretrain.lr x model.pretrained_lr_scale (one group without them)
+    optimizer = make_optimizer(t, param_groups(unwrap(model), t.lr, hf_weight_names(unwrap(model)),
+                                               spec.model.pretrained_lr_scale))
     steps_per_epoch = max(1, int(config["rows_per_epoch"] // (world * t.batch_size)))
     scheduler = lr_schedule(t, optimizer, steps_per_epoch)
     augment_on_device = device_augmenter(spec.augment, spec.modalities, modalities)

@@ -61,7 +61,7 @@ def init_weights(ref: str) -> tuple[dict[str, torch.Tensor], str]:
 
 def prepare_transfer(model: torch.nn.Module, spec: JobSpec, say=print) -> set[str]:
     """Load model.init_from into ``model`` (the parts model.init_parts names) and freeze model.freeze's encoders;
-    returns the names of the loaded parameters (for their lr scale)."""
+    returns the names of the pretrained parameters, loaded or model.hf's (for their lr scale)."""
     m = spec.model
     loaded: set[str] = set()
     if m.init_from:
@@ -69,6 +69,10 @@ def prepare_transfer(model: torch.nn.Module, spec: JobSpec, say=print) -> set[st
         report = load_matching(model, weights, m.init_parts, origin)
         say(describe_init(report, origin))
         loaded = set(report["loaded"])
+    if m.hf.folders():  # model.hf weights are pretrained too: model.pretrained_lr_scale applies to them
+        from pipeline.model.hf_encoders import hf_weight_names
+
+        loaded |= hf_weight_names(model)
     frozen = [k for k in m.frozen_epochs() if k in getattr(model, "encoders", {})]
     if frozen and hasattr(model, "set_frozen"):
         model.set_frozen(frozen)

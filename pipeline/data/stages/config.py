@@ -17,12 +17,13 @@ class StageConfig:
     classes: tuple[str, ...]
     labels_required: bool = True  # False for prediction: unlabelled samples are kept with label -1
     tasks: tuple[Task, ...] = ()  # label.tasks beside the primary (label_tasks(...)[1:]); each a label_<task> column
+    hf_text: str | None = None  # model.hf.text: that folder's tokenizer makes the text ids
 
     @classmethod
     def from_spec(cls, spec: JobSpec, classes: list[str] | tuple[str, ...], labels_required: bool = True
                   ) -> "StageConfig":
         return cls(spec.modalities, spec.label, spec.clean, spec.align, tuple(classes), labels_required,
-                   label_tasks(spec.label, classes)[1:])
+                   label_tasks(spec.label, classes)[1:], spec.model.hf.text)
 
     @property
     def primary(self) -> Task:

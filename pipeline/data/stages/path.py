@@ -12,7 +12,8 @@ each batch of one shard inside its read task, and reads the epoch once per batch
     rebalance  -> rows repeated or left out by their class factor, + copy        (train, rebalance.strategy set)
     label fraction -> label -1 outside a seeded fraction of keys                 (train, train.label_fraction)
     augment    -> image / audio / text_raw changed per (seed, epoch, key, copy)  (train, transforms listed)
-    tokenize   -> text int64 (B, max_tokens) from text_raw                      (text enabled)
+    tokenize   -> text int64 (B, max_tokens) from text_raw, by modalities.text.tokenizer or model.hf.text's
+                  tokenizer                                                      (text enabled)
     select     -> only the columns asked for                                     (columns given)
 
 ``report`` rows also carry ``content_hash`` (the data report's cross-split duplicates); the others drop it.
@@ -78,7 +79,9 @@ def _decode(cfg: StageConfig, duplicates: Duplicates | None, eval_content: Conte
 
 
 def _tokenize(cfg: StageConfig) -> list[Stage]:
-    return [Stage("tokenize", tokenize_batch, {"text": cfg.modalities.text})] if cfg.modalities.text else []
+    if not cfg.modalities.text:
+        return []
+    return [Stage("tokenize", tokenize_batch, {"text": cfg.modalities.text, "hf_folder": cfg.hf_text})]
 
 
 def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Duplicates | None = None,

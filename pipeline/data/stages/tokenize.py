@@ -7,6 +7,10 @@ are possible but rare at the default vocabulary; there is no vocabulary file to 
 
 ``bytes``: UTF-8 bytes shifted by 2, so every string of every script round-trips exactly.
 
+``model.hf.text`` (a Hugging Face model folder): that folder's own tokenizer, special tokens included, each id
+stored + 1 so that 0 stays padding (the encoder subtracts it again; ids > 0 are its attention mask). One int64
+column, as for the others: absent text stays all zeros and the device text ops keep working.
+
 Id 0 is padding; id 1 is reserved. ``tokenize_batch`` is the sample path's tokenize stage: it runs once per row,
 after text augmentation (align and augment keep the text as a string).
 """
@@ -66,12 +70,32 @@ def encode_batch(texts: list[str | None], spec: TextSpec) -> np.ndarray:
     return out
 
 
-def tokenize_batch(batch: dict[str, np.ndarray], text: TextSpec) -> dict[str, np.ndarray]:
+HF_SHIFT = 1  # model.hf.text ids are stored + 1: 0 is padding whatever the tokenizer's pad id
+
+
+def encode_hf(texts: list[str | None], max_tokens: int, folder: str) -> np.ndarray:
+    """Ids ``(B, max_tokens)`` int64 by the tokenizer of the model folder ``folder``, + HF_SHIFT, 0 where its
+    attention mask is 0 (padding, None rows)."""
+    from pipeline.hf_local import load_tokenizer
+
+    out = np.zeros((len(texts), max_tokens), dtype=np.int64)
+    rows = [i for i, t in enumerate(texts) if t]
+    if rows:
+        enc = load_tokenizer(folder)([str(texts[i]) for i in rows], max_length=max_tokens, truncation=True,
+                                     padding="max_length", return_attention_mask=True, return_tensors="np")
+        out[rows] = np.where(enc["attention_mask"] > 0, enc["input_ids"].astype(np.int64) + HF_SHIFT, 0)
+    return out
+
+
+def tokenize_batch(batch: dict[str, np.ndarray], text: TextSpec, hf_folder: str | None = None
+                   ) -> dict[str, np.ndarray]:
     """``text_raw`` (str) -> ``text`` int64 (B, text.max_tokens), placed right after ``text_raw``; rows whose text is
-    absent or dropped (``present_text`` False) are all padding. Never drops a row: every text that decoding let
-    through (valid UTF-8, not empty) has ids, so the data report needs no count from here."""
+    absent or dropped (``present_text`` False) are all padding. ``hf_folder`` (model.hf.text): its tokenizer makes
+    the ids. Never drops a row: every text that decoding let through (valid UTF-8, not empty) has ids, so the data
+    report needs no count from here."""
     present = batch["present_text"] if "present_text" in batch else np.ones(len(batch["text_raw"]), dtype=bool)
-    ids = encode_batch([s if p else None for s, p in zip(batch["text_raw"], present)], text)
+    texts = [s if p else None for s, p in zip(batch["text_raw"], present)]
+    ids = encode_hf(texts, text.max_tokens, hf_folder) if hf_folder else encode_batch(texts, text)
     out: dict[str, np.ndarray] = {}
     for column, values in batch.items():
         if column != "text":  # ids of an earlier text_raw would be stale
