@@ -37,18 +37,53 @@ def folder_problem(folder: str) -> str | None:
 
 
 def read_json(folder: str, name: str) -> dict:
-    """A JSON file of the folder ({} when absent): config.json, preprocessor_config.json."""
+    """A JSON object file of the folder ({} when absent): config.json, preprocessor_config.json,
+    tokenizer_config.json. A half-copied or foreign file is an HFError naming it, not a traceback."""
     path = Path(folder) / name
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise HFError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(content, dict):
+        raise HFError(f"{path} holds a JSON {type(content).__name__}, not an object")
+    return content
+
+
+# Models that number positions from pad_token_id + 1 (fairseq's scheme): max_position_embeddings counts those
+# skipped ids, so RoBERTa's 514 positions take 512 tokens (513 failed inside the position embedding at training time).
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "bart", "mbart",
+                              "roberta-prelayernorm", "data2vec-text", "xmod", "ibert", "mpnet", "esm"})
+
+
+def text_positions(folder: str) -> int | None:
+    """How many tokens the text model of ``folder`` takes (None when its files do not say): its position count,
+    less the offset of models that start counting after the pad id, and no more than the tokenizer's own
+    model_max_length when it gives a real one."""
+    config = read_json(folder, "config.json")
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and config.get("model_type") in OFFSET_POSITIONS:
+        positions -= int(config.get("pad_token_id") or 0) + 1
+    tokenizer_max = read_json(folder, "tokenizer_config.json").get("model_max_length")
+    if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 1_000_000:  # transformers writes 1e30 for "none"
+        positions = min(positions, tokenizer_max) if isinstance(positions, int) else tokenizer_max
+    return positions if isinstance(positions, int) else None
 
 
 def _transformers(field: str):
     if not installed():
         raise HFError(f"{field} needs the transformers package: {INSTALL}")
-    # Offline before the first import: huggingface_hub reads these once, at import.
+    # Offline before the first import: huggingface_hub reads these once, at import. It may be imported already
+    # (albumentations imports it), so its constant is set too.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # Fast tokenizers otherwise start a thread per core in every read task, on CPUs the plan gave to one task each
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import huggingface_hub.constants
     import transformers
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
     # quiet in every worker: no per-load progress bars, no "weights newly initialised" lines
     transformers.logging.set_verbosity_error()

@@ -57,7 +57,7 @@ def hf_problems(spec: JobSpec) -> list[tuple[str, str]]:
     """model.hf: each folder a local model folder for an enabled modality, the transformers package installed,
     the text model long enough for modalities.text.max_tokens, the audio model at modalities.audio.sample_rate,
     and no device op that needs the built-in encoder's input."""
-    from pipeline.hf_local import INSTALL, folder_problem, installed, read_json
+    from pipeline.hf_local import INSTALL, HFError, folder_problem, installed, read_json, text_positions
 
     problems = []
     for modality, folder in spec.model.hf.folders().items():
@@ -70,11 +70,15 @@ def hf_problems(spec: JobSpec) -> list[tuple[str, str]]:
         if problem:
             problems.append((field, problem))
             continue
-        config, pre = read_json(folder, "config.json"), read_json(folder, "preprocessor_config.json")
-        positions = config.get("max_position_embeddings")
-        if modality == "text" and positions and section.max_tokens > positions:
+        try:
+            config, pre = read_json(folder, "config.json"), read_json(folder, "preprocessor_config.json")
+            positions = text_positions(folder) if modality == "text" else None
+        except HFError as e:
+            problems.append((field, str(e)))
+            continue
+        if positions and section.max_tokens > positions:
             problems.append(("modalities.text.max_tokens", f"{section.max_tokens} tokens, but the model of {field} "
-                                                           f"has {positions} positions"))
+                                                           f"takes at most {positions}"))
         rate = pre.get("sampling_rate")
         if modality == "audio" and rate and rate != section.sample_rate:
             problems.append(("modalities.audio.sample_rate", f"{section.sample_rate}, but the model of {field} "

@@ -70,7 +70,7 @@ def test_spec_errors_name_the_field(folders, tmp_path):
     assert "model.hf.audio: modalities.audio is disabled" in _problems(
         tmp_path, {"hf": {"audio": folders["audio"]}}, {**MODALITIES, "audio": None})
     # the tiny BERT has 64 positions; the wav2vec2 expects 16 kHz
-    assert "modalities.text.max_tokens: 100 tokens, but the model of model.hf.text has 64 positions" in \
+    assert "modalities.text.max_tokens: 100 tokens, but the model of model.hf.text takes at most 64" in \
         _problems(tmp_path, {"hf": {"text": folders["text"]}}, {**MODALITIES, "text": {"max_tokens": 100}})
     assert "modalities.audio.sample_rate: 8000, but the model of model.hf.audio expects 16000 Hz" in \
         _problems(tmp_path, {"hf": {"audio": folders["audio"]}},
@@ -125,6 +125,42 @@ def test_the_folder_tokenizer_makes_the_ids_and_unicode_survives(folders):
     long = tokenize_batch({"text_raw": np.array(["sun " * 40], dtype=object)}, TextSpec(max_tokens=12),
                           folders["text"])["text"]
     assert (long > 0).all() and long[0, -1] == tokenizer.sep_token_id + 1  # truncated to max_tokens
+
+
+def test_a_broken_folder_file_and_offset_positions_are_spec_errors(tmp_path):
+    """A half-copied config.json is a problem naming the field and the file; a RoBERTa-style model (positions
+    numbered from pad_token_id + 1) takes 2 tokens fewer than max_position_embeddings says."""
+    from transformers import RobertaConfig
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "bert", "hidden', encoding="utf-8")
+    msg = _problems(tmp_path, {"hf": {"text": "broken"}})
+    assert "model.hf.text" in msg and "config.json is not valid JSON" in msg
+    RobertaConfig(max_position_embeddings=514, pad_token_id=1).save_pretrained(tmp_path / "roberta")
+    assert "modalities.text.max_tokens: 513 tokens, but the model of model.hf.text takes at most 512" in _problems(
+        tmp_path, {"hf": {"text": "roberta"}}, {**MODALITIES, "text": {"max_tokens": 513}})
+
+
+@pytest.mark.parametrize("variant", ["no pad token", "pads on the left"])
+def test_any_tokenizer_gives_right_padded_ids(tmp_path, variant):
+    """GPT-2-like tokenizers have no pad token (padding to max_length raised inside the read task) and some pad on
+    the left: the ids are placed here, right-padded with 0, either way."""
+    from support.hf_models import bert_tokenizer, demo_vocabulary
+
+    text_folder(tmp_path / "tok")  # the model; its tokenizer replaced below
+    tokenizer = bert_tokenizer(demo_vocabulary())
+    if variant == "no pad token":
+        tokenizer.pad_token = None
+    else:
+        tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = load_tokenizer(str(tmp_path / "tok"))
+    assert (loaded.pad_token is None) == (variant == "no pad token")
+    ids = tokenize_batch({"text_raw": np.array(["look at that moon!", None], dtype=object)}, TextSpec(max_tokens=12),
+                         str(tmp_path / "tok"))["text"]
+    row = ids[0][ids[0] > 0] - HF_SHIFT
+    assert loaded.convert_ids_to_tokens(row.tolist())[0] == "[CLS]" and (ids[0][:len(row)] > 0).all()
+    assert (ids[0][len(row):] == 0).all() and (ids[1] == 0).all()
 
 
 # ---------------------------------------------------------------- the encoders

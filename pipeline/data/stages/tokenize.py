@@ -81,9 +81,12 @@ def encode_hf(texts: list[str | None], max_tokens: int, folder: str) -> np.ndarr
     out = np.zeros((len(texts), max_tokens), dtype=np.int64)
     rows = [i for i, t in enumerate(texts) if t]
     if rows:
+        # Unpadded, then placed here: right-padded whatever the tokenizer's padding side, and a tokenizer without a
+        # pad token (GPT-2-like) works too (padding="max_length" raised for it inside the read task).
         enc = load_tokenizer(folder)([str(texts[i]) for i in rows], max_length=max_tokens, truncation=True,
-                                     padding="max_length", return_attention_mask=True, return_tensors="np")
-        out[rows] = np.where(enc["attention_mask"] > 0, enc["input_ids"].astype(np.int64) + HF_SHIFT, 0)
+                                     padding=False)
+        for row, ids in zip(rows, enc["input_ids"]):
+            out[row, :len(ids)] = np.asarray(ids, dtype=np.int64) + HF_SHIFT
     return out
 
 
