@@ -121,6 +121,20 @@ def test_clean_reads_each_task_masks_a_missing_one_and_drops_an_unknown_one():
     assert list(out["drop_reason"]) == [""] and out["label_speaker"].tolist() == [-1]
 
 
+def test_an_unreadable_cls_task_member_drops_the_sample_in_training_and_is_unknown_in_prediction():
+    import gzip
+
+    spec = spec_from_dict({**TWO, "label": {"tasks": {"mood": {"source": "cls", "extensions": ["mood"],
+                                                                "classes": ["calm", "loud"]}}}})
+    samples = [good(**{"mood.gz": b"not gzip at all"}), good(**{"mood.gz": gzip.compress(b"loud")})]
+    out = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES))
+    assert list(out["drop_reason"]) == ["label_unknown", ""] and out["label_mood"][1] == 1
+    assert out["drop_detail"][0].startswith("task mood: member .mood.gz: ")  # named once, as a bad value is
+    # prediction (labels not required): kept with the task's label unknown (-1), as a corrupt primary label is
+    out = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES, labels_required=False))
+    assert list(out["drop_reason"]) == ["", ""] and out["label_mood"].tolist() == [-1, 1]
+
+
 def test_a_cls_task_reads_its_own_member_and_its_label_is_part_of_the_content():
     spec = spec_from_dict({**TWO, "label": {"tasks": {"mood": {"source": "cls", "extensions": ["mood"],
                                                                 "classes": ["calm", "loud"]}}}})
