@@ -286,3 +286,40 @@ def test_a_run_resumes_only_with_the_tasks_it_was_trained_with(tmp_path):
     check_resumable(spec_from_dict({}), tmp_path, "train")
     with pytest.raises(TrainError, match=r"label.tasks"):
         check_resumable(spec_from_dict({"label": TWO["label"]}), tmp_path, "train")
+
+
+def test_a_pretraining_resumes_when_only_the_labels_changed(tmp_path):
+    """Pretraining ignores labels: a changed label section (or its tasks) must not refuse its resume."""
+    from pipeline.spec import dump_spec
+    from pipeline.train.pretrain import pretrain_spec
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    (tmp_path / "ray" / "pretrain").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(dump_spec(pretrain_spec(spec_from_dict({}))), encoding="utf-8")
+    relabelled = pretrain_spec(spec_from_dict({"label": TWO["label"]}))
+    check_resumable(relabelled, tmp_path, "pretrain", sections=("model", "train"))
+    with pytest.raises(TrainError, match=r"model.hidden"):  # the model still counts
+        check_resumable(pretrain_spec(spec_from_dict({"label": TWO["label"], "model": {"hidden": 8}})), tmp_path,
+                        "pretrain", sections=("model", "train"))
+    with pytest.raises(TrainError, match=r"label.name, label.tasks"):  # a classifier's training: labels count
+        check_resumable(relabelled, tmp_path, "pretrain")
+
+
+@pytest.mark.parametrize("key, dist", [
+    ("rebalance.task", {"choice": ["animal", "speaker"]}),
+    ("label.tasks.speaker.weight", {"uniform": [0.1, 1.0]}),
+    ("label.weight", {"choice": [0.5, 1.0]}),
+    ("rebalance", {"choice": [{"strategy": "sqrt", "task": "speaker"}]}),
+])
+def test_tune_may_not_search_what_every_trial_shares(key, dist):
+    """The class counts and the val set (with its label columns) are computed once for all trials."""
+    from pipeline.spec_checks import job_from_dict
+
+    def tune(space: dict):
+        return job_from_dict({**TWO, "tune": {"search_space": space}}, deep=False)
+
+    with pytest.raises(SpecError, match=rf"tune.search_space.{key}: the search space may not change "
+                                        r"(label|rebalance.task): the class counts"):
+        tune({key: dist})
+    assert tune({"rebalance.strategy": {"choice": ["none", "sqrt"]}}).tune.search_space
+

@@ -68,7 +68,7 @@ def run_pretraining(spec: JobSpec, run_dir: str | Path, data_plan: DataPlan | No
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = pretrain_spec(spec)
     data = data_plan.for_spec(spec) if data_plan is not None else DataPlan(spec)
-    check_resumable(spec, run_dir, name)
+    check_resumable(spec, run_dir, name, sections=("model", "train"))  # labels: ignored by pretraining
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
     rows = float(sum(data.class_counts()[0])) or float(spec.train.batch_size * spec.scaling.num_workers)
 

@@ -47,17 +47,22 @@ class TrainResult:
     best_checkpoint: Path  # run_dir / best.pt
 
 
-def check_resumable(spec: JobSpec, run_dir: Path, name: str) -> None:
-    """A run directory with training state resumes; refuse when the model or optimisation settings changed, which
-    the restored weights and optimizer state would silently override or fail to load."""
+# The spec sections whose change a resumed training would silently override: the model, the optimisation and the
+# labels (their tasks and classes shape the model's heads, label.tasks).
+RESUME_SECTIONS = ("model", "train", "label")
+
+
+def check_resumable(spec: JobSpec, run_dir: Path, name: str, sections: tuple[str, ...] = RESUME_SECTIONS) -> None:
+    """A run directory with training state resumes; refuse when the settings of ``sections`` changed (the model
+    or optimisation, by default also the labels), which the restored weights and optimizer state would silently
+    override or fail to load. Pretraining ignores labels: it passes ("model", "train")."""
     import yaml
 
     previous = run_dir / "spec.yaml"
     if not (run_dir / "ray" / name).exists() or not previous.exists():
         return
     old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-    # label: its tasks and classes shape the model's heads (label.tasks)
-    changed = [f"{section}.{k}" for section in ("model", "train", "label")
+    changed = [f"{section}.{k}" for section in sections
                for k, value in _settings(spec, section, old.get(section) or {}) if k != "epochs"]
     if changed:
         raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); it would resume "
