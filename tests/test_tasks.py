@@ -163,6 +163,67 @@ def test_rebalance_by_a_further_task_uses_its_column_and_keeps_unlabelled_rows_o
     assert stage.args["column"] == "label_speaker"
 
 
+def test_the_label_pass_counts_rows_without_the_rebalanced_tasks_label_into_the_epoch():
+    """rebalance.task on a further task: its rows without that label still stream, once each, so an epoch (and
+    the learning-rate schedule's steps) has them too."""
+    from pipeline.data.streaming.counts import label_counts_batch
+    from pipeline.data.streaming.plan import kept_counts, plan_rebalance
+
+    spec = two_task(rebalance={"strategy": "oversample", "task": "speaker"})
+    cfg = StageConfig.from_spec(spec, CLASSES)
+    speaker = spec_tasks(spec, CLASSES)[1]
+    batch = raw_batch([good(json=meta(speaker="ann")), good(json=meta(speaker="ann")), good(json=meta(speaker="bo")),
+                       good(), good(json=meta(other=1)),         # no speaker: kept, masked
+                       good(json=meta(speaker="zed")),           # not a speaker: dropped
+                       good(cls=None, json=meta(speaker="bo"))])  # no primary label: dropped
+    counted = label_counts_batch(batch, cfg, speaker)
+    assert counted["counts"].tolist() == [[2, 1, 0]]
+    assert (counted["unlabelled"].tolist(), counted["invalid"].tolist()) == ([2], [2])
+    plan = plan_rebalance(spec, SPEAKERS, [2, 1, 0], "label pass (speaker)", unlabelled=2)
+    assert plan.expected == [2.0, 2.0, 0.0] and plan.rows_per_epoch == 6.0  # not 4: the 2 unlabelled rows too
+    assert plan.to_dict()["task"] == "speaker" and plan.to_dict()["unlabelled_rows"] == 2
+    # the primary task: a row without its label is dropped, none is unlabelled; its plan keeps its old shape
+    primary = label_counts_batch(batch, cfg)
+    assert primary["counts"].tolist() == [[6, 0, 0]] and primary["unlabelled"].tolist() == [0]
+    alone = plan_rebalance(two_task(rebalance={"strategy": "oversample"}), CLASSES, [6, 0, 0], "manifest.json")
+    assert alone.rows_per_epoch == 6.0 and "task" not in alone.to_dict()
+    # the data report's counts (validate, tune): the kept rows per class and those without the label
+    report = SplitReport("train", CLASSES, tasks={"speaker": SPEAKERS})
+    report.add_batch({"__key__": np.array(list("abc"), dtype=object), "__url__": np.array(["s"] * 3, dtype=object),
+                      "label": np.array([0, 0, 0]), "label_speaker": np.array([1, -1, 1]),
+                      "drop_reason": np.array([""] * 3, dtype=object), "drop_detail": np.array([""] * 3, dtype=object)})
+    assert kept_counts(report, speaker) == ([0, 2, 0], 1)
+    assert kept_counts(report, spec_tasks(spec, CLASSES)[0]) == ([3, 0, 0], 0)
+
+
+def test_pretraining_neither_rebalances_nor_counts_a_further_task():
+    from pipeline.train.pretrain import pretrain_spec
+
+    spec = pretrain_spec(two_task(rebalance={"strategy": "oversample", "task": "speaker"}))
+    assert (spec.rebalance.strategy, spec.rebalance.task) == ("none", None)  # no label pass for the speaker
+
+
+def test_the_rebalance_plot_and_table_show_the_rebalanced_tasks_classes(tmp_path):
+    from io import StringIO
+
+    from PIL import Image
+    from rich.console import Console
+
+    from pipeline.data.streaming.plan import plan_rebalance
+    from pipeline.data.tools.plots import plot_rebalance
+
+    spec = two_task(rebalance={"strategy": "oversample", "task": "speaker"})
+    plan = plan_rebalance(spec, SPEAKERS, [2, 1, 4], "kept rows", unlabelled=3).to_dict()
+    png = plot_rebalance(plan, tmp_path / "r_classes.png")  # the speaker's 3 classes; the primary task has 4
+    assert Image.open(png).size[0] > 0
+    report = DataReport(CLASSES + ["cow"], tasks={"speaker": SPEAKERS}, rebalance=plan)
+    buf = StringIO()
+    report.print(Console(file=buf, width=200))
+    shown = " ".join(buf.getvalue().split())  # the title and caption may wrap
+    assert "Train classes of task speaker per epoch, rebalance: oversample" in shown
+    assert "+ 3 rows without a speaker label, each kept once" in shown
+
+
 def test_label_fraction_unlabels_every_task_of_a_row_together():
     n = 400
     batch = {"__key__": np.array([f"k{i}" for i in range(n)], dtype=object),
@@ -322,4 +383,3 @@ def test_tune_may_not_search_what_every_trial_shares(key, dist):
                                         r"(label|rebalance.task): the class counts"):
         tune({key: dist})
     assert tune({"rebalance.strategy": {"choice": ["none", "sqrt"]}}).tune.search_space
-

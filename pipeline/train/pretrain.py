@@ -41,9 +41,10 @@ class PretrainResult:
 
 
 def pretrain_spec(spec: JobSpec) -> JobSpec:
-    """The spec as pretraining reads the data: every train row once per epoch (no rebalancing, every label ignored)."""
+    """The spec as pretraining reads the data: every train row once per epoch (no rebalancing, every label ignored;
+    the class counts that size an epoch are the primary task's, from the manifest when it has them)."""
     out = spec.model_copy(deep=True)
-    out.rebalance.strategy = "none"
+    out.rebalance.strategy, out.rebalance.task = "none", None
     out.train.label_fraction = None
     return out
 

@@ -151,8 +151,11 @@ class DataReport:
                             *("" if n == other else str(self.shared(n, other)) for n in names))
         console.print(summary)
         if self.rebalance and self.rebalance["strategy"] != "none":
-            table = Table(title=f"Train classes per epoch, rebalance: {self.rebalance['strategy']}",
-                          title_justify="left")
+            task = self.rebalance.get("task")  # rebalance.task, when a further task's
+            without = f"+ {self.rebalance.get('unlabelled_rows', 0)} rows without a {task} label, each kept once"
+            table = Table(title=f"Train classes{f' of task {task}' if task else ''} per epoch, rebalance: "
+                                f"{self.rebalance['strategy']}", title_justify="left",
+                          caption=without if task else None, caption_justify="left")
             for col in ("class", "before", "expected after", "factor"):
                 table.add_column(col, justify="left" if col == "class" else "right")
             for c in self.rebalance["before"]:  # the rebalanced task's classes (rebalance.task)
