@@ -19,7 +19,7 @@ from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.report import REPORT_COLUMNS, SplitReport
 from pipeline.registry import ModelRef, Registry
 from pipeline.spec import PredictSpec
-from pipeline.tasks import split_logits
+from pipeline.tasks import PRIMARY_COLUMN, split_logits, task_column
 
 SPLIT = "predict"
 TEXT_COLUMNS = ("key", "shard", "status", "detail", "pred_class")
@@ -147,8 +147,8 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
             with watch("prediction", spec.scaling.stall_timeout_s):  # rows written are its progress
                 for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
                     report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"],
-                                      "label": batch["label_index"],
-                                      **{f"label_{t}": batch[f"{t}.label_index"] for t in report.tasks},
+                                      PRIMARY_COLUMN: batch["label_index"],
+                                      **{task_column(t): batch[f"{t}.label_index"] for t in report.tasks},
                                       "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
                                                               dtype=object),
                                       "drop_detail": batch["detail"]})

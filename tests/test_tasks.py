@@ -19,7 +19,7 @@ from pipeline.data.stages.report import DataReport, SplitReport
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.model.losses import make_task_loss
 from pipeline.spec import SpecError, spec_from_dict
-from pipeline.tasks import holdout_metric_name, label_columns, spec_tasks, split_logits
+from pipeline.tasks import holdout_metric_name, holdout_task, label_columns, spec_tasks, split_logits
 from pipeline.train.metrics import Accumulator, task_metrics
 
 pytestmark = pytest.mark.fast
@@ -58,7 +58,7 @@ def test_a_spec_without_tasks_has_one_task_with_the_old_names():
     assert (task.name, task.column, task.metric("val", "macro_f1"), task.prefix("val")) == \
         ("label", "label", "val.macro_f1", "val")
     assert label_columns(spec) == ["label"] and input_columns(spec)[-1] == "label"
-    assert holdout_metric_name(spec, "macro_f1") == "macro_f1"
+    assert holdout_task(spec) is None and holdout_metric_name("macro_f1", holdout_task(spec)) == "macro_f1"
 
 
 def test_further_tasks_get_their_column_metric_names_and_classes():
@@ -69,7 +69,7 @@ def test_further_tasks_get_their_column_metric_names_and_classes():
         ("label_speaker", "speaker", tuple(SPEAKERS), 0.5)
     assert speaker.metric("val", "macro_f1") == "val.speaker.macro_f1"
     assert label_columns(spec) == ["label", "label_speaker"]
-    assert holdout_metric_name(spec, "macro_f1") == "macro_f1 (task animal)"
+    assert holdout_metric_name("macro_f1", holdout_task(spec)) == "macro_f1 (task animal)"
 
 
 @pytest.mark.parametrize("label, message", [

@@ -275,7 +275,7 @@ def clean_chunks(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Dup
     keys = [str(k) for k in batch[KEY_COLUMN]]
     urls = [str(u) for u in batch[URL_COLUMN]] if URL_COLUMN in batch else [""] * len(keys)
     columns = _columns(batch, cfg)
-    label_columns = ("label", *(t.column for t in cfg.tasks))
+    label_columns = cfg.label_columns
     chunk = _Chunk(label_columns)
     for i, (key, url) in enumerate(zip(keys, urls)):
         chunk.add(key, url, i, batch, columns, cfg)

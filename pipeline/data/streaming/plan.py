@@ -32,7 +32,7 @@ from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
 from pipeline.data.streaming.pull import pulled
 from pipeline.data.streaming.source import read_prepared
 from pipeline.spec import JobSpec
-from pipeline.tasks import Task, label_tasks, rebalanced_task
+from pipeline.tasks import Task, label_tasks, rebalanced_task, task_column
 from pipeline.console import PassCount
 from pipeline.watchdog import progressed, watch
 
@@ -127,7 +127,7 @@ class SplitData:
         (``remember=False``: this split is the last)."""
         report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks),
                              tasks=dict(tasks or {}))
-        columns = list(REPORT_COLUMNS) + [f"label_{t}" for t in report.tasks] + \
+        columns = list(REPORT_COLUMNS) + [task_column(t) for t in report.tasks] + \
             [f"present_{m}" for m in self.modalities] + ([HASH_COLUMN] if cross else [])
         batches = self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy")
         shown = PassCount(f"data report: {self.name}", self.expected_rows)
@@ -347,7 +347,7 @@ class DataPlan:
         tasks = {t.name: list(t.classes) for t in self.tasks[1:]}
         report = DataReport(self.classes, tasks=tasks)
         names = list(splits or self.spec.data.splits)
-        columns = list(REPORT_COLUMNS) + [f"label_{t}" for t in tasks] + \
+        columns = list(REPORT_COLUMNS) + [task_column(t) for t in tasks] + \
             [f"present_{m}" for m in self.spec.modalities.enabled()] + [HASH_COLUMN]
         # train last: its content is only matched against the others', never held (the largest split, usually)
         order = sorted(names, key=lambda n: n == "train")
