@@ -215,6 +215,10 @@ class DataPlan:
         self._files.checks[split] = checks
         return checks
 
+    def shard_samples(self, split: str) -> int:
+        """Samples in the shards of ``split`` that a pass reads (from the shard checks: no pass, labels or not)."""
+        return sum(c.samples for c in self.checks(split) if c.usable)
+
     def good_shards(self, split: str) -> list[str]:
         """Shards to read: the sound ones, and truncated ones (the reader stops after their last whole sample)."""
         return [c.path for c in self.checks(split) if c.usable]
