@@ -73,16 +73,16 @@ class Predictor:
             if block is not None:
                 probs[kept] = torch.softmax(block, dim=1).cpu().numpy()
             index = np.where(kept, np.nan_to_num(probs, nan=-1.0).argmax(1), -1).astype(np.int64)
-            out[task_column(task, "label_index")] = batch[task.column]
-            out[task_column(task, "pred_index")] = index
-            out[task_column(task, "pred_class")] = np.array([task.classes[i] if i >= 0 else None for i in index],
-                                                            dtype=object)
+            out[output_column(task, "label_index")] = batch[task.column]
+            out[output_column(task, "pred_index")] = index
+            out[output_column(task, "pred_class")] = np.array(
+                [task.classes[i] if i >= 0 else None for i in index], dtype=object)
             for j, name in enumerate(task.classes):
-                out[task_column(task, f"prob_{name}")] = probs[:, j]
+                out[output_column(task, f"prob_{name}")] = probs[:, j]
         return out
 
 
-def task_column(task, name: str) -> str:
+def output_column(task, name: str) -> str:
     """A prediction column of ``task``: ``pred_class`` for the primary task, ``speaker.pred_class`` for a
     further one (label.tasks)."""
     return f"{task.infix}{name}"
