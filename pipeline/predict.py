@@ -19,7 +19,7 @@ from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.report import REPORT_COLUMNS, SplitReport
 from pipeline.registry import ModelRef, Registry
 from pipeline.spec import PredictSpec
-from pipeline.tasks import split_logits
+from pipeline.tasks import PRIMARY_COLUMN, split_logits, task_column
 
 SPLIT = "predict"
 TEXT_COLUMNS = ("key", "shard", "status", "detail", "pred_class")
@@ -73,16 +73,16 @@ class Predictor:
             if block is not None:
                 probs[kept] = torch.softmax(block, dim=1).cpu().numpy()
             index = np.where(kept, np.nan_to_num(probs, nan=-1.0).argmax(1), -1).astype(np.int64)
-            out[task_column(task, "label_index")] = batch[task.column]
-            out[task_column(task, "pred_index")] = index
-            out[task_column(task, "pred_class")] = np.array([task.classes[i] if i >= 0 else None for i in index],
-                                                            dtype=object)
+            out[output_column(task, "label_index")] = batch[task.column]
+            out[output_column(task, "pred_index")] = index
+            out[output_column(task, "pred_class")] = np.array(
+                [task.classes[i] if i >= 0 else None for i in index], dtype=object)
             for j, name in enumerate(task.classes):
-                out[task_column(task, f"prob_{name}")] = probs[:, j]
+                out[output_column(task, f"prob_{name}")] = probs[:, j]
         return out
 
 
-def task_column(task, name: str) -> str:
+def output_column(task, name: str) -> str:
     """A prediction column of ``task``: ``pred_class`` for the primary task, ``speaker.pred_class`` for a
     further one (label.tasks)."""
     return f"{task.infix}{name}"
@@ -147,8 +147,8 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
             with watch("prediction", spec.scaling.stall_timeout_s):  # rows written are its progress
                 for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
                     report.add_batch({KEY_COLUMN: batch["key"], URL_COLUMN: batch["shard"],
-                                      "label": batch["label_index"],
-                                      **{f"label_{t}": batch[f"{t}.label_index"] for t in report.tasks},
+                                      PRIMARY_COLUMN: batch["label_index"],
+                                      **{task_column(t): batch[f"{t}.label_index"] for t in report.tasks},
                                       "drop_reason": np.array([s if s != "ok" else "" for s in batch["status"]],
                                                               dtype=object),
                                       "drop_detail": batch["detail"]})

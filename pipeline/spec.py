@@ -170,8 +170,9 @@ def _valid_task_name(v: str) -> str:
 
 class TaskSpec(Strict):
     """A further label of each sample (label.tasks.<name>): read like the primary label, scored by its own head.
-    A sample without it trains only the other tasks (its loss masked, counted in the data report as
-    ``<task>_missing``); a value that is not one of the classes drops the sample (label_unknown)."""
+    A sample without it trains only the other tasks (its loss masked, counted per split in the data report:
+    ``splits.<split>.tasks.<task>.missing`` in data_report.json); a value that is not one of the classes drops the
+    sample (label_unknown)."""
     source: Literal["cls", "json"] = Field("json", description="cls: a member with one of `extensions`; json: the "
                                                                "key `json_key` of the meta json member")
     extensions: list[str] = Field(default_factory=list, description="with source cls: the member extensions, "

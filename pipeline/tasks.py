@@ -15,6 +15,11 @@ from pipeline.spec import JobSpec, LabelSpec
 PRIMARY_COLUMN = "label"
 
 
+def task_column(name: str) -> str:
+    """The batch column of the further task ``name``: ``label_<name>``."""
+    return f"{PRIMARY_COLUMN}_{name}"
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -41,7 +46,7 @@ def label_tasks(label: LabelSpec, classes: list[str] | tuple[str, ...]) -> tuple
     """Every task, the primary first; ``classes``: the primary task's (label.classes or the manifest's)."""
     primary = Task(label.name, tuple(classes), PRIMARY_COLUMN, "", label.weight, label.source,
                    tuple(label.extensions), label.json_key, label.format, True)
-    return (primary, *(Task(name, tuple(t.classes), f"{PRIMARY_COLUMN}_{name}", f"{name}.", t.weight, t.source,
+    return (primary, *(Task(name, tuple(t.classes), task_column(name), f"{name}.", t.weight, t.source,
                             tuple(t.extensions), t.json_key or name, t.format, False)
                        for name, t in label.tasks.items()))
 
@@ -52,7 +57,7 @@ def spec_tasks(spec: JobSpec, classes: list[str] | tuple[str, ...]) -> tuple[Tas
 
 def label_columns(spec: JobSpec) -> list[str]:
     """The label columns a batch carries: ``label``, then ``label_<task>`` per further task."""
-    return [PRIMARY_COLUMN, *(f"{PRIMARY_COLUMN}_{name}" for name in spec.label.tasks)]
+    return [PRIMARY_COLUMN, *(task_column(name) for name in spec.label.tasks)]
 
 
 def rebalanced_task(tasks: tuple[Task, ...], chosen: str | None) -> Task:
@@ -65,6 +70,13 @@ def split_logits(logits, tasks: tuple[Task, ...]) -> list:
     return list(logits.split([len(t.classes) for t in tasks], dim=1)) if len(tasks) > 1 else [logits]
 
 
-def holdout_metric_name(spec: JobSpec, metric: str) -> str:
-    """The registry's holdout metric as people read it: ``macro_f1``, or ``macro_f1 (task digit)`` with tasks."""
-    return f"{metric} (task {spec.label.name})" if spec.label.tasks else metric
+def holdout_task(spec: JobSpec) -> str | None:
+    """The task the registry's holdout metric scores, as a version and its promotion decision record it: the
+    primary's name with label.tasks, None without (a one-task model's records keep their old shape)."""
+    return spec.label.name if spec.label.tasks else None
+
+
+def holdout_metric_name(metric: str, task: str | None = None) -> str:
+    """The registry's holdout metric as people read it: ``macro_f1``, or ``macro_f1 (task digit)`` when the models
+    have several tasks (``task``: the primary's name, as the registry records it; None without label.tasks)."""
+    return f"{metric} (task {task})" if task else metric

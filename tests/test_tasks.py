@@ -19,7 +19,7 @@ from pipeline.data.stages.report import DataReport, SplitReport
 from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.model.losses import make_task_loss
 from pipeline.spec import SpecError, spec_from_dict
-from pipeline.tasks import holdout_metric_name, label_columns, spec_tasks, split_logits
+from pipeline.tasks import holdout_metric_name, holdout_task, label_columns, spec_tasks, split_logits
 from pipeline.train.metrics import Accumulator, task_metrics
 
 pytestmark = pytest.mark.fast
@@ -58,7 +58,7 @@ def test_a_spec_without_tasks_has_one_task_with_the_old_names():
     assert (task.name, task.column, task.metric("val", "macro_f1"), task.prefix("val")) == \
         ("label", "label", "val.macro_f1", "val")
     assert label_columns(spec) == ["label"] and input_columns(spec)[-1] == "label"
-    assert holdout_metric_name(spec, "macro_f1") == "macro_f1"
+    assert holdout_task(spec) is None and holdout_metric_name("macro_f1", holdout_task(spec)) == "macro_f1"
 
 
 def test_further_tasks_get_their_column_metric_names_and_classes():
@@ -69,7 +69,7 @@ def test_further_tasks_get_their_column_metric_names_and_classes():
         ("label_speaker", "speaker", tuple(SPEAKERS), 0.5)
     assert speaker.metric("val", "macro_f1") == "val.speaker.macro_f1"
     assert label_columns(spec) == ["label", "label_speaker"]
-    assert holdout_metric_name(spec, "macro_f1") == "macro_f1 (task animal)"
+    assert holdout_metric_name("macro_f1", holdout_task(spec)) == "macro_f1 (task animal)"
 
 
 @pytest.mark.parametrize("label, message", [
@@ -121,6 +121,20 @@ def test_clean_reads_each_task_masks_a_missing_one_and_drops_an_unknown_one():
     assert list(out["drop_reason"]) == [""] and out["label_speaker"].tolist() == [-1]
 
 
+def test_an_unreadable_cls_task_member_drops_the_sample_in_training_and_is_unknown_in_prediction():
+    import gzip
+
+    spec = spec_from_dict({**TWO, "label": {"tasks": {"mood": {"source": "cls", "extensions": ["mood"],
+                                                                "classes": ["calm", "loud"]}}}})
+    samples = [good(**{"mood.gz": b"not gzip at all"}), good(**{"mood.gz": gzip.compress(b"loud")})]
+    out = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES))
+    assert list(out["drop_reason"]) == ["label_unknown", ""] and out["label_mood"][1] == 1
+    assert out["drop_detail"][0].startswith("task mood: member .mood.gz: ")  # named once, as a bad value is
+    # prediction (labels not required): kept with the task's label unknown (-1), as a corrupt primary label is
+    out = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES, labels_required=False))
+    assert list(out["drop_reason"]) == ["", ""] and out["label_mood"].tolist() == [-1, 1]
+
+
 def test_a_cls_task_reads_its_own_member_and_its_label_is_part_of_the_content():
     spec = spec_from_dict({**TWO, "label": {"tasks": {"mood": {"source": "cls", "extensions": ["mood"],
                                                                 "classes": ["calm", "loud"]}}}})
@@ -147,6 +161,67 @@ def test_rebalance_by_a_further_task_uses_its_column_and_keeps_unlabelled_rows_o
     stage = next(s for s in sample_path(spec, StageConfig.from_spec(spec, CLASSES), "train", factors=[1, 1, 1])
                  if s.name == "rebalance")
     assert stage.args["column"] == "label_speaker"
+
+
+def test_the_label_pass_counts_rows_without_the_rebalanced_tasks_label_into_the_epoch():
+    """rebalance.task on a further task: its rows without that label still stream, once each, so an epoch (and
+    the learning-rate schedule's steps) has them too."""
+    from pipeline.data.streaming.counts import label_counts_batch
+    from pipeline.data.streaming.plan import kept_counts, plan_rebalance
+
+    spec = two_task(rebalance={"strategy": "oversample", "task": "speaker"})
+    cfg = StageConfig.from_spec(spec, CLASSES)
+    speaker = spec_tasks(spec, CLASSES)[1]
+    batch = raw_batch([good(json=meta(speaker="ann")), good(json=meta(speaker="ann")), good(json=meta(speaker="bo")),
+                       good(), good(json=meta(other=1)),         # no speaker: kept, masked
+                       good(json=meta(speaker="zed")),           # not a speaker: dropped
+                       good(cls=None, json=meta(speaker="bo"))])  # no primary label: dropped
+    counted = label_counts_batch(batch, cfg, speaker)
+    assert counted["counts"].tolist() == [[2, 1, 0]]
+    assert (counted["unlabelled"].tolist(), counted["invalid"].tolist()) == ([2], [2])
+    plan = plan_rebalance(spec, SPEAKERS, [2, 1, 0], "label pass (speaker)", unlabelled=2)
+    assert plan.expected == [2.0, 2.0, 0.0] and plan.rows_per_epoch == 6.0  # not 4: the 2 unlabelled rows too
+    assert plan.to_dict()["task"] == "speaker" and plan.to_dict()["unlabelled_rows"] == 2
+    # the primary task: a row without its label is dropped, none is unlabelled; its plan keeps its old shape
+    primary = label_counts_batch(batch, cfg)
+    assert primary["counts"].tolist() == [[6, 0, 0]] and primary["unlabelled"].tolist() == [0]
+    alone = plan_rebalance(two_task(rebalance={"strategy": "oversample"}), CLASSES, [6, 0, 0], "manifest.json")
+    assert alone.rows_per_epoch == 6.0 and "task" not in alone.to_dict()
+    # the data report's counts (validate, tune): the kept rows per class and those without the label
+    report = SplitReport("train", CLASSES, tasks={"speaker": SPEAKERS})
+    report.add_batch({"__key__": np.array(list("abc"), dtype=object), "__url__": np.array(["s"] * 3, dtype=object),
+                      "label": np.array([0, 0, 0]), "label_speaker": np.array([1, -1, 1]),
+                      "drop_reason": np.array([""] * 3, dtype=object), "drop_detail": np.array([""] * 3, dtype=object)})
+    assert kept_counts(report, speaker) == ([0, 2, 0], 1)
+    assert kept_counts(report, spec_tasks(spec, CLASSES)[0]) == ([3, 0, 0], 0)
+
+
+def test_pretraining_neither_rebalances_nor_counts_a_further_task():
+    from pipeline.train.pretrain import pretrain_spec
+
+    spec = pretrain_spec(two_task(rebalance={"strategy": "oversample", "task": "speaker"}))
+    assert (spec.rebalance.strategy, spec.rebalance.task) == ("none", None)  # no label pass for the speaker
+
+
+def test_the_rebalance_plot_and_table_show_the_rebalanced_tasks_classes(tmp_path):
+    from io import StringIO
+
+    from PIL import Image
+    from rich.console import Console
+
+    from pipeline.data.streaming.plan import plan_rebalance
+    from pipeline.data.tools.plots import plot_rebalance
+
+    spec = two_task(rebalance={"strategy": "oversample", "task": "speaker"})
+    plan = plan_rebalance(spec, SPEAKERS, [2, 1, 4], "kept rows", unlabelled=3).to_dict()
+    png = plot_rebalance(plan, tmp_path / "r_classes.png")  # the speaker's 3 classes; the primary task has 4
+    assert Image.open(png).size[0] > 0
+    report = DataReport(CLASSES + ["cow"], tasks={"speaker": SPEAKERS}, rebalance=plan)
+    buf = StringIO()
+    report.print(Console(file=buf, width=200))
+    shown = " ".join(buf.getvalue().split())  # the title and caption may wrap
+    assert "Train classes of task speaker per epoch, rebalance: oversample" in shown
+    assert "+ 3 rows without a speaker label, each kept once" in shown
 
 
 def test_label_fraction_unlabels_every_task_of_a_row_together():
@@ -272,3 +347,39 @@ def test_a_run_resumes_only_with_the_tasks_it_was_trained_with(tmp_path):
     check_resumable(spec_from_dict({}), tmp_path, "train")
     with pytest.raises(TrainError, match=r"label.tasks"):
         check_resumable(spec_from_dict({"label": TWO["label"]}), tmp_path, "train")
+
+
+def test_a_pretraining_resumes_when_only_the_labels_changed(tmp_path):
+    """Pretraining ignores labels: a changed label section (or its tasks) must not refuse its resume."""
+    from pipeline.spec import dump_spec
+    from pipeline.train.pretrain import pretrain_spec
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    (tmp_path / "ray" / "pretrain").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(dump_spec(pretrain_spec(spec_from_dict({}))), encoding="utf-8")
+    relabelled = pretrain_spec(spec_from_dict({"label": TWO["label"]}))
+    check_resumable(relabelled, tmp_path, "pretrain", sections=("model", "train"))
+    with pytest.raises(TrainError, match=r"model.hidden"):  # the model still counts
+        check_resumable(pretrain_spec(spec_from_dict({"label": TWO["label"], "model": {"hidden": 8}})), tmp_path,
+                        "pretrain", sections=("model", "train"))
+    with pytest.raises(TrainError, match=r"label.name, label.tasks"):  # a classifier's training: labels count
+        check_resumable(relabelled, tmp_path, "pretrain")
+
+
+@pytest.mark.parametrize("key, dist", [
+    ("rebalance.task", {"choice": ["animal", "speaker"]}),
+    ("label.tasks.speaker.weight", {"uniform": [0.1, 1.0]}),
+    ("label.weight", {"choice": [0.5, 1.0]}),
+    ("rebalance", {"choice": [{"strategy": "sqrt", "task": "speaker"}]}),
+])
+def test_tune_may_not_search_what_every_trial_shares(key, dist):
+    """The class counts and the val set (with its label columns) are computed once for all trials."""
+    from pipeline.spec_checks import job_from_dict
+
+    def tune(space: dict):
+        return job_from_dict({**TWO, "tune": {"search_space": space}}, deep=False)
+
+    with pytest.raises(SpecError, match=rf"tune.search_space.{key}: the search space may not change "
+                                        r"(label|rebalance.task): the class counts"):
+        tune({key: dist})
+    assert tune({"rebalance.strategy": {"choice": ["none", "sqrt"]}}).tune.search_space

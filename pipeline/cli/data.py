@@ -88,7 +88,7 @@ def validate(
     """Run read → clean → align over every split and print the data report."""
     job = load_spec(spec, set_)
     from pipeline.console import log_file_for, log_to
-    from pipeline.data.tools.plots import plot_class_distribution
+    from pipeline.data.tools.plots import plot_rebalance
     from pipeline.ray_runtime import ensure_ray
 
     if not job.data.splits:
@@ -110,12 +110,8 @@ def validate(
     if out:
         report.write_json(out)
         console.print(f"report written to {out}")
-        if report.rebalance:
-            r = report.rebalance
-            png = plot_class_distribution(report.classes, list(r["before"].values()),
-                                          list(r["expected_after"].values()),
-                                          f"train classes, rebalance: {r['strategy']}",
-                                          out.with_name(out.stem + "_classes.png"))
+        if report.rebalance:  # the rebalanced task's classes (rebalance.task), not always the primary's
+            png = plot_rebalance(report.rebalance, out.with_name(out.stem + "_classes.png"))
             console.print(f"class distribution plot written to {png}")
     if any(s.rows_kept == 0 for s in report.splits.values()):
         fail("a split kept no rows", code=1)

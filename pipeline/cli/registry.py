@@ -10,6 +10,7 @@ from rich.table import Table
 
 from pipeline.cli.common import FAILED, console, exits_on_error, fail
 from pipeline.cli.tables import print_table
+from pipeline.tasks import holdout_metric_name
 
 app = typer.Typer(help="Model registry: versions, the champion alias, promotion and rollback.",
                   no_args_is_help=True)
@@ -43,8 +44,8 @@ def list_versions(registry: str = typer.Argument(..., help="Registry folder or U
         split = v.get("holdout", "test")
         score = ", ".join(f"{k}={m[f'{split}.{k}']:.3f}" for k in ("accuracy", "macro_f1")
                           if m.get(f"{split}.{k}") is not None)
-        task = f" (task {v['task']})" if v.get("task") else ""  # label.tasks: the primary task's scores
-        table.add_row(str(v["version"]), v.get("created", ""), f"{split}{task}: {score}", v.get("code_version", ""),
+        scored = holdout_metric_name(split, v.get("task"))  # label.tasks: the primary task's, "test (task digit)"
+        table.add_row(str(v["version"]), v.get("created", ""), f"{scored}: {score}", v.get("code_version", ""),
                       ", ".join(aliases.get(v["version"], [])))
     print_table(table)
 

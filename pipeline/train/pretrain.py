@@ -41,11 +41,20 @@ class PretrainResult:
 
 
 def pretrain_spec(spec: JobSpec) -> JobSpec:
-    """The spec as pretraining reads the data: every train row once per epoch (no rebalancing, every label ignored)."""
+    """The spec as pretraining reads the data: every train row once per epoch (no rebalancing, every label ignored,
+    so no task's classes are counted)."""
     out = spec.model_copy(deep=True)
-    out.rebalance.strategy = "none"
+    out.rebalance.strategy, out.rebalance.task = "none", None
     out.train.label_fraction = None
     return out
+
+
+def epoch_rows(data: DataPlan) -> float:
+    """Rows one pretraining epoch streams, which size its learning-rate schedule: every sample of the readable
+    train shards, labelled or not (class counts left out the unlabelled ones: with no labels at all the schedule
+    ran out after one step per epoch). Rows cleaning drops make it a little high, which leaves the last steps' lr
+    above 0 rather than reaching 0 early."""
+    return float(data.shard_samples("train")) or float(data.spec.train.batch_size * data.spec.scaling.num_workers)
 
 
 def pretrain_columns(spec: JobSpec) -> list[str]:
@@ -68,9 +77,9 @@ def run_pretraining(spec: JobSpec, run_dir: str | Path, data_plan: DataPlan | No
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = pretrain_spec(spec)
     data = data_plan.for_spec(spec) if data_plan is not None else DataPlan(spec)
-    check_resumable(spec, run_dir, name)
+    check_resumable(spec, run_dir, name, sections=("model", "train"))  # labels: ignored by pretraining
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
-    rows = float(sum(data.class_counts()[0])) or float(spec.train.batch_size * spec.scaling.num_workers)
+    rows = epoch_rows(data)
 
     data_progress(False)
     run_config = RunConfig(name=name, storage_path=str(run_dir / "ray"),

@@ -47,17 +47,22 @@ class TrainResult:
     best_checkpoint: Path  # run_dir / best.pt
 
 
-def check_resumable(spec: JobSpec, run_dir: Path, name: str) -> None:
-    """A run directory with training state resumes; refuse when the model or optimisation settings changed, which
-    the restored weights and optimizer state would silently override or fail to load."""
+# The spec sections whose change a resumed training would silently override: the model, the optimisation and the
+# labels (their tasks and classes shape the model's heads, label.tasks).
+RESUME_SECTIONS = ("model", "train", "label")
+
+
+def check_resumable(spec: JobSpec, run_dir: Path, name: str, sections: tuple[str, ...] = RESUME_SECTIONS) -> None:
+    """A run directory with training state resumes; refuse when the settings of ``sections`` changed (the model
+    or optimisation, by default also the labels), which the restored weights and optimizer state would silently
+    override or fail to load. Pretraining ignores labels: it passes ("model", "train")."""
     import yaml
 
     previous = run_dir / "spec.yaml"
     if not (run_dir / "ray" / name).exists() or not previous.exists():
         return
     old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
-    # label: its tasks and classes shape the model's heads (label.tasks)
-    changed = [f"{section}.{k}" for section in ("model", "train", "label")
+    changed = [f"{section}.{k}" for section in sections
                for k, value in _settings(spec, section, old.get(section) or {}) if k != "epochs"]
     if changed:
         raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); it would resume "
@@ -102,7 +107,7 @@ def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "classes": data.classes, "epoch_clock": clock,
-                           "rows_per_epoch": float(sum(rebalance.expected)), "counts_seen": rebalance.expected,
+                           "rows_per_epoch": rebalance.rows_per_epoch, "counts_seen": rebalance.expected,
                            "inject_failure": inject_failure, "heartbeat": heartbeat,
                            "tracking": tracking},  # tensorboard_dir, hparams: pipeline/tracking/tensorboard.py
         scaling_config=ScalingConfig(num_workers=spec.scaling.num_workers, use_gpu=spec.scaling.use_gpu,
@@ -146,7 +151,7 @@ def run_training(spec: JobSpec, run_dir: str | Path, inject_failure: dict | None
     # Class counts for rebalancing from manifest.json when it describes these shards (else a label-only pass):
     # training starts without first reading every split. The data report's full pass runs after training.
     plan = data.rebalance
-    per_rank = sum(plan.expected) / spec.scaling.num_workers
+    per_rank = plan.rows_per_epoch / spec.scaling.num_workers
     if per_rank < spec.train.batch_size:
         raise TrainError(f"an epoch gives each of the {spec.scaling.num_workers} workers about {per_rank:.0f} "
                          f"training rows, fewer than train.batch_size={spec.train.batch_size}: no step would run. "
@@ -198,7 +203,7 @@ def _fit(data: DataPlan, rebalance: RebalancePlan, plan: ResourcePlan, run_confi
                 warm_data_workers(spec, strategy, min(8, spec.scaling.data_cpus))
             quiet_ray()  # Ray Train's driver loggers exist now: their lines go to the log file
             with watch("training", spec.scaling.stall_timeout_s, heartbeat, force_stop=kill_train_controllers), \
-                    follow_training(heartbeat, spec.train.epochs, float(sum(rebalance.expected))):
+                    follow_training(heartbeat, spec.train.epochs, rebalance.rows_per_epoch):
                 return trainer.fit()
     finally:
         heartbeat.close()

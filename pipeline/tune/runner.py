@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.data.streaming.plan import DataPlan, plan_rebalance
+from pipeline.data.streaming.plan import DataPlan, kept_counts, plan_rebalance
 from pipeline.console import verbose
 from pipeline.io import atomic_write_text
 from pipeline.ray_runtime import data_progress
@@ -61,7 +61,7 @@ def concurrent_trials(spec: JobSpec, cpus: float, gpus: float = 0.0) -> int:
     return plan_resources(spec, cpus, gpus, tune=True).trials
 
 
-def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], val, storage: str,
+def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], unlabelled: int, val, storage: str,
                worker_resources: dict, heartbeat: Heartbeat) -> None:
     """One trial: a TorchTrainer over this trial's spec, reporting every epoch to Tune (its shards already checked
     by ``data``, the experiment's plan). Its data tasks run in the trial's own data CPUs (DATA_BUNDLE of the
@@ -75,7 +75,7 @@ def _trainable(config: dict, base: dict, data: DataPlan, counts: list[int], val,
 
     spec = trial_spec(base, config)
     trial = data.for_spec(spec, data.classes)
-    plan = plan_rebalance(spec, list(trial.rebalanced_task.classes), counts, "shared counts")
+    plan = plan_rebalance(spec, list(trial.rebalanced_task.classes), counts, "shared counts", unlabelled)
     # The trial's epoch clock and duplicate index end with it (also when Tune reuses the trial's actor).
     with actors_scope():
         trainer = build_trainer(trial, plan, val, worker_resources,
@@ -169,9 +169,8 @@ def _search(spec: JobSpec, out_dir: Path, data: DataPlan, resources) -> TuneResu
     search_alg = _search_alg(spec)
     # Shared work, once: the data report (exact kept counts for every trial's rebalancing) and the val set.
     report = data.validate(["train", "val"])
-    task = data.rebalanced_task  # rebalance.task: counts of that task's classes
-    hist = report.splits["train"].histogram(None if task.primary else task.name)
-    counts = [hist.get(c, 0) for c in task.classes]
+    # rebalance.task: counts of that task's classes (the search space may not change it: tune/space.py)
+    counts, unlabelled = kept_counts(report.splits["train"], data.rebalanced_task)
     report.write_json(out_dir / "data_report.json")
     data_progress(False)
     all_columns = sorted({c for m in spec.modalities.enabled() for c in (m, f"present_{m}")} |
@@ -182,7 +181,7 @@ def _search(spec: JobSpec, out_dir: Path, data: DataPlan, resources) -> TuneResu
 
     heartbeat = Heartbeat()
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base=base, data=data, counts=counts, val=val,
+        tune.with_parameters(_trainable, base=base, data=data, counts=counts, unlabelled=unlabelled, val=val,
                              storage=str(out_dir / "trials"), worker_resources=resources.worker_resources(),
                              heartbeat=heartbeat),
         tune.PlacementGroupFactory(resources.trial_bundles()))

@@ -103,6 +103,20 @@ def apply(raw: dict, values: dict[str, Any]) -> dict:
     return out
 
 
+# What every trial shares because the experiment computes it once (the class counts for rebalancing, the
+# materialised validation set and its label columns): keys under these may not be searched.
+SHARED_BY_TRIALS = ("label", "rebalance.task")
+
+
+def _shared_by_trials(key: str) -> str | None:
+    """The shared setting ``key`` would change (``label``, ``rebalance.task``), else None; ``rebalance`` as a whole
+    would change rebalance.task."""
+    for shared in SHARED_BY_TRIALS:
+        if key == shared or key.startswith(shared + ".") or shared.startswith(key + "."):
+            return shared
+    return None
+
+
 def problems(raw: dict, space: dict[str, Any], validate) -> list[tuple[str, str]]:
     """(field path, message) for every bad key or value; ``validate(raw)`` raises on an invalid spec."""
     out = []
@@ -110,6 +124,12 @@ def problems(raw: dict, space: dict[str, Any], validate) -> list[tuple[str, str]
         path = f"tune.search_space.{key}"
         if key.startswith("tune.") or key.startswith("data."):
             out.append((path, "the search space may not change the tune or data sections"))
+            continue
+        fixed = _shared_by_trials(key)
+        if fixed:
+            out.append((path, f"the search space may not change {fixed}: the class counts and the validation set "
+                              "are computed once for every trial (pipeline/tune/runner.py); run one tune per "
+                              "setting instead"))
             continue
         shape = _shape_problem(dist)
         if shape:

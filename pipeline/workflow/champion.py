@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from pipeline.tasks import holdout_metric_name
+
 
 def decide(metric: str, challenger: float, champion: float | None, min_improvement: float,
            task: str | None = None) -> dict:
@@ -15,7 +17,7 @@ def decide(metric: str, challenger: float, champion: float | None, min_improveme
     base = {"metric": metric, "challenger": challenger, "champion": champion, "min_improvement": min_improvement,
             **({"task": task} if task else {})}
     mode = metric_mode(metric)
-    metric = f"{metric} (task {task})" if task else metric  # as the reasons name it
+    metric = holdout_metric_name(metric, task)  # as the reasons name it
     if challenger is None or math.isnan(challenger):
         return {**base, "promote": False, "reason": f"challenger has no {metric} score"}
     if champion is None or math.isnan(champion):

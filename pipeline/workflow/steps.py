@@ -20,6 +20,7 @@ from pipeline.spec import STEPS as STEP_NAMES
 from pipeline.tracking.mlflow_log import mlflow_run_id
 from pipeline.spec import JobSpec
 from pipeline.spec_checks import load_job as load_spec
+from pipeline.tasks import holdout_task
 from pipeline.workflow.champion import decide
 from pipeline.registry import Registry
 from pipeline.workflow.rundir import RunDir, fingerprint
@@ -226,8 +227,9 @@ def register(ctx: StepContext, ws: Path) -> dict:
             "spec_sha256": fingerprint(trained_spec), "data": data, "holdout": evaluation["split"],
             "metrics": evaluation["metrics"], "classes": evaluation["classes"], "code_version": code_version(),
             "run_dir": ctx.run.uri, "mlflow_run_id": mlflow_run_id(train_dir)}  # None: not logged to MLflow
-    if ctx.spec.label.tasks:  # label.tasks: the holdout metric (test.macro_f1) is the primary task's
-        meta["task"] = ctx.spec.label.name
+    task = holdout_task(ctx.spec)
+    if task:  # label.tasks: the holdout metric (test.macro_f1) is the primary task's
+        meta["task"] = task
     version = ctx.registry.register((train_dir / "best.pt").read_bytes(), trained_spec, meta, ctx.run_id)
     atomic_write_text(ws / "register.json", json.dumps({"registry": ctx.registry.uri, "version": version}))
     return {"registry": ctx.registry.uri, "version": version}
@@ -258,7 +260,7 @@ def promote(ctx: StepContext, ws: Path) -> dict:
             # NaN stays NaN here (not None): decide() must not read a scoreless champion as "no champion"
             champion_score = score(loaded.model, loaded.spec, ctx.data, reg.holdout, loaded.classes).get(key)
         decision = decide(reg.metric, evaluation["metrics"].get(key), champion_score, reg.min_improvement,
-                          task=ctx.spec.label.name if ctx.spec.label.tasks else None)  # the primary task's
+                          task=holdout_task(ctx.spec))  # the primary task's
         decision.update({"challenger_version": version, "champion_version": against, "split": reg.holdout,
                          "run_dir": ctx.run.uri,
                          "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -39,6 +39,16 @@ def test_train_report_has_every_section_inline_and_offline(tmp_path):
     assert "name: tiny-run" in html  # the resolved spec
 
 
+def test_the_rebalance_section_names_a_further_task_and_its_unlabelled_rows(tmp_path):
+    run = write_train_run(tmp_path / "run")
+    report = json.loads((run / "data_report.json").read_text(encoding="utf-8"))
+    assert "over the classes of task" not in write_report(run).read_text(encoding="utf-8")  # the primary's
+    report["rebalance"].update({"task": "说话人", "unlabelled_rows": 7})  # rebalance.task: a further task
+    (run / "data_report.json").write_text(json.dumps(report, ensure_ascii=False), encoding="utf-8")
+    html = write_report(run).read_text(encoding="utf-8")
+    assert "over the classes of task <b>说话人</b> (7 rows without its label, each kept once)" in html
+
+
 def test_old_zero_based_runs_read_one_based(tmp_path):
     run = write_train_run(tmp_path / "run", epochs=2)
     csv = (run / "epochs.csv").read_text(encoding="utf-8").splitlines()

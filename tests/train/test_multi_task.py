@@ -27,6 +27,30 @@ def fsdd_shards(tmp_path_factory):
     return out / "shards"
 
 
+@pytest.fixture(scope="module")
+def fsdd_unknown_speakers(tmp_path_factory):
+    """The FSDD fixture with two of jackson's train samples packed without a speaker (no key in their meta json):
+    kept, their speaker masked."""
+    out = tmp_path_factory.mktemp("fsdd-unknown-speakers")
+    manifest = prepare(FIXTURES / "fsdd", out / "raw")
+    with manifest.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in [r for r in rows if r["split"] == "train" and r["speaker"] == "jackson"][:2]:
+        row["speaker"] = ""  # pack leaves an empty cell out of the meta json
+    with manifest.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    packed = pack_manifest(manifest, out / "shards", progress=False)
+    assert packed.skipped == []
+    return out / "shards"
+
+
+def _speaker_rebalanced(shards) -> list[str]:
+    return [f"data.splits.{s}={shards}/{s}/*.tar" for s in ("train", "val", "test")] + TWO_TASKS + \
+        ["rebalance.strategy=oversample", "rebalance.task=speaker"]
+
+
 @pytest.mark.slow
 def test_two_tasks_train_score_and_predict(ray_session, fsdd_shards, tmp_path):
     from pipeline.data.stages.config import StageConfig
@@ -89,6 +113,38 @@ def test_rebalancing_by_the_speaker_counts_its_classes_in_a_label_pass(ray_sessi
     assert data.rebalance.classes == SPEAKERS and data.rebalance.factors == [1.0, 1.0, 1.0]
     rows = data.train_dataset(columns=["label", "label_speaker", "copy"]).take_all()
     assert sorted(r["label_speaker"] for r in rows) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_an_epoch_rebalanced_by_the_speaker_counts_the_rows_without_one(ray_session, fsdd_unknown_speakers):
+    """The epoch the learning-rate schedule is sized for (rows_per_epoch) is the epoch that streams: the rows
+    without a speaker come once each beside the oversampled ones (counted apart, they ended the schedule early)."""
+    from pipeline.data.streaming.plan import DataPlan
+
+    data = DataPlan(load_spec(ROOT / "jobs" / "av-digits.yaml", _speaker_rebalanced(fsdd_unknown_speakers)))
+    counts, source = data.class_counts()
+    assert (counts.tolist(), data.unlabelled_rows(), source) == ([2, 4, 4], 2, "label pass (speaker)")
+    plan = data.rebalance
+    assert plan.factors == [2.0, 1.0, 1.0] and plan.rows_per_epoch == 14.0  # 4 + 4 + 4 + 2
+    rows = data.train_dataset(columns=["label", "label_speaker"]).take_all()
+    assert len(rows) == plan.rows_per_epoch and sum(r["label_speaker"] < 0 for r in rows) == 2
+
+
+def test_validate_out_plots_the_speakers_when_it_rebalances_them(ray_session, fsdd_unknown_speakers, tmp_path):
+    """mmpipe validate --out with rebalance.task=speaker: the plot has the speaker's 3 classes (the digit has 4)."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "r.json"
+    args = ["validate", str(ROOT / "jobs" / "av-digits.yaml"), "--out", str(out), "--split", "train"]
+    for value in _speaker_rebalanced(fsdd_unknown_speakers):
+        args += ["--set", value]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rebalance = json.loads(out.read_text(encoding="utf-8"))["rebalance"]
+    assert rebalance["task"] == "speaker" and rebalance["unlabelled_rows"] == 2
+    assert rebalance["before"] == {"jackson": 2, "nicolas": 4, "theo": 4}
+    assert (tmp_path / "r_classes.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

@@ -110,14 +110,14 @@ def task_labels(batch: dict[str, np.ndarray], columns: dict[str, list[str]], i: 
     classes raises Rejected("label_unknown") naming the task (kept as -1 when labels are not required)."""
     out = []
     for task in cfg.tasks:
-        if task.source == "json":
-            raw = meta.get(task.json_key)
-        else:
-            member = pick_member(batch, columns[task.column], i, cfg.clean.max_member_bytes)
-            if member.error:
-                raise Rejected("label_unknown", f"task {task.name}: {member.error}")
-            raw = member.data
-        try:
+        try:  # a member that could not be read counts as a bad label: -1 too when labels are not required
+            if task.source == "json":
+                raw = meta.get(task.json_key)
+            else:
+                member = pick_member(batch, columns[task.column], i, cfg.clean.max_member_bytes)
+                if member.error:
+                    raise Rejected("label_unknown", member.error)
+                raw = member.data
             out.append(parse_label(raw, task.classes, task.format))
         except Rejected as r:
             if r.reason == "label_missing" or not cfg.labels_required:
@@ -275,7 +275,7 @@ def clean_chunks(batch: dict[str, np.ndarray], cfg: StageConfig, duplicates: Dup
     keys = [str(k) for k in batch[KEY_COLUMN]]
     urls = [str(u) for u in batch[URL_COLUMN]] if URL_COLUMN in batch else [""] * len(keys)
     columns = _columns(batch, cfg)
-    label_columns = ("label", *(t.column for t in cfg.tasks))
+    label_columns = cfg.label_columns
     chunk = _Chunk(label_columns)
     for i, (key, url) in enumerate(zip(keys, urls)):
         chunk.add(key, url, i, batch, columns, cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.spec import AlignSpec, CleanSpec, JobSpec, LabelSpec, ModalitiesSpec
-from pipeline.tasks import Task, label_tasks
+from pipeline.tasks import PRIMARY_COLUMN, Task, label_tasks
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class StageConfig:
     def primary(self) -> Task:
         """The primary task (the label section itself)."""
         return label_tasks(self.label, self.classes)[0]
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """The batch's label columns: the primary's, then each further task's (pipeline.tasks.label_columns)."""
+        return (PRIMARY_COLUMN, *(t.column for t in self.tasks))
 
     @property
     def enabled(self) -> list[str]:

@@ -43,6 +43,7 @@ from pipeline.data.stages.label_fraction import label_fraction_batch
 from pipeline.data.stages.rebalance import rebalance_batch
 from pipeline.data.stages.tokenize import tokenize_batch
 from pipeline.spec import JobSpec
+from pipeline.tasks import rebalanced_task
 
 Batch = dict[str, np.ndarray]
 PURPOSES = ("train", "eval", "report")
@@ -100,14 +101,14 @@ def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Dupli
             if factors is None:
                 raise ValueError(f"rebalance.strategy {spec.rebalance.strategy!r} needs the factors per class")
             # rebalance.task: a further task's label column (factors are per class of that task)
-            column = next((t.column for t in cfg.tasks if t.name == spec.rebalance.task), "label")
+            column = rebalanced_task((cfg.primary, *cfg.tasks), spec.rebalance.task).column
             path.append(Stage("rebalance", rebalance_batch, {"factors": np.asarray(factors),
                                                              "seed": spec.rebalance.seed, "column": column},
                               takes_epoch=True))
         if spec.train.label_fraction is not None:  # after rebalancing, which still sees every row's class
             path.append(Stage("label fraction", label_fraction_batch, {
                 "fraction": spec.train.label_fraction, "seed": spec.train.seed,
-                "columns": ("label", *(t.column for t in cfg.tasks))}))
+                "columns": cfg.label_columns}))
         if augments(spec):
             path.append(Stage("augment", augment_batch, {"augment": spec.augment, "modalities": spec.modalities},
                               takes_epoch=True))

@@ -16,9 +16,10 @@ from rich.table import Table
 from pipeline.console import make_console
 from pipeline.data.stages.clean import DROP_REASONS
 from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
+from pipeline.tasks import PRIMARY_COLUMN, task_column
 
 EXAMPLES_PER_REASON = 5
-REPORT_COLUMNS = (KEY_COLUMN, URL_COLUMN, "label", "drop_reason", "drop_detail")
+REPORT_COLUMNS = (KEY_COLUMN, URL_COLUMN, PRIMARY_COLUMN, "drop_reason", "drop_detail")
 
 
 @dataclass
@@ -51,9 +52,9 @@ class SplitReport:
             if len(examples) < EXAMPLES_PER_REASON:
                 examples.append({"key": str(batch[KEY_COLUMN][i]), "shard": str(batch[URL_COLUMN][i]),
                                  "detail": str(batch["drop_detail"][i])})
-        _count_classes(self.class_histogram, batch["label"][kept], self.classes)
+        _count_classes(self.class_histogram, batch[PRIMARY_COLUMN][kept], self.classes)
         for task, names in self.tasks.items():
-            labels = batch[f"label_{task}"][kept]
+            labels = batch[task_column(task)][kept]
             _count_classes(self.task_histograms.setdefault(task, {}), labels, names)
             self.task_missing[task] = self.task_missing.get(task, 0) + int((labels < 0).sum())
         for col in batch:
@@ -151,8 +152,11 @@ class DataReport:
                             *("" if n == other else str(self.shared(n, other)) for n in names))
         console.print(summary)
         if self.rebalance and self.rebalance["strategy"] != "none":
-            table = Table(title=f"Train classes per epoch, rebalance: {self.rebalance['strategy']}",
-                          title_justify="left")
+            task = self.rebalance.get("task")  # rebalance.task, when a further task's
+            without = f"+ {self.rebalance.get('unlabelled_rows', 0)} rows without a {task} label, each kept once"
+            table = Table(title=f"Train classes{f' of task {task}' if task else ''} per epoch, rebalance: "
+                                f"{self.rebalance['strategy']}", title_justify="left",
+                          caption=without if task else None, caption_justify="left")
             for col in ("class", "before", "expected after", "factor"):
                 table.add_column(col, justify="left" if col == "class" else "right")
             for c in self.rebalance["before"]:  # the rebalanced task's classes (rebalance.task)

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.data.stages.clean import parse_label, parse_meta
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.shards.tar import DEFAULT_LIMITS, TarLimits
-from pipeline.data.stages.contract import base_extension, pick_members
+from pipeline.data.stages.contract import KEY_COLUMN, base_extension, pick_members
 from pipeline.data.stages.decode import Rejected
 from pipeline.data.stages.path import Stage
 from pipeline.data.streaming.source import read_prepared
@@ -22,38 +22,60 @@ from pipeline.watchdog import progressed
 LABEL_PASS_BATCH_SIZE = 256
 
 
+def _label_index(task: Task, member, meta: dict) -> int:
+    """``task``'s class index of one sample (its label member, or its key of the parsed meta); raises Rejected."""
+    if task.source == "json":
+        return parse_label(meta.get(task.json_key), task.classes, task.format)
+    if member.error:
+        raise Rejected("label_unknown", member.error)
+    return parse_label(member.data, task.classes, task.format)
+
+
 def label_counts_batch(batch: dict[str, np.ndarray], cfg: StageConfig, task: Task | None = None
                        ) -> dict[str, np.ndarray]:
-    """One row per batch: counts per class (``counts``, (1, C)) and rows without a usable label (``invalid``).
-    ``task``: the task whose label is counted (rebalance.task); default: the primary."""
+    """One row per batch: counts per class (``counts``, (1, C)), rows training keeps without ``task``'s label
+    (``unlabelled``: a further task's missing label, masked and streamed once per epoch) and rows it drops for
+    their label(s) (``invalid``). ``task``: the task whose label is counted (rebalance.task); default: the
+    primary. For a further task a row counts only when its primary label is usable too (else training drops it)."""
     task = task or cfg.primary
-    labels = pick_members(batch, list(task.extensions))
-    metas = pick_members(batch, cfg.modalities.meta_extensions) if task.source == "json" else None
+    read = [task] if task.primary else [cfg.primary, task]
+    members = {t.name: pick_members(batch, list(t.extensions)) for t in read}
+    metas = (pick_members(batch, cfg.modalities.meta_extensions) if any(t.source == "json" for t in read)
+             else None)
     counts = np.zeros(len(task.classes), dtype=np.int64)
-    invalid = 0
-    for i, member in enumerate(labels):
+    unlabelled = invalid = 0
+    for i in range(len(batch[KEY_COLUMN])):
         try:
             meta = parse_meta(metas[i]) if metas is not None else {}
-            raw = meta.get(task.json_key) if task.source == "json" else member.data
-            if member.error and task.source == "cls":
-                raise Rejected("label_unknown", member.error)
-            counts[parse_label(raw, task.classes, task.format)] += 1
+            if not task.primary:
+                _label_index(cfg.primary, members[cfg.primary.name][i], meta)
         except Rejected:
             invalid += 1
-    return {"counts": counts[None, :], "invalid": np.array([invalid])}
+            continue
+        try:
+            counts[_label_index(task, members[task.name][i], meta)] += 1
+        except Rejected as r:
+            if r.reason == "label_missing" and not task.primary:
+                unlabelled += 1
+            else:
+                invalid += 1
+    return {"counts": counts[None, :], "unlabelled": np.array([unlabelled]), "invalid": np.array([invalid])}
 
 
 def label_pass(cfg: StageConfig, shards: list[str], limits: TarLimits = DEFAULT_LIMITS,
-               scheduling_strategy=None, task: Task | None = None) -> np.ndarray:
-    """Counts per class of ``task`` (default: the primary) of the rows with a usable label of it in ``shards``
-    (checked, readable ones)."""
+               scheduling_strategy=None, task: Task | None = None) -> tuple[np.ndarray, int]:
+    """(counts per class of ``task`` (default: the primary) of the rows with a usable label of it, rows without
+    its label that training keeps all the same) in ``shards`` (checked, readable ones)."""
     task = task or cfg.primary
-    wanted = set(task.extensions) | (set(cfg.modalities.meta_extensions) if task.source == "json" else set())
+    read = [task] if task.primary else [cfg.primary, task]
+    wanted = {e for t in read for e in t.extensions} | \
+        (set(cfg.modalities.meta_extensions) if any(t.source == "json" for t in read) else set())
     ds = read_prepared(shards, [Stage("count labels", label_counts_batch, {"cfg": cfg, "task": task})],
-                       LABEL_PASS_BATCH_SIZE, row_bytes=8 * (len(task.classes) + 1), limits=limits,
+                       LABEL_PASS_BATCH_SIZE, row_bytes=8 * (len(task.classes) + 2), limits=limits,
                        want=lambda ext: base_extension(ext) in wanted, scheduling_strategy=scheduling_strategy)
-    total = np.zeros(len(task.classes), dtype=np.int64)
+    total, unlabelled = np.zeros(len(task.classes), dtype=np.int64), 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         total += batch["counts"].sum(axis=0)
+        unlabelled += int(batch["unlabelled"].sum())
         progressed()
-    return total
+    return total, unlabelled

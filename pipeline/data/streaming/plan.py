@@ -32,7 +32,7 @@ from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
 from pipeline.data.streaming.pull import pulled
 from pipeline.data.streaming.source import read_prepared
 from pipeline.spec import JobSpec
-from pipeline.tasks import Task, label_tasks, rebalanced_task
+from pipeline.tasks import Task, label_tasks, rebalanced_task, task_column
 from pipeline.console import PassCount
 from pipeline.watchdog import progressed, watch
 
@@ -46,31 +46,56 @@ PREPARE_BATCH_SIZE = 128
 
 @dataclass
 class RebalancePlan:
-    """What rebalancing will do to one epoch of the train split (reported before training)."""
+    """What rebalancing will do to one epoch of the train split (reported before training). ``task``: the further
+    task whose classes it evens out (rebalance.task), None for the primary; ``unlabelled``: train rows without that
+    task's label, which every epoch streams once each (factor 1; always 0 for the primary, whose unlabelled rows are
+    dropped)."""
     strategy: str
     classes: list[str]
     counts: list[int]
     source: str
     factors: list[float]
+    task: str | None = None
+    unlabelled: int = 0
 
     @property
     def expected(self) -> list[float]:
+        """Rows per class in one epoch (the rebalanced task's classes)."""
         return [c * f for c, f in zip(self.counts, self.factors)]
 
+    @property
+    def rows_per_epoch(self) -> float:
+        """Every row one epoch streams: the classes' expected rows and the unlabelled ones."""
+        return float(sum(self.expected)) + self.unlabelled
+
     def to_dict(self) -> dict:
-        return {"strategy": self.strategy, "counts_from": self.source,
-                "before": dict(zip(self.classes, self.counts)),
-                "expected_after": {c: round(e, 2) for c, e in zip(self.classes, self.expected)},
-                "factors": {c: round(f, 4) for c, f in zip(self.classes, self.factors)}}
+        out = {"strategy": self.strategy, "counts_from": self.source,
+               "before": dict(zip(self.classes, self.counts)),
+               "expected_after": {c: round(e, 2) for c, e in zip(self.classes, self.expected)},
+               "factors": {c: round(f, 4) for c, f in zip(self.classes, self.factors)}}
+        if self.task:  # rebalance.task names a further task: the primary's plan keeps its old shape
+            out.update({"task": self.task, "unlabelled_rows": self.unlabelled})
+        return out
 
 
-def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int], source: str) -> RebalancePlan:
-    """Factors per class for ``counts`` (train rows per class; ``source`` says where they came from)."""
+def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int], source: str,
+                   unlabelled: int = 0) -> RebalancePlan:
+    """Factors per class for ``counts`` (train rows per class of the rebalanced task; ``source`` says where they
+    came from); ``unlabelled``: train rows without that task's label (a further task's)."""
     try:
         factors = sampling_factors(np.array(counts), spec.rebalance, classes)
     except RebalanceError as e:
         raise DataError(str(e)) from None
-    return RebalancePlan(spec.rebalance.strategy, classes, [int(c) for c in counts], source, factors.tolist())
+    task = spec.rebalance.task if spec.rebalance.task not in (None, spec.label.name) else None
+    return RebalancePlan(spec.rebalance.strategy, classes, [int(c) for c in counts], source, factors.tolist(),
+                         task, int(unlabelled))
+
+
+def kept_counts(report: SplitReport, task: Task) -> tuple[list[int], int]:
+    """(kept rows per class of ``task``, kept rows without its label) of a split's data report: the exact input
+    of rebalancing (``plan_rebalance``)."""
+    hist = report.histogram(None if task.primary else task.name)
+    return [hist.get(c, 0) for c in task.classes], 0 if task.primary else report.task_missing.get(task.name, 0)
 
 
 @dataclass
@@ -102,7 +127,7 @@ class SplitData:
         (``remember=False``: this split is the last)."""
         report = SplitReport(self.name, classes, shards=len(self.checks), bad_shards=bad_shard_entries(self.checks),
                              tasks=dict(tasks or {}))
-        columns = list(REPORT_COLUMNS) + [f"label_{t}" for t in report.tasks] + \
+        columns = list(REPORT_COLUMNS) + [task_column(t) for t in report.tasks] + \
             [f"present_{m}" for m in self.modalities] + ([HASH_COLUMN] if cross else [])
         batches = self.dataset.select_columns(columns).iter_batches(batch_size=1024, batch_format="numpy")
         shown = PassCount(f"data report: {self.name}", self.expected_rows)
@@ -146,6 +171,7 @@ class DataPlan:
         self.classes = list(classes)
         self.tasks = label_tasks(spec.label, self.classes)  # the primary task, then label.tasks
         self._counts: tuple[np.ndarray, str] | None = None
+        self._unlabelled = 0
         self._rebalance: RebalancePlan | None = None
 
     @property
@@ -189,6 +215,10 @@ class DataPlan:
         self._files.checks[split] = checks
         return checks
 
+    def shard_samples(self, split: str) -> int:
+        """Samples in the shards of ``split`` that a pass reads (from the shard checks: no pass, labels or not)."""
+        return sum(c.samples for c in self.checks(split) if c.usable)
+
     def good_shards(self, split: str) -> list[str]:
         """Shards to read: the sound ones, and truncated ones (the reader stops after their last whole sample)."""
         return [c.path for c in self.checks(split) if c.usable]
@@ -200,8 +230,9 @@ class DataPlan:
     # ------------------------------------------------------------------ class counts and rebalancing
 
     def class_counts(self, scheduling_strategy=None) -> tuple[np.ndarray, str]:
-        """(train rows per class, where they came from): manifest.json when it describes exactly these shards,
-        else a label-only pass (its tasks scheduled by ``scheduling_strategy``). Computed once, on first use."""
+        """(train rows per class of ``rebalanced_task``, where they came from): manifest.json when it describes
+        exactly these shards, else a label-only pass (its tasks scheduled by ``scheduling_strategy``). Computed
+        once, on first use, with ``unlabelled_rows``."""
         if self._counts is None:
             checks = self.checks("train")
             task = self.rebalanced_task
@@ -209,12 +240,19 @@ class DataPlan:
             counts = (manifest_counts(self.manifest, "train", [c.path for c in checks], self.classes)
                       if task.primary else None)
             if counts is not None:
-                self._counts = counts, "manifest.json"
+                self._counts, self._unlabelled = (counts, "manifest.json"), 0
             else:
                 cfg = StageConfig.from_spec(self.spec, self.classes)
-                self._counts = (label_pass(cfg, self.good_shards("train"), self.limits, scheduling_strategy, task),
-                                "label pass" if task.primary else f"label pass ({task.name})")
+                counts, self._unlabelled = label_pass(cfg, self.good_shards("train"), self.limits,
+                                                      scheduling_strategy, task)
+                self._counts = counts, "label pass" if task.primary else f"label pass ({task.name})"
         return self._counts
+
+    def unlabelled_rows(self) -> int:
+        """Train rows without the label of ``rebalanced_task`` that training keeps (a further task's: they stream
+        once per epoch, beside the counted ones); 0 for the primary task."""
+        self.class_counts()
+        return self._unlabelled
 
     @property
     def rebalanced_task(self) -> Task:
@@ -227,7 +265,8 @@ class DataPlan:
         ``rebalanced_task``."""
         if self._rebalance is None:
             counts, source = self.class_counts()
-            self._rebalance = plan_rebalance(self.spec, list(self.rebalanced_task.classes), counts.tolist(), source)
+            self._rebalance = plan_rebalance(self.spec, list(self.rebalanced_task.classes), counts.tolist(), source,
+                                             self.unlabelled_rows())
         return self._rebalance
 
     # ------------------------------------------------------------------ cross-split duplicates
@@ -312,7 +351,7 @@ class DataPlan:
         tasks = {t.name: list(t.classes) for t in self.tasks[1:]}
         report = DataReport(self.classes, tasks=tasks)
         names = list(splits or self.spec.data.splits)
-        columns = list(REPORT_COLUMNS) + [f"label_{t}" for t in tasks] + \
+        columns = list(REPORT_COLUMNS) + [task_column(t) for t in tasks] + \
             [f"present_{m}" for m in self.spec.modalities.enabled()] + [HASH_COLUMN]
         # train last: its content is only matched against the others', never held (the largest split, usually)
         order = sorted(names, key=lambda n: n == "train")
@@ -325,7 +364,7 @@ class DataPlan:
         report.cross_split = cross.pairs(names)
         if "train" in report.splits:  # the kept rows just counted are the exact input of rebalancing
             task = self.rebalanced_task
-            hist = report.splits["train"].histogram(task.name if not task.primary else None)
-            report.rebalance = plan_rebalance(self.spec, list(task.classes), [hist.get(c, 0) for c in task.classes],
-                                              "kept rows of this validate pass").to_dict()
+            counts, unlabelled = kept_counts(report.splits["train"], task)
+            report.rebalance = plan_rebalance(self.spec, list(task.classes), counts,
+                                              "kept rows of this validate pass", unlabelled).to_dict()
         return report

@@ -47,6 +47,15 @@ def plot_class_distribution(classes: list[str], before: list[float], after: list
     return path
 
 
+def plot_rebalance(plan: dict, path: str | Path) -> Path:
+    """The rebalance plan of a data report (``RebalancePlan.to_dict()``) as bars per class: the classes of the
+    task it rebalances (rebalance.task), which the title names when it is not the primary task."""
+    task = f" of task {plan['task']}" if plan.get("task") else ""
+    return plot_class_distribution(list(plan["before"]), list(plan["before"].values()),
+                                   [plan["expected_after"][c] for c in plan["before"]],
+                                   f"train classes{task}, rebalance: {plan['strategy']}", path)
+
+
 def log_spectrogram(wave: np.ndarray, n_fft: int = 256, hop: int = 64) -> np.ndarray:
     """(freq, time) log-magnitude STFT, for display."""
     if len(wave) < n_fft:
