@@ -112,6 +112,7 @@ def run_fold(spec, clips, digits, speakers, takes, augmented, held_out, val_spea
         test_f1, pred = evaluate(model, test_w, digits[te])
         if val_f1 > best[0]:
             best = (val_f1, epoch, test_f1, pred)
+        print(f"{held_out} epoch {epoch}: val {val_f1:.3f} test {test_f1:.3f}", file=sys.stderr, flush=True)
     confusions = {}
     for t, p in zip(digits[te], best[3]):
         if t != p:
