@@ -328,6 +328,16 @@ class SpecAugmentSpec(Strict):
     freq_width: int = Field(8, ge=0, description="most mel bins per frequency band")
 
 
+class VTLPSpec(Strict):
+    """Vocal-tract-length perturbation (Jaitly & Hinton, 2013) in the audio encoder, while training only: each clip's
+    power spectrum is stretched along the frequency axis by a factor drawn uniformly from [1 - warp, 1 + warp]
+    (piecewise linear, so 0 Hz and the Nyquist frequency stay put) before the mel filters, as if a longer or shorter
+    vocal tract had spoken. Drawn from torch's RNG like model.spec_augment. warp 0: off (the default)."""
+    warp: float = Field(0.0, ge=0, le=0.4, description="largest relative stretch of the frequency axis per clip")
+    boundary: float = Field(0.8, gt=0, lt=1, description="share of the Nyquist frequency stretched exactly by the "
+                                                         "factor; above it the warp bends back to Nyquist")
+
+
 class HFSpec(Strict):
     """Hugging Face transformers encoders (the mmpipe[hf] extra, docs/pretraining.md): per modality a local model
     folder as save_pretrained writes it (config.json, weights; the tokenizer for text, preprocessor_config.json for
@@ -355,6 +365,8 @@ class ModelSpec(Strict):
     audio_width: int = Field(16, ge=4, description="channels of the first audio CNN stage")
     spec_augment: SpecAugmentSpec = Field(default_factory=SpecAugmentSpec,
                                           description="time/frequency masking of the audio encoder's features")
+    vtlp: VTLPSpec = Field(default_factory=VTLPSpec, description="random per-clip frequency warp of the audio "
+                                                                 "encoder's spectrum while training")
     text_encoder: Literal["transformer", "gru"] = "transformer"
     init_from: str | None = Field(None, description="start from these weights: a pretrain or train run folder "
                                                     "(pretrained.pt / best.pt), REGISTRY[:VERSION|@ALIAS], or a "

@@ -188,8 +188,10 @@ def preview_augment(
 def prepare_digits(
     recordings: Path = typer.Argument(..., help="Folder of FSDD-style recordings {digit}_{speaker}_{index}.wav"),
     out_dir: Path = typer.Argument(..., help="Folder for images/ and manifest.csv (then: mmpipe pack)"),
-    split: str = typer.Option("index", help="index: takes 0-4 test, 5-9 val; speaker: hold out speakers"),
+    split: str = typer.Option("index", help="index: takes 0-4 test, 5-9 val; speaker: hold out a test speaker"),
     test_speaker: Optional[str] = typer.Option(None, help="With --split speaker: the held-out test speaker"),
+    val_speaker: Optional[str] = typer.Option(
+        None, help="With --split speaker: this speaker's recordings are val (default: the other speakers' takes 5-9)"),
     text_informative: float = typer.Option(0.4, min=0.0, max=1.0, help="Share of captions naming the digit"),
 ) -> None:
     """Real-data example: pair spoken digits with handwritten digits of the same class (writes a pack manifest)."""
@@ -198,7 +200,7 @@ def prepare_digits(
     if split not in ("index", "speaker"):
         fail(f"--split must be index or speaker, got {split!r}")
     with exits_on_error(BAD_INPUT):
-        manifest = prepare(recordings, out_dir, split, test_speaker, text_informative)
+        manifest = prepare(recordings, out_dir, split, test_speaker, text_informative, val_speaker)
     console.print(f"wrote {manifest}; next: mmpipe pack {manifest} SHARDS_DIR", soft_wrap=True)
 
 

@@ -12,8 +12,10 @@ row of a ``mmpipe pack`` manifest with:
            class information. So text alone cannot exceed about 0.4 + 0.6/10 = 0.46 accuracy.
     label  the digit (class names "0".."9")
     split  ``--split index`` (default, as the FSDD README suggests): takes 0-4 of each speaker and digit are test,
-           5-9 val, the rest train. ``--split speaker``: one held-out speaker is test (default: the last in sorted
-           order), another val, the others train.
+           5-9 val, the rest train. ``--split speaker``: every recording of one held-out speaker is test (default:
+           the last in sorted order); the other speakers' takes 5-9 are val, the rest of theirs train, so training
+           hears every other voice and validation never hears the test voice. ``--val-speaker V`` (the protocol
+           before 2026-12-02) makes all of V's recordings val instead, so training hears one voice fewer.
 
 Usage:
     mmpipe prepare-digits ../shared/data/fsdd/recordings runs/av-digits/raw
@@ -69,14 +71,16 @@ def parse_recordings(folder: Path) -> list[tuple[Path, int, str, int]]:
     return found
 
 
-def split_of(speaker: str, take: int, mode: str, speakers: list[str], test_speaker: str | None) -> str:
+def split_of(speaker: str, take: int, mode: str, speakers: list[str], test_speaker: str | None,
+             val_speaker: str | None = None) -> str:
+    by_take = "test" if take < 5 else "val" if take < 10 else "train"
     if mode == "index":
-        return "test" if take < 5 else "val" if take < 10 else "train"
-    held_out = test_speaker or speakers[-1]
-    others = [s for s in speakers if s != held_out]
-    if speaker == held_out:
+        return by_take
+    if speaker == (test_speaker or speakers[-1]):
         return "test"
-    return "val" if others and speaker == others[-1] else "train"
+    if val_speaker:
+        return "val" if speaker == val_speaker else "train"
+    return "train" if by_take == "test" else by_take  # a training voice: takes 5-9 val, the rest train
 
 
 def digit_pools() -> dict[tuple[str, int], np.ndarray]:
@@ -105,16 +109,20 @@ def write_digit_png(image8: np.ndarray, path: Path, size: int = 32) -> None:
 
 
 def prepare(recordings: str | Path, out_dir: str | Path, split: str = "index", test_speaker: str | None = None,
-            text_informative: float = 0.4) -> Path:
+            text_informative: float = 0.4, val_speaker: str | None = None) -> Path:
     """Write OUT_DIR/images/*.png, OUT_DIR/audio/*.wav (the recordings, copied: `mmpipe pack` reads media only
     inside the manifest's folder) and OUT_DIR/manifest.csv. Returns the manifest's path."""
     recordings, out_dir = Path(recordings).resolve(), Path(out_dir).resolve()
     rows = parse_recordings(recordings)
     speakers = sorted({r[2] for r in rows})
-    if split == "speaker" and len(speakers) < 3:
-        raise PrepareError(f"--split speaker needs at least 3 speakers, found {speakers}")
-    if test_speaker and test_speaker not in speakers:
-        raise PrepareError(f"--test-speaker {test_speaker!r} is not among {speakers}")
+    if split == "speaker" and len(speakers) < (3 if val_speaker else 2):
+        raise PrepareError(f"--split speaker{' --val-speaker' if val_speaker else ''} needs at least "
+                           f"{3 if val_speaker else 2} speakers, found {speakers}")
+    for option, name in (("--test-speaker", test_speaker), ("--val-speaker", val_speaker)):
+        if name and name not in speakers:
+            raise PrepareError(f"{option} {name!r} is not among {speakers}")
+    if val_speaker and (split != "speaker" or val_speaker == (test_speaker or speakers[-1])):
+        raise PrepareError(f"--val-speaker {val_speaker!r} needs --split speaker and another test speaker")
     pools = digit_pools()
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "audio").mkdir(parents=True, exist_ok=True)
@@ -124,7 +132,7 @@ def prepare(recordings: str | Path, out_dir: str | Path, split: str = "index", t
         writer = csv.writer(f)
         writer.writerow(["key", "split", "label", "audio", "image", "text", "speaker", "take"])
         for path, digit, speaker, take in rows:
-            s = split_of(speaker, take, split, speakers, test_speaker)
+            s = split_of(speaker, take, split, speakers, test_speaker, val_speaker)
             pool = pools[(s, digit)]
             image = out_dir / "images" / f"{path.stem}.png"
             write_digit_png(pool[int(_unit(path.name, "image") * len(pool))], image)

@@ -38,7 +38,7 @@ def build_encoders(spec: JobSpec, modalities: list[str]) -> nn.ModuleDict:
         encoders["text"] = TextEncoder(h, mods.text.vocab_size, mods.text.max_tokens, spec.model.text_encoder)
     if "audio" in modalities and "audio" not in encoders:
         encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, spec.model.audio_width,
-                                         spec.model.spec_augment)
+                                         spec.model.spec_augment, vtlp=spec.model.vtlp)
     return nn.ModuleDict({m: encoders[m] for m in modalities})  # in the modalities' order
 
 

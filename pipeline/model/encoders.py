@@ -2,8 +2,8 @@
 
     image  uint8 (B, H, W, 3)  -> small residual CNN
     text   int64 (B, L)        -> embedding + transformer encoder (or GRU), masked mean over tokens
-    audio  float32 (B, N)      -> log-mel spectrogram computed in torch, normalised per clip
-                                  (SpecAugment masks while training) -> 2-D CNN
+    audio  float32 (B, N)      -> log-mel spectrogram computed in torch (VTLP warp while training), normalised per
+                                  clip (SpecAugment masks while training) -> 2-D CNN
 
 Sizes the spec chooses (hidden, widths, vocabulary, text encoder kind) have no defaults here: the classifier passes
 the spec's.
@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.spec import SpecAugmentSpec
+from pipeline.spec import SpecAugmentSpec, VTLPSpec
 
 
 class ResidualBlock(nn.Module):
@@ -141,14 +141,48 @@ class SpecAugment(nn.Module):
         return logmel.masked_fill(time[:, :, None] | freq[:, None, :], 0.0)
 
 
+def warp_sources(factors: torch.Tensor, bins: int, boundary: float) -> torch.Tensor:
+    """(B, bins) float: for each clip's warp factor a, the (fractional) input frequency bin each output bin reads.
+    Below ``boundary`` x Nyquist (x min(a, 1)) output f reads f / a; above, a straight line to Nyquist, so the
+    warp is monotone and keeps 0 and Nyquist in place (Jaitly & Hinton's piecewise-linear VTLP)."""
+    top = float(bins - 1)
+    f = torch.arange(bins, dtype=torch.float32, device=factors.device)[None]    # (1, bins)
+    a = factors.float()[:, None]                                                  # (B, 1)
+    b = boundary * top * a.clamp(max=1.0)
+    bent = b / a + (f - b) * (top - b / a) / (top - b)
+    return torch.where(f <= b, f / a, bent).clamp(0.0, top)
+
+
+class VTLP(nn.Module):
+    """Vocal-tract-length perturbation of power spectra (B, frames, freqs): while training, each clip's frequency
+    axis is stretched by a factor uniform in [1 - warp, 1 + warp] (linear interpolation between bins). In eval
+    mode, or with warp 0, the spectra pass unchanged."""
+
+    def __init__(self, spec: VTLPSpec):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, power: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.training or not self.spec.warp:
+            return power
+        rows, frames, bins = power.shape
+        factors = 1.0 + (2.0 * torch.rand(rows, device=power.device, generator=generator) - 1.0) * self.spec.warp
+        source = warp_sources(factors, bins, self.spec.boundary)
+        lo = source.floor().long().clamp(max=bins - 2)
+        frac = (source - lo)[:, None, :]
+        lo = lo[:, None, :].expand(rows, frames, bins)
+        return power.gather(2, lo) * (1.0 - frac) + power.gather(2, lo + 1) * frac
+
+
 class AudioEncoder(nn.Module):
     def __init__(self, hidden: int, sample_rate: int, width: int, masks: SpecAugmentSpec | None = None,
-                 n_mels: int = N_MELS):
+                 n_mels: int = N_MELS, vtlp: VTLPSpec | None = None):
         super().__init__()
         self.n_fft, self.hop = stft_size(sample_rate)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self.register_buffer("mel", mel_filterbank(self.n_fft, n_mels, sample_rate), persistent=False)
         self.spec_augment = SpecAugment(masks or SpecAugmentSpec())  # no weights: checkpoints are unchanged
+        self.vtlp = VTLP(vtlp or VTLPSpec())                         # likewise
         self.net = _cnn(1, width, hidden)
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
@@ -158,7 +192,7 @@ class AudioEncoder(nn.Module):
         # at 0.06, jackson at 0.46; at -40 dB a theo clip's features moved by up to 4 standard deviations).
         wave = wave.float() / wave.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
         spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True)
-        power = spec.abs().pow(2).transpose(1, 2)            # (B, frames, freqs)
+        power = self.vtlp(spec.abs().pow(2).transpose(1, 2))  # (B, frames, freqs); warped while training
         logmel = torch.log(power @ self.mel + 1e-6)          # (B, frames, mels)
         # floor at ~35 dB below the clip's peak, so silence and padding do not dominate the normalisation
         # (on FSDD audio-only: 0.97 test accuracy vs 0.935 without, same 200 steps)

@@ -60,9 +60,22 @@ def test_prepare_by_speaker_and_other_speakers(tmp_path):
     table = rows(prepare(folder, tmp_path / "raw", split="speaker", test_speaker="alice"))
     assert len(table) == 37
     assert {r["speaker"] for r in table if r["split"] == "test"} == {"alice"}
+    # every other voice trains; val is their takes 5-9 (take 7 here), so val never hears the test voice
+    assert {(r["speaker"], r["take"]) for r in table if r["split"] == "val"} == {
+        ("jackson", "7"), ("nicolas", "7"), ("theo", "7")}
+    assert {(r["speaker"], r["take"]) for r in table if r["split"] == "train"} == {
+        (s, t) for s in ("jackson", "nicolas", "theo") for t in ("0", "12")}
+    # the protocol before: one more unseen speaker is val, training hears the rest
+    table = rows(prepare(folder, tmp_path / "raw2", split="speaker", test_speaker="alice", val_speaker="theo"))
+    assert {r["speaker"] for r in table if r["split"] == "test"} == {"alice"}
     assert {r["speaker"] for r in table if r["split"] == "val"} == {"theo"}
+    assert {r["speaker"] for r in table if r["split"] == "train"} == {"jackson", "nicolas"}
     with pytest.raises(PrepareError, match="not among"):
         prepare(folder, tmp_path / "x", split="speaker", test_speaker="bob")
+    with pytest.raises(PrepareError, match="--val-speaker 'bob' is not among"):
+        prepare(folder, tmp_path / "x", split="speaker", test_speaker="alice", val_speaker="bob")
+    with pytest.raises(PrepareError, match="--val-speaker 'alice' needs --split speaker and another test speaker"):
+        prepare(folder, tmp_path / "x", split="speaker", test_speaker="alice", val_speaker="alice")
     with pytest.raises(PrepareError, match="no recordings"):
         prepare(tmp_path / "raw", tmp_path / "y")
 

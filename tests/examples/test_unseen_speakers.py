@@ -25,11 +25,13 @@ def test_quick_holds_out_a_speaker_and_prints_the_table(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| held-out speaker | test macro-F1 |" in done.stdout and "\n| jackson | " in done.stdout
     assert "**mean ± SD (min)**" in done.stdout
-    metrics = json.loads((runs / "jackson" / "audio_only" / "metrics.json").read_text())
+    metrics = json.loads((runs / "jackson" / "val-takes" / "audio_only" / "metrics.json").read_text())
     assert 0 <= metrics["test.macro_f1"] <= 1
-    with open(runs / "jackson" / "raw" / "manifest.csv", encoding="utf-8") as f:
+    with open(runs / "jackson" / "val-takes" / "raw" / "manifest.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert {r["speaker"] for r in rows if r["split"] == "test"} == {"jackson"}
+    assert {r["speaker"] for r in rows if r["split"] == "val"} == {"nicolas", "theo"}  # their takes 5-9
+    assert json.loads((runs / "audio_only.val-takes.json").read_text())["protocol"] == "val-takes"
     again = run(str(FIXTURES / "fsdd"), "--quick", "--runs", str(runs))  # finished: read back, not retrained
     assert again.returncode == 0 and "| reused |" in again.stdout
     wrong = run(str(FIXTURES / "fsdd"), "--speakers", "bob", "--runs", str(runs))

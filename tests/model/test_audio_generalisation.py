@@ -1,5 +1,6 @@
-"""The audio encoder's pieces for voices it has not heard: per-clip normalisation of the log-mel features and
-SpecAugment masks (model.spec_augment), on real FSDD clips (tests/fixtures/fsdd)."""
+"""The audio encoder's pieces for voices it has not heard: per-clip normalisation of the log-mel features,
+SpecAugment masks (model.spec_augment) and vocal-tract-length perturbation (model.vtlp), on real FSDD clips
+(tests/fixtures/fsdd)."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,8 @@ import soundfile as sf
 import torch
 
 from pipeline.data.stages.align import fit_audio
-from pipeline.model.encoders import AudioEncoder, SpecAugment, band_mask
-from pipeline.spec import JobSpec, SpecAugmentSpec, SpecError, spec_from_dict
+from pipeline.model.encoders import VTLP, AudioEncoder, SpecAugment, band_mask, warp_sources
+from pipeline.spec import JobSpec, SpecAugmentSpec, SpecError, VTLPSpec, spec_from_dict
 from support import FIXTURES
 
 MASKS = SpecAugmentSpec(time_masks=2, time_width=20, freq_masks=2, freq_width=8)
@@ -23,9 +24,9 @@ def clips(*names: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(waves))
 
 
-def encoder(masks: SpecAugmentSpec | None = None) -> AudioEncoder:
+def encoder(masks: SpecAugmentSpec | None = None, vtlp: VTLPSpec | None = None) -> AudioEncoder:
     torch.manual_seed(0)
-    return AudioEncoder(hidden=16, sample_rate=8000, width=4, masks=masks)
+    return AudioEncoder(hidden=16, sample_rate=8000, width=4, masks=masks, vtlp=vtlp)
 
 
 def test_features_are_normalised_per_clip_and_invariant_to_gain():
@@ -96,3 +97,49 @@ def test_spec_augment_fields_are_validated_with_their_path():
         spec_from_dict({"model": {"spec_augment": {"time_masks": -1}}})
     with pytest.raises(SpecError, match=r"model\.spec_augment\.freq_widht: unknown field \(did you mean freq_width"):
         spec_from_dict({"model": {"spec_augment": {"freq_widht": 4}}})
+
+
+def test_vtlp_warp_is_piecewise_linear_and_keeps_zero_and_nyquist():
+    source = warp_sources(torch.tensor([0.8, 1.0, 1.25]), 129, boundary=0.8)
+    assert source.shape == (3, 129)
+    assert torch.equal(source[:, 0], torch.zeros(3)) and torch.allclose(source[:, -1], torch.full((3,), 128.0))
+    assert (source[:, 1:] > source[:, :-1]).all()                      # monotone: no bin read twice
+    assert torch.allclose(source[1], torch.arange(129.0))              # factor 1: the identity
+    # below the boundary output bin f reads bin f / a: a formant at bin 40 appears at 40 a
+    assert torch.allclose(source[0, 32], torch.tensor(40.0)) and torch.allclose(source[2, 50], torch.tensor(40.0))
+
+
+def test_vtlp_moves_a_spectral_peak_by_the_drawn_factor_only_while_training():
+    power = torch.zeros(64, 3, 129)
+    power[:, :, 40] = 1.0                                              # one peak at bin 40 in every clip and frame
+    vtlp = VTLP(VTLPSpec(warp=0.2)).train()
+    warped = vtlp(power, torch.Generator().manual_seed(5))
+    assert torch.equal(warped, vtlp(power, torch.Generator().manual_seed(5)))    # seeded: repeats
+    peak = warped[:, 0].argmax(1).float()
+    assert ((peak >= 40 * 0.8 - 1) & (peak <= 40 * 1.2 + 1)).all()
+    assert peak.min() < 36 and peak.max() > 44                         # shorter and longer vocal tracts drawn
+    assert torch.equal(warped[:, 0], warped[:, 2])                     # one factor per clip, every frame alike
+    assert torch.equal(vtlp.eval()(power), power)
+    assert torch.equal(VTLP(VTLPSpec()).train()(power), power)         # warp 0 (the default): unchanged
+
+
+def test_encoder_warps_real_clips_while_training_and_evaluates_unchanged():
+    wave = clips("3_jackson_0", "1_theo_7", "2_nicolas_0", "0_theo_12")
+    plain, warped = encoder(), encoder(vtlp=VTLPSpec(warp=0.15))
+    assert warped.state_dict().keys() == plain.state_dict().keys()   # no new weights: old checkpoints load
+    plain.eval(), warped.eval()
+    assert torch.equal(warped.features(wave), plain.features(wave))
+    warped.train()
+    torch.manual_seed(1)
+    feats = warped.features(wave)
+    assert not torch.allclose(feats, plain.features(wave), atol=1e-2)
+    assert torch.allclose(feats.mean(dim=(1, 2)), torch.zeros(4), atol=1e-4)  # still normalised per clip
+
+
+def test_vtlp_fields_are_validated_with_their_path():
+    assert JobSpec().model.vtlp.warp == 0.0                            # off unless asked for
+    assert JobSpec.model_validate({"model": {"vtlp": {"warp": 0.1}}}).model.vtlp.boundary == 0.8
+    with pytest.raises(SpecError, match=r"model\.vtlp\.warp: .*less than or equal to 0\.4"):
+        spec_from_dict({"model": {"vtlp": {"warp": 0.5}}})
+    with pytest.raises(SpecError, match=r"model\.vtlp\.boundary: .*less than 1"):
+        spec_from_dict({"model": {"vtlp": {"boundary": 1.0}}})
