@@ -19,6 +19,8 @@ the models' own poolers, and a frozen backbone has no gradients: DDP must look f
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -30,7 +32,7 @@ from pipeline.spec import JobSpec
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class HFEncoder(nn.Module):
+class HFEncoder(nn.Module, abc.ABC):
     trainable_when_frozen = ("head",)  # submodules that train while model.freeze holds the encoder
 
     def __init__(self, folder: str, field: str, hidden: int):
@@ -48,8 +50,9 @@ class HFEncoder(nn.Module):
             pooled = self.pool(x)                                  # (B, width)
         return self.head(pooled)                                   # (B, hidden)
 
+    @abc.abstractmethod
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The backbone's output for ``x`` pooled to (B, width); each modality's subclass says how."""
 
 
 class HFTextEncoder(HFEncoder):
