@@ -35,6 +35,21 @@ def test_metrics_equal_scikit_learn_on_fixed_predictions():
     assert np.array_equal(np.array(m["test.confusion"]).sum(1), np.bincount(y, minlength=4))
 
 
+
+def test_auc_equals_scikit_learn_with_tied_scores_and_an_absent_class():
+    from pipeline.train.metrics import macro_auc
+
+    rng = np.random.default_rng(1)
+    for n in (2, 7, 40, 301):
+        y = rng.integers(0, 3, n)  # class 3 of 4 never occurs: left out of the macro mean, as sklearn's ovr does
+        y[:2] = [0, 1]
+        probs = rng.random((n, 4)).round(1)  # tenths: many tied scores
+        expected = np.mean([roc_auc_score(y == c, probs[:, c]) for c in np.unique(y)])
+        assert macro_auc(probs, y, 4) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(macro_auc(probs, np.zeros(n, int), 4))  # one class: undefined
+    probs[0, 0] = np.nan
+    assert np.isnan(macro_auc(probs, y, 4))  # a diverged model's scores: undefined, not a crash
+
 @pytest.mark.slow
 def test_two_worker_ddp_run_learns_and_writes_artifacts(ray_session, demo_dir, tmp_path, monkeypatch):
     from pipeline.data.shards import manifest
