@@ -3,7 +3,7 @@ carries the cumulative optimizer step count and a fingerprint of the weights its
 after a resume also says which epoch it resumed from, with the steps and weights it loaded. A restart from scratch
 has no such row; a resume that lost the weights or the optimizer state shows other values (support.runs).
 
-The five ways the README promises: a failed worker (tests/train/test_train.py), `mmpipe train` again into the same
+The five ways the README promises: a failed worker (tests/train/test_train.py, the DDP run), `mmpipe train` again into the same
 `--out` (tests/cli/test_commands_e2e.py, with `--fresh`), an interrupted workflow and a re-run tune (here), a run killed
 under the scheduler (tests/schedule/test_schedule_e2e.py); and `mmpipe pretrain` again
 (tests/pretrain/test_pretrain_resume.py).
