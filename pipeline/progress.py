@@ -41,6 +41,7 @@ class TrainingFeed:
         self.shown: int | None = None  # the epoch whose bar is up
         self.finished: set[int] = set()
         self.first_batch: float | None = None
+        self.trained: dict[int, int] = {}  # rank -> rows it trained on in the shown epoch (kept while it validates)
 
     def feed(self, seq: int, events: list[dict], status: dict[int, dict]) -> None:
         self.seq = max(self.seq, seq)
@@ -71,9 +72,12 @@ class TrainingFeed:
         ranks = [s for s in now if s["epoch"] == epoch]
         label = f"epoch {epoch + 1}/{self.epochs}"
         if self.shown != epoch:
-            self.shown = epoch
+            self.shown, self.trained = epoch, {}
             self.view.start(label, self.rows_per_epoch)
-        rows = sum(s.get("rows", 0) for s in ranks if s.get("phase") == "train")
+        for rank, s in status.items():
+            if s.get("epoch") == epoch and s.get("phase") == "train":
+                self.trained[rank] = s.get("rows", 0)
+        rows = sum(self.trained.values())  # a rank already validating still counts what it trained on
         losses = [s["loss"] for s in ranks if s.get("loss") is not None and s.get("phase") == "train"]
         validating = all(s.get("phase") == "val" for s in ranks)
         self.view.update(self.rows_per_epoch or rows if validating else rows,

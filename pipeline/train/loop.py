@@ -201,6 +201,7 @@ def train_loop(config: dict) -> None:
         # ---- train on this rank's shard; equal row counts per rank and drop_last keep the ranks in step
         model.train()
         train_accs = [Accumulator(len(task.classes)) for task in tasks]
+        streamed = 0  # rows trained on, labelled or not: what the progress bar counts against the epoch's rows
         # The shuffle buffer must fill before the first batch (at 1,024 rows a small epoch's first step waited
         # for the whole epoch; at 4 batches, for most of the demo's shards). Shard order is shuffled per epoch
         # already; the buffer mixes rows across blocks (each block is one prepared batch of one shard).
@@ -219,11 +220,12 @@ def train_loop(config: dict) -> None:
                 targets = [batch[task.column] for task in tasks]
                 loss, parts = loss_fn(blocks, targets)
             apply_gradients(loss, model, optimizer, scheduler, t.grad_clip)
+            streamed += len(targets[0])
             for acc, block, y, part in zip(train_accs, blocks, targets, parts):
                 labelled = y >= 0  # train.label_fraction, a missing task label: rows labelled -1 are not scored
                 acc.add(block.detach()[labelled], y[labelled], part.item() * int(labelled.sum()))
             if heartbeat:  # the driver's progress bar: rows and running loss of this rank's epoch so far
-                heartbeat.beat(rank=rank, epoch=epoch, phase="train", rows=train_accs[0].rows,
+                heartbeat.beat(rank=rank, epoch=epoch, phase="train", rows=streamed,
                                loss=train_accs[0].loss_sum / max(1, train_accs[0].rows))
 
         # ---- validate: every val row once across the ranks (batch i goes to rank i % world; every rank sees the

@@ -157,6 +157,15 @@ def test_feed_one_bar_and_one_line_per_epoch_whatever_the_reads_repeat(caplog):
                                   "macro-F1 0.550 (3.0 s)")
 
 
+
+def test_feed_keeps_a_validating_rank_s_trained_rows_in_the_bar():
+    """Ranks leave training at different times: the bar must not fall back when one starts validating."""
+    rec = Recorder()
+    feed = TrainingFeed(rec, epochs=1, rows_per_epoch=64.0)
+    feed.feed(1, [], {0: {"epoch": 0, "phase": "train", "rows": 32}, 1: {"epoch": 0, "phase": "train", "rows": 24}})
+    feed.feed(2, [], {0: {"epoch": 0, "phase": "val", "rows": 8}, 1: {"epoch": 0, "phase": "train", "rows": 32}})
+    assert [c[1] for c in rec.calls if c[0] == "update"] == [56, 64]
+
 def test_trial_rows_line_and_table():
     rows = TrialRows("val.macro_f1", "max", {"fusion": "concat", "optimizer": "adamw", "lr": 0.001})
     rows.started("a_00000", {"model.fusion": "late"})
