@@ -19,6 +19,7 @@ err = make_console(stderr=True)
 
 BAD_INPUT = 2  # the exit code of a problem with what was asked (spec, flags, files): fix it and ask again
 FAILED = 1  # the exit code of work that was started and did not succeed (training, a job, a registry update)
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report one
 
 SET_HELP = "Override a spec field: --set train.lr=0.01 (repeatable)."
 
@@ -109,6 +110,28 @@ def exits_on_error(code: int = BAD_INPUT, *also: type[BaseException]):
         yield
     except (*user_error_types(), *also) as e:
         fail(str(e), BAD_INPUT if _is_spec_error(e) else code)  # a refused spec is bad input wherever it is met
+
+
+
+@contextlib.contextmanager
+def says_how_to_continue(what: str, again: str):
+    """Around a long run (training, a tune, a workflow): Ctrl-C, or the Ray instance ending under it, ends the
+    command with one line saying what stopped and how to continue (``again``), instead of silence and exit 1.
+    During a Ray Train run a Ctrl-C arrives as SystemExit, not KeyboardInterrupt: Ray Train's SIGINT handler
+    aborts the run and exits, and a terminal's Ctrl-C also reaches the local Ray's own processes (both measured on
+    `mmpipe train`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        fail(f"interrupted: {what} stopped. {again}", INTERRUPTED)
+    except SystemExit as e:
+        fail(f"stopped: the {what} ended without a result (Ray exited with status {e.code}: Ctrl-C, or Ray's "
+             f"processes were stopped). {again}", FAILED)
+
+def resume_hint(run_dir) -> str:
+    """What ``says_how_to_continue`` tells a stopped training or pretraining."""
+    return (f"Its checkpoints are in {run_dir / 'ray'}: the same command again resumes from the last one "
+            "(--fresh starts over).")
 
 
 def load_spec(spec_path: Path, overrides: Optional[list[str]]):

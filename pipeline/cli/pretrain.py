@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.cli.common import FAILED, SetOption, console, data_plan, exits_on_error, load_spec
+from pipeline.cli.common import (FAILED, SetOption, console, data_plan, exits_on_error, load_spec, resume_hint,
+                                 says_how_to_continue)
 
 app = typer.Typer()
 
@@ -30,7 +31,7 @@ def pretrain(
     from pipeline.ray_runtime import ensure_ray
     from pipeline.train.pretrain import run_pretraining
 
-    with exits_on_error(FAILED):
+    with exits_on_error(FAILED), says_how_to_continue("pretraining", resume_hint(run_dir)):
         data = data_plan(job)
         ensure_ray()
         result = run_pretraining(job, run_dir, data_plan=data)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli.common import (FAILED, SetOption, VerboseOption, console, data_plan, exits_on_error, header,
-                                 load_spec, start_console)
+                                 load_spec, resume_hint, says_how_to_continue, start_console)
 
 app = typer.Typer()
 
@@ -53,7 +53,7 @@ def _train_and_summarise(job, run_dir: Path, spec_path: Path, verbose: bool, tit
 
     with start_console("train", run_dir, verbose):
         job_header(title, job, spec_path, run_dir, log_file())
-        with exits_on_error(FAILED):
+        with exits_on_error(FAILED), says_how_to_continue("training", resume_hint(run_dir)):
             data = data_plan(job)
             ensure_ray()
             result = run_training(job, run_dir, data_plan=data)
@@ -107,7 +107,8 @@ def tune(
                        "search space: ") + describe(space)
                       + f"\n  {job.tune.num_samples} sample(s), {job.tune.scheduler} scheduler, best by "
                         f"{job.tune.metric} ({job.tune.mode})", highlight=False, soft_wrap=True, markup=False)
-        with exits_on_error(FAILED):
+        with exits_on_error(FAILED), says_how_to_continue(
+                "tune", f"The same command again continues the experiment in {out_dir}."):
             data = data_plan(job)
             ensure_ray()
             result = run_tune(job, out_dir, data_plan=data)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from pipeline.cli.common import (BAD_INPUT, FAILED, SetOption, VerboseOption, console, err, exits_on_error, fail,
-                                 header, load_spec, data_plan, start_console)
+                                 header, load_spec, data_plan, says_how_to_continue, start_console)
 from pipeline.spec import PredictSpec
 
 PREDICT_DEFAULTS = PredictSpec()  # the options' defaults are the spec's
@@ -46,7 +46,8 @@ def run(
         console.print(f"run directory: {target} (steps: {', '.join(job.steps())})", soft_wrap=True)
         console.print(f"logs: {log_file() or 'in a temp file once Ray starts'}", soft_wrap=True, highlight=False)
         try:
-            with exits_on_error(FAILED):  # step lines go through the view: above a live bar, never into it
+            with exits_on_error(FAILED), says_how_to_continue(  # step lines go through the view, above a live bar
+                    "workflow", f"mmpipe run again into {target} resumes it from the step that stopped."):
                 record = run_workflow(job, target, say=lambda m: current().line(m), prepare=prepare)
         except WorkflowFailed as e:  # not the guard: the message adds where the details are
             fail(f"{e}\n(details: {target}/steps/{e.step}.json; run again to resume)", code=FAILED)

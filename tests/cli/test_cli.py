@@ -76,6 +76,26 @@ def test_the_guard_turns_library_errors_into_one_line_and_an_exit_code():
     assert isinstance(bug.exception, KeyError)
 
 
+
+def test_a_stopped_run_says_what_stopped_and_how_to_continue(tmp_path):
+    """Ctrl-C (KeyboardInterrupt), or Ray exiting under the run (SystemExit: what Ctrl-C during a Ray Train run
+    gives, measured with `kill -INT PID` and `kill -INT -PGID` on `mmpipe train`): one line and an exit code."""
+    from pipeline.cli.common import INTERRUPTED, resume_hint, says_how_to_continue
+
+    guarded = typer.Typer()
+
+    @guarded.command()
+    def go(how: str) -> None:
+        with says_how_to_continue("training", resume_hint(tmp_path)):
+            raise KeyboardInterrupt if how == "ctrl-c" else SystemExit(1)
+
+    hint = f"Its checkpoints are in {tmp_path / 'ray'}: the same command again resumes from the last one"
+    ctrl_c = runner.invoke(guarded, ["ctrl-c"])
+    assert ctrl_c.exit_code == INTERRUPTED and ctrl_c.output.startswith(f"error: interrupted: training stopped. {hint}")
+    ray_ended = runner.invoke(guarded, ["ray"])
+    assert ray_ended.exit_code == FAILED and ray_ended.output.startswith("error: stopped: the training ended without a result")
+    assert hint in ray_ended.output
+
 def test_console_script_lists_commands():
     out = subprocess.run(["mmpipe", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("pack", "demo-data", "validate", "inspect", "show-spec"):
