@@ -107,13 +107,13 @@ def main() -> None:
     ap.add_argument("--factor", type=float, default=10.0)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--quick", action="store_true", help="smoke run: demo scale 0.1 and 4x that")
+    ap.add_argument("--quick", action="store_true", help="smoke run: demo scale 0.05 and 4x that (not a measurement)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.cpus, args.batch_size)
     if args.quick:
-        args.scale, args.factor = 0.1, 4.0
+        args.scale, args.factor = 0.05, 4.0
 
     print(quiet_line(), flush=True)
     sizes = {"1x": demo_data(args.scale), f"{args.factor:g}x": demo_data(args.scale * args.factor)}
@@ -122,7 +122,7 @@ def main() -> None:
     mib = 2 ** 20
     print(machine_line(args.cpus))
     print(f"data: demo --scale {args.scale:g} and {args.scale * args.factor:g}; one epoch of the train split, "
-          f"batch size {args.batch_size}")
+          f"batch size {args.batch_size}" + (" [--quick: not a measurement]" if args.quick else ""))
     print(f"{'data':>5} {'rows':>7} {'s':>6} {'idle RSS MiB':>13} {'peak RSS MiB':>13} {'peak PSS MiB':>13} "
           f"{'store MiB':>10} {'spilled MiB':>12}")
     for name, r in results.items():
