@@ -29,12 +29,12 @@ def main() -> None:
     ap.add_argument("--fusions", nargs="+", default=DEFAULT)
     ap.add_argument("--runs", type=Path, default=Path("runs/av-digits"))
     ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--quick", action="store_true", help="smoke run: image_only, 1 epoch, batch 4 (sized for the "
-                                                         "36-clip test fixture)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: image_only, 1 epoch, batch 4, 1 worker (sized "
+                                                         "for the 36-clip test fixture)")
     args = ap.parse_args()
     if args.quick:
         args.fusions = ["image_only"]
-        args.sets = ["train.epochs=1", "train.batch_size=4", *args.sets]
+        args.sets = ["train.epochs=1", "train.batch_size=4", "scaling.num_workers=1", *args.sets]
     ensure_ray()
     rows = []
     for fusion in args.fusions:

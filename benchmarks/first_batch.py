@@ -31,6 +31,8 @@ from bench_common import demo_data, machine_line, median, quiet_line, scratch_di
 from pipeline.spec import load_spec
 
 FIRST = re.compile(r"first training batch at unix time ([0-9.]+)")
+# --quick: one training worker in both runs (one process fewer to start and import torch on a 2-core CI machine)
+QUICK_SETS = ["scaling.num_workers=1"]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -54,16 +56,17 @@ def stop(proc: subprocess.Popen) -> None:
         pass
 
 
-def mmpipe_command(spec: Path, epochs: int) -> tuple[list[str], Path]:
+def mmpipe_command(spec: Path, epochs: int, sets: list[str]) -> tuple[list[str], Path]:
     """The command, and the log file where the run says when its first batch was taken."""
     out = scratch_dir("mmpipe-first-batch-")
     mmpipe = [shutil.which("mmpipe")] if shutil.which("mmpipe") else [sys.executable, "-m", "pipeline.cli"]
-    return ([*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}"],
+    return ([*mmpipe, "train", str(spec), "--out", str(out / "run"), "--set", f"train.epochs={epochs}",
+             *(arg for s in sets for arg in ("--set", s))],
             out / "run" / "logs" / "mmpipe.log")
 
 
-def bare_command(spec: Path) -> tuple[list[str], None]:
-    s = load_spec(spec)
+def bare_command(spec: Path, sets: list[str]) -> tuple[list[str], None]:
+    s = load_spec(spec, sets)
     return [sys.executable, str(Path(__file__).with_name("bare_first_batch.py")),
             "--workers", str(s.scaling.num_workers), "--cpus-per-worker", str(s.scaling.cpus_per_worker),
             "--batch-size", str(s.train.batch_size)], None
@@ -124,18 +127,21 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--complete", action="store_true", help="let each run finish (training, report, test)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: one run on small data")
+    ap.add_argument("--quick", action="store_true", help="smoke run: one run of each on small data, one training "
+                                                         "worker (not a measurement)")
     ap.add_argument("--echo", action="store_true", help="print the run's log lines with seconds since start")
     ap.add_argument("--no-bare", action="store_true", help="skip the bare Ray Train + Ray Data reference runs")
     args = ap.parse_args()
     if args.quick:
-        args.runs, args.scale = 1, 0.25
+        args.runs, args.scale = 1, 0.1
+    sets = QUICK_SETS if args.quick else []
 
     print(quiet_line(), flush=True)
     spec = demo_data(args.scale) / "spec.yaml"
-    kinds = {"mmpipe": lambda: mmpipe_command(spec, args.epochs)}  # a new run directory each time
+    scaling = load_spec(spec, sets).scaling
+    kinds = {"mmpipe": lambda: mmpipe_command(spec, args.epochs, sets)}  # a new run directory each time
     if not args.no_bare:
-        bare_cmd = bare_command(spec)
+        bare_cmd = bare_command(spec, sets)
         kinds["bare"] = lambda: bare_cmd
     firsts: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.runs):
@@ -148,8 +154,11 @@ def main() -> None:
             print(f"run {i + 1} {kind}: first training batch after {first:.1f} s"
                   + (f", run complete after {total:.1f} s" if total else ""), flush=True)
     print(machine_line(os.cpu_count() or 0))
-    print(f"data: demo --scale {args.scale:g}; mmpipe train --set train.epochs={args.epochs} "
-          "(demo spec: 2 workers x 0.5 CPU)")
+    print(f"data: demo --scale {args.scale:g}; mmpipe train --set train.epochs={args.epochs}"
+          + "".join(f" --set {s}" for s in sets)
+          + f" (demo spec{' with the --set above' if sets else ''}: {scaling.num_workers} "
+            f"worker{'s' * (scaling.num_workers != 1)} x {scaling.cpus_per_worker:g} CPU)"
+          + (" [--quick: not a measurement]" if args.quick else ""))
     mm = median(firsts["mmpipe"])
     print(f"time to first training batch: median {mm:.1f} s over {len(firsts['mmpipe'])} run(s) "
           f"(target 10 s: ratio {mm / 10:.2f})")

@@ -30,12 +30,12 @@ from pipeline.model.classifier import MultimodalClassifier, input_columns
 from pipeline.spec import load_spec
 
 
-def train_steps(model, optimizer, batches, device, steps: int) -> float:
-    """Samples/s over ``steps`` optimizer steps (after 3 warm-up steps) drawing batches from an iterator."""
+def train_steps(model, optimizer, batches, device, steps: int, warmup: int = 3) -> float:
+    """Samples/s over ``steps`` optimizer steps (after ``warmup`` untimed ones) drawing batches from an iterator."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     rows, start = 0, None
-    for i in range(steps + 3):
-        if i == 3:
+    for i in range(steps + warmup):
+        if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start, rows = time.perf_counter(), 0
@@ -81,13 +81,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--cpu", action="store_true", help="no GPU: run the comparison on the CPU, labelled so")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 64 px, 2 CPUs, few steps")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 64 px, 2 CPUs, few steps, tiny data, no warm-up epoch (not a measurement)")
     args = ap.parse_args()
     if not torch.cuda.is_available() and not args.cpu:
         print("gpu_feeding: no CUDA GPU on this machine; nothing measured (--cpu runs a CPU-only variant)")
         return
     if args.quick:
-        args.sizes, args.cpus, args.steps, args.scale, args.batch_size = [64], [2], 4, 0.25, 16
+        args.sizes, args.cpus, args.steps, args.scale, args.batch_size = [64], [2], 2, 0.05, 8
+    warmup = 1 if args.quick else 3  # untimed steps before each timing
     total = os.cpu_count() or 2
     sweep = args.cpus or sorted({c for c in (2, 4, 8, 16, 32, total) if c <= total})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,17 +106,19 @@ def main() -> None:
         torch.manual_seed(0)
         model = MultimodalClassifier(spec, len(classes)).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        base = train_steps(model, optimizer, synthetic(spec, args.batch_size, device), device, args.steps)
-        for _ in data_plan.train_dataset().iter_batches(batch_size=None):
-            pass  # warm-up epoch: Ray's workers start and import the augmentation libraries outside the timing
+        base = train_steps(model, optimizer, synthetic(spec, args.batch_size, device), device, args.steps, warmup)
+        if not args.quick:  # warm-up epoch: Ray's workers start and import the augmentation libraries untimed
+            for _ in data_plan.train_dataset().iter_batches(batch_size=None):
+                pass
         for cpus in sweep:
-            rate = train_steps(model, optimizer, fed(data_plan, args.batch_size, cpus), device, args.steps)
+            rate = train_steps(model, optimizer, fed(data_plan, args.batch_size, cpus), device, args.steps, warmup)
             results.append((size, cpus, base, rate))
             print(f"{size} px, {cpus} CPUs: synthetic {base:.0f}/s, fed {rate:.0f}/s, ratio {rate / base:.2f}",
                   flush=True)
 
     print(machine_line(max(sweep)))
-    print(f"device: {label}; batch size {args.batch_size}; {args.steps} timed steps; demo --scale {args.scale:g}")
+    print(f"device: {label}; batch size {args.batch_size}; {args.steps} timed steps; demo --scale {args.scale:g}"
+          + (" [--quick: no warm-up epoch: not a measurement]" if args.quick else ""))
     print(f"{'image':>6} {'Ray CPUs':>8} {'synthetic/s':>12} {'fed/s':>8} {'ratio':>6}")
     for size, cpus, base, rate in results:
         print(f"{size:>6} {cpus:>8} {base:>12.0f} {rate:>8.0f} {rate / base:>6.2f}")

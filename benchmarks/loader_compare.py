@@ -38,11 +38,12 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=2.0, help="demo data size (1.0: 1,092 train samples)")
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--quick", action="store_true", help="smoke run: small data, 2 repeats")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: tiny data, one timed pass each, no Ray warm-up pass (figures meaningless)")
     ap.add_argument("--profile", action="store_true", help="print Ray Data's stats of the last Ray pass")
     args = ap.parse_args()
     if args.quick:
-        args.repeats, args.scale = 2, 0.5
+        args.repeats, args.scale = 1, 0.1
 
     print(quiet_line(), flush=True)
     data = demo_data(args.scale)
@@ -55,8 +56,9 @@ def main() -> None:
     # The DataLoader's workers are forked before Ray starts in this process, then kept (persistent_workers).
     stream = StageStream(expand_shards(spec.data.splits["train"]), spec, classes, factors, args.batch_size)
     loader, inline = make_loader(stream, args.cpus), make_loader(stream, 0)
-    timed(loader)
-    timed(inline)
+    # --quick: the one-process warm-up first, so the workers forked next inherit its imports (most of a smoke run)
+    for warm_up in ((inline, loader) if args.quick else (loader, inline)):
+        timed(warm_up)
     start_ray(args.cpus)
     ray_ds = data_plan.train_dataset(columns=input_columns(spec))
 
@@ -66,7 +68,8 @@ def main() -> None:
     runs = {"ray": ray_pass, "dataloader": lambda: timed(loader), "one process": lambda: timed(inline)}
     timed_rows: dict[str, list[int]] = {name: [] for name in runs}
     rates: dict[str, list[float]] = {name: [] for name in runs}
-    ray_pass()
+    if not args.quick:
+        ray_pass()
     for _ in range(args.repeats):
         for name, run in runs.items():
             rows, seconds = run()
@@ -76,7 +79,7 @@ def main() -> None:
     print(machine_line(args.cpus))
     print(f"data: demo --scale {args.scale:g}, train split, {len(expand_shards(spec.data.splits['train']))} shards; "
           f"batch size {args.batch_size}; stages: clean+align, keep, rebalance {spec.rebalance.strategy}, "
-          f"augment (demo spec)")
+          f"augment (demo spec)" + (" [--quick: one pass, not a measurement]" if args.quick else ""))
     print(f"{'loader':12} {'rows/pass':>10} {'median samples/s':>17}  passes (samples/s)")
     for name, values in rates.items():
         print(f"{name:12} {median(timed_rows[name]):>10.0f} {median(values):>17.0f}  "

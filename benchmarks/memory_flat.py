@@ -24,6 +24,9 @@ from pathlib import Path
 from bench_common import demo_data, machine_line, quiet_line, start_ray
 
 POLL_S = 0.2
+# --quick: reading the memory maps of a run's process tree costs ~50 ms of CPU on 2 cores; every 0.2 s that was ~9 s
+# of a 48 s smoke run, taken from the run it measured
+QUICK_POLL_S = 1.0
 
 
 def tree_memory(root) -> tuple[int, int]:
@@ -77,8 +80,8 @@ def child(data: Path, cpus: int, batch_size: int) -> None:
     ray.shutdown()
 
 
-def measure(data: Path, cpus: int, batch_size: int) -> dict:
-    """Run one child, sampling its process tree; returns its JSON plus idle and peak RSS/PSS."""
+def measure(data: Path, cpus: int, batch_size: int, poll_s: float = POLL_S) -> dict:
+    """Run one child, sampling its process tree every ``poll_s``; returns its JSON plus idle and peak RSS/PSS."""
     import psutil
 
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(data), "--cpus", str(cpus),
@@ -94,7 +97,7 @@ def measure(data: Path, cpus: int, batch_size: int) -> dict:
             idle = max(idle, now)  # start-up and dataset planning
         else:
             peak = (max(peak[0], now[0]), max(peak[1], now[1]))
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
     reader.join()
     if proc.returncode != 0 or not lines or not lines[-1].startswith("{"):
         raise SystemExit(f"child for {data} failed ({proc.returncode}): {''.join(lines[-5:])}")
@@ -107,22 +110,23 @@ def main() -> None:
     ap.add_argument("--factor", type=float, default=10.0)
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--quick", action="store_true", help="smoke run: demo scale 0.1 and 4x that")
+    ap.add_argument("--quick", action="store_true", help="smoke run: demo scale 0.05 and 4x that (not a measurement)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.cpus, args.batch_size)
     if args.quick:
-        args.scale, args.factor = 0.1, 4.0
+        args.scale, args.factor = 0.05, 4.0
 
     print(quiet_line(), flush=True)
     sizes = {"1x": demo_data(args.scale), f"{args.factor:g}x": demo_data(args.scale * args.factor)}
-    results = {name: measure(data, args.cpus, args.batch_size) for name, data in sizes.items()}
+    poll_s = QUICK_POLL_S if args.quick else POLL_S
+    results = {name: measure(data, args.cpus, args.batch_size, poll_s) for name, data in sizes.items()}
 
     mib = 2 ** 20
     print(machine_line(args.cpus))
     print(f"data: demo --scale {args.scale:g} and {args.scale * args.factor:g}; one epoch of the train split, "
-          f"batch size {args.batch_size}")
+          f"batch size {args.batch_size}" + (" [--quick: not a measurement]" if args.quick else ""))
     print(f"{'data':>5} {'rows':>7} {'s':>6} {'idle RSS MiB':>13} {'peak RSS MiB':>13} {'peak PSS MiB':>13} "
           f"{'store MiB':>10} {'spilled MiB':>12}")
     for name, r in results.items():

@@ -28,12 +28,14 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--scale", type=float, default=0.5)
-    ap.add_argument("--quick", action="store_true", help="smoke run: one 1-epoch trial per scheduler on --scale 0.1 "
-                                                         "data (nothing to compare: it only runs the code)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: one 1-epoch trial per scheduler, one training "
+                                                         "worker, --scale 0.05 data (nothing to compare: it only "
+                                                         "runs the code)")
     args = ap.parse_args()
-    batch = 32
+    batch, quick_sets = 32, []
     if args.quick:
-        args.samples, args.epochs, args.scale, batch = 1, 1, 0.1, 16
+        args.samples, args.epochs, args.scale, batch = 1, 1, 0.05, 16
+        quick_sets = ["scaling.num_workers=1"]  # one Train worker process fewer to start per trial
     root = Path(tempfile.mkdtemp(prefix="mmpipe-tune-bench-"))
     write_demo(root / "data", seed=0, scale=args.scale)
     ensure_ray()
@@ -42,7 +44,7 @@ def main() -> None:
         spec = load_spec(root / "data" / "spec.yaml", [
             SPACE, f"tune.num_samples={args.samples}", f"tune.scheduler={scheduler}", f"train.epochs={args.epochs}",
             f"train.batch_size={batch}", "model.hidden=32", "augment.enabled=false", "tune.grace_period=1",
-            "tune.reduction_factor=2"])
+            "tune.reduction_factor=2", *quick_sets])
         start = time.time()
         result = run_tune(spec, root / scheduler)
         import pandas as pd
@@ -51,7 +53,7 @@ def main() -> None:
         rows.append((scheduler, len(frame), int(frame["training_iteration"].sum()), result.best_metric,
                      time.time() - start))
     print(f"machine: {platform.machine()}, Python {platform.python_version()}; demo --scale {args.scale}, "
-          f"{args.samples} trials, up to {args.epochs} epochs each")
+          f"{args.samples} trials, up to {args.epochs} epochs each" + " [--quick: not a measurement]" * args.quick)
     print("| scheduler | trials | trial-epochs | best val.macro_f1 | seconds |")
     print("|---|---:|---:|---:|---:|")
     for name, trials, epochs, best, seconds in rows:

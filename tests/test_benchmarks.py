@@ -22,13 +22,15 @@ def run(script: str, *args: str) -> str:
 
 def test_loader_compare_quick_prints_both_loaders_and_the_ratio():
     out = run("loader_compare.py", "--quick")
-    assert "\nray " in out and "\ndataloader " in out
-    assert "ratio ray/dataloader: " in out
+    assert "\nray " in out and "\ndataloader " in out and "\none process " in out
+    assert "ratio ray/dataloader: " in out and "ratio ray/(one process x 2): " in out
+    assert "[--quick: one pass, not a measurement]" in out
 
 
 def test_memory_flat_quick_prints_growth_ratios():
     out = run("memory_flat.py", "--quick")
     assert "growth 4x / 1x: peak RSS " in out and "object store " in out
+    assert "\n   1x " in out and "\n   4x " in out  # a row per size
 
 
 def test_first_batch_quick_reaches_a_training_worker():
