@@ -100,7 +100,8 @@ def test_a_fresh_run_is_told_from_a_resumed_one():
 
 # ---------------------------------------------------------------- an interrupted workflow, in process
 
-FAST = ["train.batch_size=16", "model.hidden=32", "augment.enabled=false", "scaling.max_failures=0"]
+FAST = ["train.batch_size=16", "model.hidden=32", "augment.enabled=false", "scaling.max_failures=0",
+        "scaling.num_workers=1"]  # one worker (its failure is injected on the last rank): the workflow is tested
 
 
 @pytest.mark.slow

@@ -19,9 +19,11 @@ pytestmark = pytest.mark.ray
 
 
 def _spec(demo_dir, registry, *overrides):
-    # a small model without augmentation: 4 epochs at lr 0.003 still clearly beat 1 at lr 1e-5 (the promotion test)
+    # a small model without augmentation: 4 epochs at lr 0.003 still clearly beat 1 at lr 1e-5 (the promotion test);
+    # one training worker: what is tested here is the workflow (DDP: tests/train/test_train.py), and each worker
+    # process costs ~5 s of start-up on 2 cores
     return load_spec(demo_dir / "spec.yaml", [f"registry.uri={registry}", "train.batch_size=32", "model.hidden=32",
-                                              "augment.enabled=false", *overrides])
+                                              "augment.enabled=false", "scaling.num_workers=1", *overrides])
 
 
 def _sha(path) -> str:

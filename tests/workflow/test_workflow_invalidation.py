@@ -18,8 +18,8 @@ from pipeline.spec_checks import load_job
 from pipeline.workflow.rundir import fingerprint
 from pipeline.workflow.run import WorkflowFailed, run_workflow
 
-SETS = ["train.epochs=1", "train.batch_size=16", "model.hidden=32", "augment.enabled=false",
-        "workflow.steps=[validate-data, train, evaluate, register]"]
+SETS = ["train.epochs=1", "train.batch_size=16", "model.hidden=32", "augment.enabled=false", "scaling.num_workers=1",
+        "workflow.steps=[validate-data, train, evaluate, register]"]  # one worker: the workflow is what is tested
 
 
 def _status(run: dict) -> dict[str, str]:
