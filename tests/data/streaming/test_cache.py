@@ -8,8 +8,6 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.data.stages.config import StageConfig
-from pipeline.data.stages.path import sample_path, split_for_cache
 from pipeline.data.streaming import cache
 from pipeline.data.streaming import plan as plan_module
 from pipeline.data.streaming.epoch import EpochClock
@@ -46,17 +44,6 @@ def epochs(spec, n=2, plan=None):
         clock.set(epoch)
         out.append(rows(ds))
     return out
-
-
-@pytest.mark.fast
-def test_the_cache_keeps_what_every_epoch_gives_the_same(demo_dir):
-    spec = load_spec(demo_dir / "spec.yaml", PER_EPOCH + ["train.label_fraction=0.5"])
-    path = sample_path(spec, StageConfig.from_spec(spec, ["a", "b"]), "train", factors=np.ones(2), columns=["label"])
-    once, every_epoch = split_for_cache(path)
-    assert [s.name for s in once] == ["clean+align", "keep"]
-    assert [s.name for s in every_epoch] == ["rebalance", "label fraction", "augment", "tokenize", "select"]
-    with pytest.raises(ValueError, match="train or eval"):
-        split_for_cache(sample_path(spec, StageConfig.from_spec(spec, ["a", "b"]), "report"))
 
 
 @pytest.mark.fast
