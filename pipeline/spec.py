@@ -58,6 +58,9 @@ class DataSpec(Strict):
     splits: dict[str, list[str]] = Field(default_factory=dict,
                                          description="split name -> shard paths, globs, brace patterns or URIs")
     manifest: str | None = Field(None, description="dataset manifest.json; default: next to the first shard's folder")
+    cache: bool = Field(False, description="training keeps the train split's cleaned and aligned rows in Ray's "
+                        "object store after the first pass and re-runs only rebalance, augment and tokenize each "
+                        "epoch (refused when they would take over half of the object store; docs/data.md)")
 
     @field_validator("splits", mode="before")
     @classmethod

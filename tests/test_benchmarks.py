@@ -99,7 +99,8 @@ def test_device_augment_quick_prints_both_backends_and_the_gpu_line():
     assert ("images/s (" in out) if torch.cuda.is_available() else ("no CUDA GPU" in out)
 
 
-def test_feeding_compare_quick_prints_both_loaders_first_and_warm():
+def test_feeding_compare_quick_prints_every_loader_first_and_warm():
     out = run("feeding_compare.py", "--quick")
-    assert "source 256x256 JPEG" in out and "\nmmpipe " in out and "\nby hand " in out
+    assert "source 256x256 JPEG" in out and "\nmmpipe " in out and "\ncached " in out and "\nby hand " in out
     assert "ratio mmpipe/by hand (warm): " in out and "mmpipe first pass / warm: " in out
+    assert "ratio cached/by hand (warm): " in out and "cached first pass / warm: " in out

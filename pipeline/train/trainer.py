@@ -3,6 +3,7 @@ from one DataPlan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -103,7 +104,7 @@ def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict
 
     spec, clock = data.spec, EpochClock(0)
     train = data.train_dataset(epoch=clock, columns=train_columns(spec), rebalance=rebalance,
-                               scheduling_strategy=scheduling_strategy)
+                               scheduling_strategy=scheduling_strategy, heartbeat=heartbeat)  # data.cache: reads here
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "classes": data.classes, "epoch_clock": clock,
@@ -193,10 +194,13 @@ def _fit(data: DataPlan, rebalance: RebalancePlan, plan: ResourcePlan, run_confi
     try:
         with actors_scope(), no_orphaned_groups(), data_reservation(spec.scaling.data_cpus) as strategy:
             val = data.eval_dataset("val", columns=input_columns(spec), scheduling_strategy=strategy)
-            trainer = build_trainer(data, rebalance, val, plan.worker_resources(), run_config,
-                                    inject_failure=inject_failure, heartbeat=heartbeat,
-                                    tracking={"tensorboard_dir": str(run_dir / TENSORBOARD_DIR)},
-                                    scheduling_strategy=strategy)
+            # data.cache: the train split is read and cleaned here, once, in the data reservation
+            with watch("the data cache pass", spec.scaling.stall_timeout_s, heartbeat) if spec.data.cache \
+                    else contextlib.nullcontext():
+                trainer = build_trainer(data, rebalance, val, plan.worker_resources(), run_config,
+                                        inject_failure=inject_failure, heartbeat=heartbeat,
+                                        tracking={"tensorboard_dir": str(run_dir / TENSORBOARD_DIR)},
+                                        scheduling_strategy=strategy)
             if started_here():  # idle workers of a cluster are not kept for us: warming them would be wasted work
                 # One per data CPU, in the reservation where the reads will run (more would only queue there and
                 # reuse the same worker); overlaps Ray Train's start-up.

@@ -167,6 +167,8 @@ def _search(spec: JobSpec, out_dir: Path, data: DataPlan, resources) -> TuneResu
 
     base = spec.model_dump(mode="json")
     search_alg = _search_alg(spec)
+    if spec.data.cache:  # each running trial keeps its own cache: refused now if they would not all fit
+        data.cache_bytes(copies=resources.trials)
     # Shared work, once: the data report (exact kept counts for every trial's rebalancing) and the val set.
     report = data.validate(["train", "val"])
     # rebalance.task: counts of that task's classes (the search space may not change it: tune/space.py)

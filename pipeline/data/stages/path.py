@@ -120,6 +120,17 @@ def sample_path(spec: JobSpec, cfg: StageConfig, purpose: str, duplicates: Dupli
     return path
 
 
+def split_for_cache(path: list[Stage]) -> tuple[list[Stage], list[Stage]]:
+    """(the stages up to ``keep``, the rest) of a train or eval path: the first part gives the same rows every
+    epoch (decode, checks, duplicate claims and alignment are deterministic, claims idempotent), so data.cache
+    keeps its output; the rest (rebalance, label fraction, augment, tokenize, select) runs every epoch."""
+    names = [stage.name for stage in path]
+    if "keep" not in names:
+        raise ValueError("only a train or eval path (which keeps the kept rows) splits for the cache")
+    at = names.index("keep") + 1
+    return path[:at], path[at:]
+
+
 def run_path(batch: Batch, path: list[Stage], epoch: int = 0) -> Batch:
     for stage in path:
         batch = stage(batch, epoch)

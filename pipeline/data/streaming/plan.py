@@ -23,14 +23,15 @@ from pipeline.data.stages.align import aligned_row_bytes, keep_rows
 from pipeline.data.stages.contract import KEY_COLUMN, URL_COLUMN
 from pipeline.data.stages.config import StageConfig
 from pipeline.data.stages.dedupe import HASH_COLUMN, ContentSet, CrossSplitFinder
-from pipeline.data.stages.path import sample_path
+from pipeline.data.stages.path import sample_path, split_for_cache
 from pipeline.data.stages.rebalance import RebalanceError, sampling_factors
 from pipeline.data.stages.report import EXAMPLES_PER_REASON, REPORT_COLUMNS, DataReport, SplitReport
 from pipeline.data.streaming.actors import actors_scope
+from pipeline.data.streaming.cache import cache_pass, check_cache_fits, object_store_bytes, per_epoch
 from pipeline.data.streaming.counts import label_pass
 from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
 from pipeline.data.streaming.pull import pulled
-from pipeline.data.streaming.source import read_prepared
+from pipeline.data.streaming.source import MIN_BLOCK_BYTES, read_prepared
 from pipeline.spec import JobSpec
 from pipeline.tasks import Task, label_tasks, rebalanced_task, task_column
 from pipeline.console import PassCount
@@ -294,16 +295,35 @@ class DataPlan:
     # ------------------------------------------------------------------ datasets
 
     def _read(self, split: str, purpose: str, labels_required: bool = True, columns: list[str] | None = None,
-              shuffle_files: bool = False, factors=None, epoch=0, scheduling_strategy=None):
+              shuffle_files: bool = False, factors=None, epoch=0, scheduling_strategy=None, cache: bool = False,
+              heartbeat=None):
         cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
         duplicates = RemoteDuplicateIndex() if self.spec.clean.dedupe else None
         eval_content = (self.eval_content(split, scheduling_strategy) if self._drops_eval_content(split, purpose)
                         else None)
         path = sample_path(self.spec, cfg, purpose, duplicates, factors, columns, eval_content)
         roles = [c for c in columns if c in cfg.enabled] if columns else None
-        return read_prepared(self.good_shards(split), path, PREPARE_BATCH_SIZE,
-                             aligned_row_bytes(cfg.modalities, roles), shuffle_files, epoch, self.limits,
-                             scheduling_strategy=scheduling_strategy)
+        row_bytes = aligned_row_bytes(cfg.modalities, roles)
+        if not cache:
+            return read_prepared(self.good_shards(split), path, PREPARE_BATCH_SIZE, row_bytes, shuffle_files,
+                                 epoch, self.limits, scheduling_strategy=scheduling_strategy)
+        # data.cache: read + the deterministic stages once, kept; the per-epoch stages over the kept blocks
+        once, every_epoch = split_for_cache(path)
+        self.cache_bytes(split, labels_required)
+        read = read_prepared(self.good_shards(split), once, PREPARE_BATCH_SIZE, aligned_row_bytes(cfg.modalities),
+                             limits=self.limits, scheduling_strategy=scheduling_strategy)
+        ds = per_epoch(cache_pass(read, f"data cache: {split}", self.shard_samples(split), heartbeat), every_epoch,
+                       epoch)
+        ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, PREPARE_BATCH_SIZE * row_bytes)  # as read_prepared
+        return ds
+
+    def cache_bytes(self, split: str = "train", labels_required: bool = True, copies: int = 1) -> int:
+        """The estimated bytes data.cache keeps for ``split`` (every sample the shard checks counted, as aligned
+        rows; ``copies``: caches at once, e.g. Tune's concurrent trials). Raises CacheError when they would not
+        fit in the object store (CACHE_STORE_FRACTION): before any read."""
+        cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
+        return check_cache_fits(self.shard_samples(split), aligned_row_bytes(cfg.modalities),
+                                object_store_bytes(), copies)
 
     # ``scheduling_strategy`` of the builders below: where the dataset's tasks run (a run's reserved data CPUs,
     # ``resources.data_strategy``); None: wherever Ray Data puts them.
@@ -320,16 +340,21 @@ class DataPlan:
         return self._read(split, "eval", columns=columns, scheduling_strategy=scheduling_strategy)
 
     def train_dataset(self, epoch=0, columns: list[str] | None = None, rebalance: RebalancePlan | None = None,
-                      split: str = "train", labels_required: bool = True, scheduling_strategy=None):
+                      split: str = "train", labels_required: bool = True, scheduling_strategy=None,
+                      heartbeat=None):
         """The train split as training reads it: kept rows -> rebalance -> augment -> tokenize, in the read task
         of each shard, in a new shard order per epoch. ``epoch``: int or EpochClock; ``columns``: keep only these
         (e.g. the model's inputs); ``rebalance``: another plan than this one's (Tune's shared counts);
-        ``labels_required=False``: unlabelled rows kept with label -1 (self-supervised pretraining)."""
+        ``labels_required=False``: unlabelled rows kept with label -1 (self-supervised pretraining).
+
+        With data.cache the shards are read and cleaned here, once (blocking; counted as progress, and beaten on
+        ``heartbeat``), and the dataset runs only the per-epoch stages over the kept rows (streaming/cache.py)."""
         factors = None
         if self.spec.rebalance.strategy != "none":
             factors = np.array((rebalance or self.rebalance).factors)
         ds = self._read(split, "train", labels_required, columns=columns, shuffle_files=True, factors=factors,
-                        epoch=epoch, scheduling_strategy=scheduling_strategy)
+                        epoch=epoch, scheduling_strategy=scheduling_strategy, cache=self.spec.data.cache,
+                        heartbeat=heartbeat)
         # Ray Data reserves CPUs per operator by default; on 2 CPUs that ran these read tasks one at a time (half
         # the throughput). All the work is in one fused operator, so a reservation protects nothing. Only here:
         # with shards read in parallel, which copy of a duplicate claims first (and is kept) depends on timing;

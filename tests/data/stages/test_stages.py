@@ -294,3 +294,26 @@ def test_the_sample_path_is_one_ordered_list_and_tokenizes_text_once(monkeypatch
     # without augmentation the ids are those of the cleaned text, as the report path makes them
     report = run_path(raw_batch([good(__key__="a")]), sample_path(spec, c, "report"))
     assert np.array_equal(report["text"], real(["a small cat"], t))
+
+
+def test_the_path_splits_for_the_cache_where_every_epoch_gives_the_same_rows():
+    """data.cache keeps the output of the first part and runs the rest per epoch: together they are the path."""
+    from pipeline.data.stages.path import run_path, sample_path, split_for_cache
+
+    spec = spec_from_dict({"augment": {"image": [{"name": "HorizontalFlip", "p": 0.5}],
+                                       "text": [{"name": "RandomCharAug", "p": 0.5, "params": {"action": "swap"}}]},
+                           "rebalance": {"strategy": "oversample"}, "train": {"label_fraction": 0.5}})
+    c = StageConfig.from_spec(spec, CLASSES)
+    path = sample_path(spec, c, "train", DuplicateIndex(), factors=np.array([2.0, 1.0, 1.0]), columns=["text"])
+    once, every_epoch = split_for_cache(path)
+    assert [s.name for s in once] == ["clean+align", "keep"]
+    assert [s.name for s in every_epoch] == ["rebalance", "label fraction", "augment", "tokenize", "select"]
+    assert not any(s.takes_epoch for s in once)
+    batch = raw_batch([good(__key__="a"), good(__key__="b", txt="一只猫坐在垫子上".encode(), cls=b"1"),
+                       good(__key__="c", cls=b"7")])
+    kept = run_path(batch, once)
+    for epoch in (0, 1):
+        whole, parts = run_path(batch, path, epoch), run_path(kept, every_epoch, epoch)
+        assert whole.keys() == parts.keys() and all(np.array_equal(whole[k], parts[k]) for k in whole)
+    with pytest.raises(ValueError, match="train or eval"):
+        split_for_cache(sample_path(spec, c, "report"))
