@@ -180,8 +180,12 @@ def normalise(logmel: torch.Tensor, norm: str) -> torch.Tensor:
     "band_mean": the per-band mean only, then one variance over the clip)."""
     dims = (1, 2) if norm == "clip" else (1,)
     centred = logmel - logmel.mean(dim=dims, keepdim=True)
-    scale_dims = (1, 2) if norm == "band_mean" else dims
-    return centred / (centred.std(dim=scale_dims, keepdim=True) + 1e-5)
+    if norm == "clip":
+        return centred / (centred.std(dim=dims, keepdim=True) + 1e-5)
+    # a band at the 35 dB floor but for a few cells has a std near 0: a floor of 0.1 (log units) keeps rounding
+    # noise from being blown up (without it 40 dB of gain moved such bands' features by 0.04)
+    std = centred.std(dim=(1, 2) if norm == "band_mean" else dims, keepdim=True)
+    return centred / std.clamp(min=0.1)
 
 
 class AudioEncoder(nn.Module):
