@@ -370,6 +370,9 @@ class ModelSpec(Strict):
                                           description="time/frequency masking of the audio encoder's features")
     vtlp: VTLPSpec = Field(default_factory=VTLPSpec, description="random per-clip frequency warp of the audio "
                                                                  "encoder's spectrum while training")
+    audio_norm: Literal["clip", "band", "band_mean"] = Field(
+        "clip", description="log-mel normalisation in the audio encoder: mean 0 / variance 1 over the whole clip, "
+                            "per mel band over the clip's frames, or the per-band mean with one variance per clip")
     text_encoder: Literal["transformer", "gru"] = "transformer"
     init_from: str | None = Field(None, description="start from these weights: a pretrain or train run folder "
                                                     "(pretrained.pt / best.pt), REGISTRY[:VERSION|@ALIAS], or a "

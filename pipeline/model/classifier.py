@@ -38,7 +38,8 @@ def build_encoders(spec: JobSpec, modalities: list[str]) -> nn.ModuleDict:
         encoders["text"] = TextEncoder(h, mods.text.vocab_size, mods.text.max_tokens, spec.model.text_encoder)
     if "audio" in modalities and "audio" not in encoders:
         encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, spec.model.audio_width,
-                                         spec.model.spec_augment, vtlp=spec.model.vtlp)
+                                         spec.model.spec_augment, vtlp=spec.model.vtlp,
+                                         norm=spec.model.audio_norm)
     return nn.ModuleDict({m: encoders[m] for m in modalities})  # in the modalities' order
 
 

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from pipeline.data.stages.align import fit_audio
-from pipeline.model.encoders import VTLP, AudioEncoder, SpecAugment, band_mask, warp_sources
+from pipeline.model.encoders import VTLP, AudioEncoder, SpecAugment, band_mask, normalise, warp_sources
 from pipeline.spec import JobSpec, SpecAugmentSpec, SpecError, VTLPSpec, spec_from_dict
 from support import FIXTURES
 
@@ -24,9 +24,9 @@ def clips(*names: str) -> torch.Tensor:
     return torch.from_numpy(np.stack(waves))
 
 
-def encoder(masks: SpecAugmentSpec | None = None, vtlp: VTLPSpec | None = None) -> AudioEncoder:
+def encoder(masks: SpecAugmentSpec | None = None, vtlp: VTLPSpec | None = None, norm: str = "clip") -> AudioEncoder:
     torch.manual_seed(0)
-    return AudioEncoder(hidden=16, sample_rate=8000, width=4, masks=masks, vtlp=vtlp)
+    return AudioEncoder(hidden=16, sample_rate=8000, width=4, masks=masks, vtlp=vtlp, norm=norm)
 
 
 def test_features_are_normalised_per_clip_and_invariant_to_gain():
@@ -143,3 +143,34 @@ def test_vtlp_fields_are_validated_with_their_path():
         spec_from_dict({"model": {"vtlp": {"warp": 0.5}}})
     with pytest.raises(SpecError, match=r"model\.vtlp\.boundary: .*less than 1"):
         spec_from_dict({"model": {"vtlp": {"boundary": 1.0}}})
+
+
+def test_band_normalisation_removes_a_fixed_spectral_tilt():
+    logmel = torch.randn(3, 126, 40)
+    tilt = torch.linspace(-2.0, 2.0, 40)                               # a voice or channel's fixed EQ, per band
+    for norm in ("band", "band_mean"):
+        assert torch.allclose(normalise(logmel + tilt, norm), normalise(logmel, norm), atol=1e-5), norm
+    assert not torch.allclose(normalise(logmel + tilt, "clip"), normalise(logmel, "clip"), atol=0.1)
+    feats = normalise(logmel, "band")
+    assert torch.allclose(feats.mean(1), torch.zeros(3, 40), atol=1e-5)
+    assert torch.allclose(feats.std(1), torch.ones(3, 40), atol=1e-3)
+    assert torch.allclose(normalise(logmel, "band_mean").std(dim=(1, 2)), torch.ones(3), atol=1e-3)
+
+
+def test_band_normalised_encoder_on_real_clips_keeps_its_weights_and_gain_invariance():
+    wave = clips("3_jackson_0", "1_theo_7", "0_nicolas_12")
+    plain, band = encoder(), encoder(norm="band")
+    assert band.state_dict().keys() == plain.state_dict().keys()       # no new weights: checkpoints load either way
+    feats = band.features(wave)
+    assert torch.allclose(feats.mean(1), torch.zeros(3, 40), atol=1e-3)
+    assert torch.allclose(band.features(wave * 0.01), feats, atol=2e-3)
+    # pre-emphasis (about +20 dB from low to high bands) moves band-normalised features less than clip-normalised
+    tilted = torch.cat([wave[:, :1], wave[:, 1:] - 0.9 * wave[:, :-1]], 1)
+    moved = {n: (e.features(tilted) - e.features(wave)).abs().mean() for n, e in (("clip", plain), ("band", band))}
+    assert moved["band"] < 0.85 * moved["clip"], moved
+
+
+def test_audio_norm_is_validated_with_its_path():
+    assert JobSpec().model.audio_norm == "clip"                        # the whole-clip normalisation by default
+    with pytest.raises(SpecError, match=r"model\.audio_norm: .*'clip', 'band' or 'band_mean'"):
+        spec_from_dict({"model": {"audio_norm": "bands"}})
