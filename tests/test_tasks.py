@@ -182,9 +182,11 @@ def test_the_label_pass_counts_rows_without_the_rebalanced_tasks_label_into_the_
     plan = plan_rebalance(spec, SPEAKERS, [2, 1, 0], "label pass (speaker)", unlabelled=2)
     assert plan.expected == [2.0, 2.0, 0.0] and plan.rows_per_epoch == 6.0  # not 4: the 2 unlabelled rows too
     assert plan.to_dict()["task"] == "speaker" and plan.to_dict()["unlabelled_rows"] == 2
-    # the primary task: a row without its label is dropped, none is unlabelled; its plan keeps its old shape
+    # the primary task: a row without its label is dropped, none is unlabelled, and the row clean drops for its
+    # unknown speaker (zed) is not counted either: the counts are of the rows training streams
     primary = label_counts_batch(batch, cfg)
-    assert primary["counts"].tolist() == [[6, 0, 0]] and primary["unlabelled"].tolist() == [0]
+    assert primary["counts"].tolist() == [[5, 0, 0]] and primary["unlabelled"].tolist() == [0]
+    assert primary["invalid"].tolist() == [2]
     alone = plan_rebalance(two_task(rebalance={"strategy": "oversample"}), CLASSES, [6, 0, 0], "manifest.json")
     assert alone.rows_per_epoch == 6.0 and "task" not in alone.to_dict()
     # the data report's counts (validate, tune): the kept rows per class and those without the label

@@ -236,9 +236,11 @@ class DataPlan:
         if self._counts is None:
             checks = self.checks("train")
             task = self.rebalanced_task
-            # the manifest counts the primary task's classes only
+            # the manifest counts the primary task's classes only, over every labelled row: with label.tasks,
+            # rows clean drops for an unknown further label would count there (never streamed), so the label
+            # pass reads every task instead
             counts = (manifest_counts(self.manifest, "train", [c.path for c in checks], self.classes)
-                      if task.primary else None)
+                      if task.primary and not self.spec.label.tasks else None)
             if counts is not None:
                 self._counts, self._unlabelled = (counts, "manifest.json"), 0
             else:
