@@ -385,3 +385,13 @@ def test_tune_may_not_search_what_every_trial_shares(key, dist):
                                         r"(label|rebalance.task): the class counts"):
         tune({key: dist})
     assert tune({"rebalance.strategy": {"choice": ["none", "sqrt"]}}).tune.search_space
+
+
+@pytest.mark.parametrize("strategy", ["oversample", "undersample", "sqrt"])
+def test_rebalancing_a_task_without_labelled_train_rows_names_the_task(strategy):
+    from pipeline.data.shards.manifest import DataError
+    from pipeline.data.streaming.plan import plan_rebalance
+
+    spec = two_task(rebalance={"strategy": strategy, "task": "speaker"})
+    with pytest.raises(DataError, match=r"rebalance.task speaker: task 'speaker' has no labelled train rows"):
+        plan_rebalance(spec, SPEAKERS, [0, 0, 0], "label pass (speaker)", unlabelled=4)

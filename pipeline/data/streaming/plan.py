@@ -82,11 +82,13 @@ def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int], source:
                    unlabelled: int = 0) -> RebalancePlan:
     """Factors per class for ``counts`` (train rows per class of the rebalanced task; ``source`` says where they
     came from); ``unlabelled``: train rows without that task's label (a further task's)."""
+    task = spec.rebalance.task if spec.rebalance.task not in (None, spec.label.name) else None
     try:
         factors = sampling_factors(np.array(counts), spec.rebalance, classes)
     except RebalanceError as e:
-        raise DataError(str(e)) from None
-    task = spec.rebalance.task if spec.rebalance.task not in (None, spec.label.name) else None
+        named = f"rebalance.task {task}: task {task!r} has no labelled train rows; " if task and not any(counts) \
+            else ""
+        raise DataError(named + str(e)) from None
     return RebalancePlan(spec.rebalance.strategy, classes, [int(c) for c in counts], source, factors.tolist(),
                          task, int(unlabelled))
 
