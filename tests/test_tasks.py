@@ -395,3 +395,35 @@ def test_rebalancing_a_task_without_labelled_train_rows_names_the_task(strategy)
     spec = two_task(rebalance={"strategy": strategy, "task": "speaker"})
     with pytest.raises(DataError, match=r"rebalance.task speaker: task 'speaker' has no labelled train rows"):
         plan_rebalance(spec, SPEAKERS, [0, 0, 0], "label pass (speaker)", unlabelled=4)
+
+
+def test_a_task_without_labelled_rows_scores_nan_not_zero():
+    import math
+
+    metrics = task_metrics([Accumulator(3), Accumulator(3)], spec_tasks(two_task(), CLASSES), "val")
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc"):
+        assert math.isnan(metrics[f"val.speaker.{name}"]), name
+    assert metrics["val.speaker.rows"] == 0
+
+
+def test_the_data_report_prints_class_names_as_text_and_warns_of_a_task_without_labels():
+    from rich.console import Console
+
+    classes = ["[red]", "dog", "猫"]
+    report = DataReport(classes, tasks={"speaker": SPEAKERS},
+                        rebalance={"strategy": "oversample", "before": {"[red]": 2, "dog": 0, "猫": 0},
+                                   "expected_after": {"[red]": 2.0, "dog": 0.0, "猫": 0.0},
+                                   "factors": {"[red]": 1.0, "dog": 0.0, "猫": 0.0}})
+    for split in ("train", "val"):
+        report.splits[split] = SplitReport(split, classes, tasks={"speaker": SPEAKERS})
+        report.splits[split].add_batch({
+            "__key__": np.array(["a", "b"], dtype=object), "__url__": np.array(["s", "s"], dtype=object),
+            "label": np.array([0, 0]), "label_speaker": np.array([-1, -1] if split == "train" else [0, -1]),
+            "drop_reason": np.array(["", ""], dtype=object), "drop_detail": np.array(["", ""], dtype=object)})
+    console = Console(record=True, width=200)
+    report.print(console)
+    text = console.export_text()
+    assert "class [red]" in text and text.count("[red]") >= 2  # the summary row and the rebalance table
+    assert report.task_warnings() == ["task speaker: no kept row of split train has its label; its head is not "
+                                      "trained"]
+    assert "task speaker: no kept row of split train" in text

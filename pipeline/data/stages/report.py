@@ -117,6 +117,14 @@ class DataReport:
         """Distinct contents ``split`` and ``other`` both hold."""
         return next((p["count"] for p in self.cross_split if set(p["splits"]) == {split, other}), 0)
 
+    def task_warnings(self) -> list[str]:
+        """A line per split with kept rows but none labelled for a further task: its head learns nothing there
+        (train) or its metrics have no rows (NaN)."""
+        return [f"task {task}: no kept row of split {n} has its label; " +
+                ("its head is not trained" if n == "train" else f"{n}.{task}.* metrics are NaN")
+                for task in self.tasks for n, split in self.splits.items()
+                if split.rows_kept and not sum(split.task_histograms.get(task, {}).values())]
+
     def write_json(self, path: str | Path) -> None:
         from pipeline.io import atomic_write_text
 
@@ -137,10 +145,10 @@ class DataReport:
         for r in reasons:
             summary.add_row(f"  dropped: {r}", *(str(self.splits[n].dropped.get(r, 0)) for n in names))
         for c in self.classes:
-            summary.add_row(f"class {c}", *(str(self.splits[n].class_histogram.get(c, 0)) for n in names))
+            summary.add_row(f"class {escape(c)}", *(str(self.splits[n].class_histogram.get(c, 0)) for n in names))
         for task, task_classes in self.tasks.items():  # label.tasks: each further task's classes
             for c in task_classes:
-                summary.add_row(f"{task} {c}", *(str(self.splits[n].task_histograms.get(task, {}).get(c, 0))
+                summary.add_row(f"{task} {escape(c)}", *(str(self.splits[n].task_histograms.get(task, {}).get(c, 0))
                                                  for n in names))
             summary.add_row(f"{task} missing (masked)", *(str(self.splits[n].task_missing.get(task, 0))
                                                           for n in names))
@@ -160,9 +168,11 @@ class DataReport:
             for col in ("class", "before", "expected after", "factor"):
                 table.add_column(col, justify="left" if col == "class" else "right")
             for c in self.rebalance["before"]:  # the rebalanced task's classes (rebalance.task)
-                table.add_row(c, str(self.rebalance["before"][c]), f"{self.rebalance['expected_after'][c]:.1f}",
+                table.add_row(escape(c), str(self.rebalance["before"][c]), f"{self.rebalance['expected_after'][c]:.1f}",
                               f"{self.rebalance['factors'][c]:.3f}")
             console.print(table)
+        for line in self.task_warnings():
+            console.print(f"[yellow]{escape(line)}[/]", highlight=False)
         for n in names:
             for bad in self.splits[n].bad_shards:
                 console.print(f"[red]bad shard[/] ({escape(n)}) {escape(bad['path'])}: {escape(bad['error'])}",
