@@ -427,3 +427,21 @@ def test_the_data_report_prints_class_names_as_text_and_warns_of_a_task_without_
     assert report.task_warnings() == ["task speaker: no kept row of split train has its label; its head is not "
                                       "trained"]
     assert "task speaker: no kept row of split train" in text
+
+
+@pytest.mark.parametrize("label, field", [
+    ({"classes": ["1", "2", "3"]}, "label.format"),
+    ({"tasks": {"stars": {"classes": ["1", "2", "3", "4", "5"]}}}, "label.tasks.stars.format"),
+])
+def test_format_auto_with_integer_class_names_is_refused_naming_the_field(label, field):
+    with pytest.raises(SpecError, match=field.replace(".", r"\.") + " is auto"):
+        spec_from_dict({"label": label})
+
+
+def test_integer_class_names_load_with_an_explicit_format_or_when_they_are_their_own_index():
+    from pipeline.data.stages.clean import parse_label
+
+    stars = spec_from_dict({"label": {"tasks": {"stars": {"classes": list("12345"), "format": "name"}}}})
+    classes = tuple(stars.label.tasks["stars"].classes)
+    assert [parse_label(v, classes, "name") for v in ("1", 3, "5")] == [0, 2, 4]  # not [1, 3, -1]
+    assert spec_from_dict({"label": {"classes": list("0123")}}).label.format == "auto"  # "3" is index 3 either way
