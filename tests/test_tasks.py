@@ -445,3 +445,25 @@ def test_integer_class_names_load_with_an_explicit_format_or_when_they_are_their
     classes = tuple(stars.label.tasks["stars"].classes)
     assert [parse_label(v, classes, "name") for v in ("1", 3, "5")] == [0, 2, 4]  # not [1, 3, -1]
     assert spec_from_dict({"label": {"classes": list("0123")}}).label.format == "auto"  # "3" is index 3 either way
+
+
+def test_a_row_dropped_as_a_duplicate_carries_label_minus_one_in_every_task():
+    from pipeline.data.stages.dedupe import DuplicateIndex
+
+    cfg = StageConfig.from_spec(two_task(), CLASSES, labels_required=False)  # prediction's reading
+    same = good(json=meta(speaker="bo"))
+    out = prepare_batch(raw_batch([same, same]), cfg, duplicates=DuplicateIndex())
+    assert list(out["drop_reason"]) == ["", "duplicate"]
+    assert out["label"].tolist() == [0, -1] and out["label_speaker"].tolist() == [1, -1]
+
+
+def test_prediction_names_its_task_count_missing_or_unknown():
+    def report(labels_required):
+        split = SplitReport("predict", CLASSES, tasks={"speaker": SPEAKERS}, labels_required=labels_required)
+        split.add_batch({"__key__": np.array(["a"], dtype=object), "__url__": np.array(["s"], dtype=object),
+                         "label": np.array([0]), "label_speaker": np.array([-1]),
+                         "drop_reason": np.array([""], dtype=object), "drop_detail": np.array([""], dtype=object)})
+        return split.to_dict()["tasks"]["speaker"]
+
+    assert report(False) == {"class_histogram": {s: 0 for s in SPEAKERS}, "missing_or_unknown": 1}
+    assert report(True) == {"class_histogram": {s: 0 for s in SPEAKERS}, "missing": 1}

@@ -230,6 +230,7 @@ class _Chunk:
 
     def _drop(self, i: int, reason: str, detail: str) -> None:
         self.reasons[i], self.details[i] = reason, detail
+        self.labels[i] = [-1] * len(self.label_columns)  # a dropped row's labels are -1, as for any other reason
         self.values["image"][i] = self.values["text"][i] = self.values["audio"][i] = None
 
     def finish(self, duplicates: Duplicates | None, eval_content: ContentSet | None = None

@@ -38,6 +38,9 @@ class SplitReport:
     tasks: dict[str, list[str]] = field(default_factory=dict)
     task_histograms: dict[str, dict[str, int]] = field(default_factory=dict)
     task_missing: dict[str, int] = field(default_factory=dict)
+    # False for prediction's input (labels not required): a further task's value that is not one of its classes
+    # is kept as -1 too, so its count is of rows "missing_or_unknown", not "missing"
+    labels_required: bool = True
 
     def add_batch(self, batch: dict[str, np.ndarray]) -> None:
         """Count one aligned batch (all rows, dropped ones included)."""
@@ -75,11 +78,12 @@ class SplitReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("classes", "tasks", "task_histograms", "task_missing"):
+        for name in ("classes", "tasks", "task_histograms", "task_missing", "labels_required"):
             d.pop(name)
         if self.tasks:  # label.tasks only: a single-task report keeps its old shape
+            missing = "missing" if self.labels_required else "missing_or_unknown"
             d["tasks"] = {t: {"class_histogram": {c: self.task_histograms.get(t, {}).get(c, 0) for c in names},
-                              "missing": self.task_missing.get(t, 0)} for t, names in self.tasks.items()}
+                              missing: self.task_missing.get(t, 0)} for t, names in self.tasks.items()}
         d["dropped"] = {r: self.dropped[r] for r in sorted(self.dropped, key=_reason_order)}
         d["class_histogram"] = {c: self.class_histogram.get(c, 0) for c in self.classes}
         d["modality_coverage"] = self.coverage()
