@@ -467,3 +467,64 @@ def test_prediction_names_its_task_count_missing_or_unknown():
 
     assert report(False) == {"class_histogram": {s: 0 for s in SPEAKERS}, "missing_or_unknown": 1}
     assert report(True) == {"class_histogram": {s: 0 for s in SPEAKERS}, "missing": 1}
+
+
+# ------------------------------------------------------------------ the heads' order (label.tasks order)
+
+THREE = {"speaker": {"classes": SPEAKERS, "format": "name"}, "mood": {"classes": ["calm", "loud", "odd"]}}
+
+
+def ordered(*names, **model):
+    return spec_from_dict({**TWO, "model": {"hidden": 16, **model},
+                           "label": {"name": "animal", "tasks": {n: THREE[n] for n in names}}})
+
+
+def test_resuming_with_label_tasks_reordered_is_refused_naming_label_tasks(tmp_path):
+    from pipeline.spec import dump_spec
+    from pipeline.train.loop import EarlyStopping, resume
+    from pipeline.tasks import task_layout
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    (tmp_path / "ray" / "train").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(dump_spec(ordered("speaker", "mood")), encoding="utf-8")
+    check_resumable(ordered("speaker", "mood"), tmp_path, "train")  # the same order resumes
+    with pytest.raises(TrainError, match=r"label\.tasks"):
+        check_resumable(ordered("mood", "speaker"), tmp_path, "train")
+    # the checkpoint itself records the layout, and the loop refuses another
+    state = {"tasks": task_layout(spec_tasks(ordered("speaker", "mood"), CLASSES))}
+    with pytest.raises(ValueError, match=r"label\.tasks changed"):
+        resume(state, None, None, None, EarlyStopping("val.macro_f1", None), 3,
+               task_layout(spec_tasks(ordered("mood", "speaker"), CLASSES)))
+
+
+def test_init_from_a_model_with_label_tasks_reordered_leaves_the_heads_and_says_so(tmp_path):
+    from pipeline.tasks import task_layout
+    from pipeline.train.transfer import prepare_transfer
+
+    source_spec = ordered("speaker", "mood")
+    torch.manual_seed(1)
+    source = MultimodalClassifier(source_spec, len(CLASSES))
+    torch.save({"model": source.state_dict(), "classes": CLASSES, "spec": source_spec.model_dump(mode="json"),
+                "tasks": task_layout(spec_tasks(source_spec, CLASSES))}, tmp_path / "best.pt")
+    init = {"init_from": str(tmp_path / "best.pt"), "init_parts": ["encoders", "fusion"]}
+    for names, heads_loaded in ((("speaker", "mood"), True), (("mood", "speaker"), False)):
+        torch.manual_seed(2)
+        target_spec = ordered(*names, **init)
+        target = MultimodalClassifier(target_spec, len(CLASSES))
+        said = []
+        prepare_transfer(target, target_spec, say=said.append)
+        heads = target.head_names()
+        assert heads and all(n.startswith("fusion.") for n in heads)
+        own, src = target.state_dict(), source.state_dict()
+        assert all(torch.equal(own[n], src[n]) == heads_loaded for n in heads), names
+        assert all(torch.equal(own[n], src[n]) for n in own if n not in heads)  # the rest loads either way
+        assert ("task heads of another label.tasks layout" in said[0]) != heads_loaded
+
+
+def test_the_workflow_fingerprint_sees_label_tasks_reordered():
+    from pipeline.workflow.steps import step_inputs
+
+    a, b = ordered("speaker", "mood"), ordered("mood", "speaker")
+    assert a.label.tasks == b.label.tasks  # equal as dicts: order-blind
+    for step in ("train", "evaluate"):
+        assert step_inputs(a, step, {}) != step_inputs(b, step, {}), step

@@ -69,7 +69,10 @@ _TRAINING = _DATA + ("augment", "rebalance", "model", "train", "scaling", "seed"
 
 def _sections(spec: JobSpec, names) -> dict:
     dumped = spec.model_dump(mode="json")
-    return {n: dumped[n] for n in names}
+    out = {n: dumped[n] for n in names}
+    if "label" in names and spec.label.tasks:  # fingerprints sort keys: the order of label.tasks (the heads' order
+        out["label_task_order"] = list(spec.label.tasks)  # in the logits) must show (only with tasks: old stamps hold)
+    return out
 
 
 def _data_inputs(spec: JobSpec) -> dict:
