@@ -528,3 +528,22 @@ def test_the_workflow_fingerprint_sees_label_tasks_reordered():
     assert a.label.tasks == b.label.tasks  # equal as dicts: order-blind
     for step in ("train", "evaluate"):
         assert step_inputs(a, step, {}) != step_inputs(b, step, {}), step
+
+
+def test_holdout_scoring_requires_only_the_primary_label():
+    spec = two_task()
+    samples = [good(json=meta(speaker="zed")),            # a speaker this model does not know: -1, kept
+               good(cls=None, json=meta(speaker="bo"))]   # no primary label: dropped
+    holdout = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES, further_required=False))
+    assert list(holdout["drop_reason"]) == ["", "label_missing"] and holdout["label_speaker"].tolist() == [-1, -1]
+    training = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES))
+    assert list(training["drop_reason"]) == ["label_unknown", "label_missing"]
+
+
+def test_promotion_refuses_to_compare_scores_over_other_holdout_rows():
+    from pipeline.workflow.steps import WorkflowError, _same_rows
+
+    _same_rows({"test.rows": 40}, {"test.rows": 40}, "test", 1, 2)
+    with pytest.raises(WorkflowError, match=r"champion version 1 was scored on 38 rows of test, the new version 2 "
+                                            r"on 40"):
+        _same_rows({"test.rows": 38}, {"test.rows": 40}, "test", 1, 2)

@@ -120,7 +120,7 @@ def task_labels(batch: dict[str, np.ndarray], columns: dict[str, list[str]], i: 
                 raw = member.data
             out.append(parse_label(raw, task.classes, task.format))
         except Rejected as r:
-            if r.reason == "label_missing" or not cfg.labels_required:
+            if r.reason == "label_missing" or not (cfg.labels_required and cfg.further_required):
                 out.append(-1)
             else:
                 raise Rejected(r.reason, f"task {task.name}: {r.detail}") from None

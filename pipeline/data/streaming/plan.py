@@ -298,8 +298,9 @@ class DataPlan:
     # ------------------------------------------------------------------ datasets
 
     def _read(self, split: str, purpose: str, labels_required: bool = True, columns: list[str] | None = None,
-              shuffle_files: bool = False, factors=None, epoch=0, scheduling_strategy=None):
-        cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
+              shuffle_files: bool = False, factors=None, epoch=0, scheduling_strategy=None,
+              further_required: bool = True):
+        cfg = StageConfig.from_spec(self.spec, self.classes, labels_required, further_required)
         duplicates = RemoteDuplicateIndex() if self.spec.clean.dedupe else None
         eval_content = (self.eval_content(split, scheduling_strategy) if self._drops_eval_content(split, purpose)
                         else None)
@@ -319,9 +320,13 @@ class DataPlan:
         ds = self._read(split, "report", labels_required, columns, scheduling_strategy=scheduling_strategy)
         return SplitData(split, ds, self.spec.modalities.enabled(), self.checks(split))
 
-    def eval_dataset(self, split: str, columns: list[str] | None = None, scheduling_strategy=None):
-        """The kept rows of ``split`` as they are (no rebalancing, no augmentation): validation, test, holdout."""
-        return self._read(split, "eval", columns=columns, scheduling_strategy=scheduling_strategy)
+    def eval_dataset(self, split: str, columns: list[str] | None = None, scheduling_strategy=None,
+                     further_required: bool = True):
+        """The kept rows of ``split`` as they are (no rebalancing, no augmentation): validation, test, holdout.
+        ``further_required=False``: a further task's unknown value is -1 (unscored), not a drop (the registry's
+        holdout: only the primary label decides which rows count)."""
+        return self._read(split, "eval", columns=columns, scheduling_strategy=scheduling_strategy,
+                          further_required=further_required)
 
     def train_dataset(self, epoch=0, columns: list[str] | None = None, rebalance: RebalancePlan | None = None,
                       split: str = "train", labels_required: bool = True, scheduling_strategy=None):
