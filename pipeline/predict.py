@@ -129,7 +129,8 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
         split = DataPlan(spec, loaded.classes).split(SPLIT, labels_required=False, columns=columns)
         report = SplitReport(SPLIT, loaded.classes, shards=len(split.checks),
                              bad_shards=bad_shard_entries(split.checks),
-                             tasks={name: list(t.classes) for name, t in spec.label.tasks.items()})
+                             tasks={name: list(t.classes) for name, t in spec.label.tasks.items()},
+                             labels_required=False)
 
         ds = split.dataset.map_batches(
             Predictor, fn_constructor_kwargs={"model_file": registry.model_bytes(version), "use_gpu": use_gpu},

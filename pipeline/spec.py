@@ -156,6 +156,20 @@ def _unique_classes(v: list[str] | None) -> list[str] | None:
     return v
 
 
+def _ambiguous_format(fmt: str, classes: list[str] | None, where: str) -> None:
+    """format auto reads an integer as a class index: with classes ["1".."5"] a "1" would mean the class "2". We
+    refuse rather than pick a reading (a default of name would silently misread indices, as `mmpipe pack`
+    writes them): the spec must say which. Integer names equal to their own index ("0".."9" in order) read
+    the same either way and pass."""
+    if fmt != "auto" or not classes:
+        return
+    clash = [c for i, c in enumerate(classes) if re.fullmatch(r"-?[0-9]+", c.strip()) and int(c) != i]
+    if clash:
+        raise ValueError(f"{where}.format is auto, which reads an integer as a class index, but {where}.classes "
+                         f"has integer names that are not their own index ({clash[:5]}): set {where}.format to "
+                         "name (values are class names) or index (values are positions in the list)")
+
+
 # Words a task name may not be: it sits inside metric names (val.<task>.macro_f1, val.precision.<class>).
 RESERVED_TASK_NAMES = ("train", "val", "test", "best", "loss", "accuracy", "balanced_accuracy", "macro_f1", "auc",
                        "rows", "precision", "recall", "confusion")
@@ -203,7 +217,8 @@ class LabelSpec(Strict):
     json_key: str = "label"
     format: Literal["auto", "index", "name"] = Field(
         "auto", description="auto: an integer is a class index (as `mmpipe pack` writes), anything else a name; "
-                            "name: always a class name (for numeric class names such as 1, 2, 10)")
+                            "name: always a class name (for numeric class names such as 1, 2, 10; auto refuses "
+                            "integer class names other than their own index)")
     classes: list[str] | None = Field(None, description="class names; default: from the dataset manifest.json")
     name: str = Field("label", description="the task's name, in the data report and where another task "
                                            "(label.tasks) must be told apart; its metrics keep plain names "
@@ -224,10 +239,12 @@ class LabelSpec(Strict):
 
     @model_validator(mode="after")
     def _tasks_apart(self) -> "LabelSpec":
+        _ambiguous_format(self.format, self.classes, "label")
         if self.name in self.tasks:
             raise ValueError(f"task {self.name!r} is the primary task's name (label.name); name it otherwise")
         for name, task in self.tasks.items():
             _valid_task_name(name)
+            _ambiguous_format(task.format, task.classes, f"label.tasks.{name}")
             if task.source == "cls":
                 taken = {e: "label.extensions" for e in self.extensions if self.source == "cls"}
                 for other, t in self.tasks.items():

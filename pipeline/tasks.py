@@ -65,6 +65,19 @@ def rebalanced_task(tasks: tuple[Task, ...], chosen: str | None) -> Task:
     return next(t for t in tasks if t.name == chosen) if chosen else tasks[0]
 
 
+def task_layout(tasks: tuple[Task, ...]) -> list[list]:
+    """[[name, [classes]], ...] in logits order, the primary first: what state.pt and best.pt record of their
+    heads. A reordered label.tasks keeps every width and name but moves the blocks, so this list, not the spec's
+    (order-blind) dict, tells whether weights fit."""
+    return [[t.name, list(t.classes)] for t in tasks]
+
+
+def further_layout(label: dict) -> list[list]:
+    """The further tasks' part of a layout from a dumped label section (a checkpoint's spec, spec.yaml):
+    [[name, [classes]], ...] in label.tasks order."""
+    return [[name, list((task or {}).get("classes") or [])] for name, task in ((label or {}).get("tasks") or {}).items()]
+
+
 def split_logits(logits, tasks: tuple[Task, ...]) -> list:
     """(B, sum of classes) -> one (B, C_t) block per task, in task order."""
     return list(logits.split([len(t.classes) for t in tasks], dim=1)) if len(tasks) > 1 else [logits]

@@ -182,9 +182,11 @@ def test_the_label_pass_counts_rows_without_the_rebalanced_tasks_label_into_the_
     plan = plan_rebalance(spec, SPEAKERS, [2, 1, 0], "label pass (speaker)", unlabelled=2)
     assert plan.expected == [2.0, 2.0, 0.0] and plan.rows_per_epoch == 6.0  # not 4: the 2 unlabelled rows too
     assert plan.to_dict()["task"] == "speaker" and plan.to_dict()["unlabelled_rows"] == 2
-    # the primary task: a row without its label is dropped, none is unlabelled; its plan keeps its old shape
+    # the primary task: a row without its label is dropped, none is unlabelled, and the row clean drops for its
+    # unknown speaker (zed) is not counted either: the counts are of the rows training streams
     primary = label_counts_batch(batch, cfg)
-    assert primary["counts"].tolist() == [[6, 0, 0]] and primary["unlabelled"].tolist() == [0]
+    assert primary["counts"].tolist() == [[5, 0, 0]] and primary["unlabelled"].tolist() == [0]
+    assert primary["invalid"].tolist() == [2]
     alone = plan_rebalance(two_task(rebalance={"strategy": "oversample"}), CLASSES, [6, 0, 0], "manifest.json")
     assert alone.rows_per_epoch == 6.0 and "task" not in alone.to_dict()
     # the data report's counts (validate, tune): the kept rows per class and those without the label
@@ -383,3 +385,165 @@ def test_tune_may_not_search_what_every_trial_shares(key, dist):
                                         r"(label|rebalance.task): the class counts"):
         tune({key: dist})
     assert tune({"rebalance.strategy": {"choice": ["none", "sqrt"]}}).tune.search_space
+
+
+@pytest.mark.parametrize("strategy", ["oversample", "undersample", "sqrt"])
+def test_rebalancing_a_task_without_labelled_train_rows_names_the_task(strategy):
+    from pipeline.data.shards.manifest import DataError
+    from pipeline.data.streaming.plan import plan_rebalance
+
+    spec = two_task(rebalance={"strategy": strategy, "task": "speaker"})
+    with pytest.raises(DataError, match=r"rebalance.task speaker: task 'speaker' has no labelled train rows"):
+        plan_rebalance(spec, SPEAKERS, [0, 0, 0], "label pass (speaker)", unlabelled=4)
+
+
+def test_a_task_without_labelled_rows_scores_nan_not_zero():
+    import math
+
+    metrics = task_metrics([Accumulator(3), Accumulator(3)], spec_tasks(two_task(), CLASSES), "val")
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc"):
+        assert math.isnan(metrics[f"val.speaker.{name}"]), name
+    assert metrics["val.speaker.rows"] == 0
+
+
+def test_the_data_report_prints_class_names_as_text_and_warns_of_a_task_without_labels():
+    from rich.console import Console
+
+    classes = ["[red]", "dog", "猫"]
+    report = DataReport(classes, tasks={"speaker": SPEAKERS},
+                        rebalance={"strategy": "oversample", "before": {"[red]": 2, "dog": 0, "猫": 0},
+                                   "expected_after": {"[red]": 2.0, "dog": 0.0, "猫": 0.0},
+                                   "factors": {"[red]": 1.0, "dog": 0.0, "猫": 0.0}})
+    for split in ("train", "val"):
+        report.splits[split] = SplitReport(split, classes, tasks={"speaker": SPEAKERS})
+        report.splits[split].add_batch({
+            "__key__": np.array(["a", "b"], dtype=object), "__url__": np.array(["s", "s"], dtype=object),
+            "label": np.array([0, 0]), "label_speaker": np.array([-1, -1] if split == "train" else [0, -1]),
+            "drop_reason": np.array(["", ""], dtype=object), "drop_detail": np.array(["", ""], dtype=object)})
+    console = Console(record=True, width=200)
+    report.print(console)
+    text = console.export_text()
+    assert "class [red]" in text and text.count("[red]") >= 2  # the summary row and the rebalance table
+    assert report.task_warnings() == ["task speaker: no kept row of split train has its label; its head is not "
+                                      "trained"]
+    assert "task speaker: no kept row of split train" in text
+
+
+@pytest.mark.parametrize("label, field", [
+    ({"classes": ["1", "2", "3"]}, "label.format"),
+    ({"tasks": {"stars": {"classes": ["1", "2", "3", "4", "5"]}}}, "label.tasks.stars.format"),
+])
+def test_format_auto_with_integer_class_names_is_refused_naming_the_field(label, field):
+    with pytest.raises(SpecError, match=field.replace(".", r"\.") + " is auto"):
+        spec_from_dict({"label": label})
+
+
+def test_integer_class_names_load_with_an_explicit_format_or_when_they_are_their_own_index():
+    from pipeline.data.stages.clean import parse_label
+
+    stars = spec_from_dict({"label": {"tasks": {"stars": {"classes": list("12345"), "format": "name"}}}})
+    classes = tuple(stars.label.tasks["stars"].classes)
+    assert [parse_label(v, classes, "name") for v in ("1", 3, "5")] == [0, 2, 4]  # not [1, 3, -1]
+    assert spec_from_dict({"label": {"classes": list("0123")}}).label.format == "auto"  # "3" is index 3 either way
+
+
+def test_a_row_dropped_as_a_duplicate_carries_label_minus_one_in_every_task():
+    from pipeline.data.stages.dedupe import DuplicateIndex
+
+    cfg = StageConfig.from_spec(two_task(), CLASSES, labels_required=False)  # prediction's reading
+    same = good(json=meta(speaker="bo"))
+    out = prepare_batch(raw_batch([same, same]), cfg, duplicates=DuplicateIndex())
+    assert list(out["drop_reason"]) == ["", "duplicate"]
+    assert out["label"].tolist() == [0, -1] and out["label_speaker"].tolist() == [1, -1]
+
+
+def test_prediction_names_its_task_count_missing_or_unknown():
+    def report(labels_required):
+        split = SplitReport("predict", CLASSES, tasks={"speaker": SPEAKERS}, labels_required=labels_required)
+        split.add_batch({"__key__": np.array(["a"], dtype=object), "__url__": np.array(["s"], dtype=object),
+                         "label": np.array([0]), "label_speaker": np.array([-1]),
+                         "drop_reason": np.array([""], dtype=object), "drop_detail": np.array([""], dtype=object)})
+        return split.to_dict()["tasks"]["speaker"]
+
+    assert report(False) == {"class_histogram": {s: 0 for s in SPEAKERS}, "missing_or_unknown": 1}
+    assert report(True) == {"class_histogram": {s: 0 for s in SPEAKERS}, "missing": 1}
+
+
+# ------------------------------------------------------------------ the heads' order (label.tasks order)
+
+THREE = {"speaker": {"classes": SPEAKERS, "format": "name"}, "mood": {"classes": ["calm", "loud", "odd"]}}
+
+
+def ordered(*names, **model):
+    return spec_from_dict({**TWO, "model": {"hidden": 16, **model},
+                           "label": {"name": "animal", "tasks": {n: THREE[n] for n in names}}})
+
+
+def test_resuming_with_label_tasks_reordered_is_refused_naming_label_tasks(tmp_path):
+    from pipeline.spec import dump_spec
+    from pipeline.train.loop import EarlyStopping, resume
+    from pipeline.tasks import task_layout
+    from pipeline.train.trainer import TrainError, check_resumable
+
+    (tmp_path / "ray" / "train").mkdir(parents=True)
+    (tmp_path / "spec.yaml").write_text(dump_spec(ordered("speaker", "mood")), encoding="utf-8")
+    check_resumable(ordered("speaker", "mood"), tmp_path, "train")  # the same order resumes
+    with pytest.raises(TrainError, match=r"label\.tasks"):
+        check_resumable(ordered("mood", "speaker"), tmp_path, "train")
+    # the checkpoint itself records the layout, and the loop refuses another
+    state = {"tasks": task_layout(spec_tasks(ordered("speaker", "mood"), CLASSES))}
+    with pytest.raises(ValueError, match=r"label\.tasks changed"):
+        resume(state, None, None, None, EarlyStopping("val.macro_f1", None), 3,
+               task_layout(spec_tasks(ordered("mood", "speaker"), CLASSES)))
+
+
+def test_init_from_a_model_with_label_tasks_reordered_leaves_the_heads_and_says_so(tmp_path):
+    from pipeline.tasks import task_layout
+    from pipeline.train.transfer import prepare_transfer
+
+    source_spec = ordered("speaker", "mood")
+    torch.manual_seed(1)
+    source = MultimodalClassifier(source_spec, len(CLASSES))
+    torch.save({"model": source.state_dict(), "classes": CLASSES, "spec": source_spec.model_dump(mode="json"),
+                "tasks": task_layout(spec_tasks(source_spec, CLASSES))}, tmp_path / "best.pt")
+    init = {"init_from": str(tmp_path / "best.pt"), "init_parts": ["encoders", "fusion"]}
+    for names, heads_loaded in ((("speaker", "mood"), True), (("mood", "speaker"), False)):
+        torch.manual_seed(2)
+        target_spec = ordered(*names, **init)
+        target = MultimodalClassifier(target_spec, len(CLASSES))
+        said = []
+        prepare_transfer(target, target_spec, say=said.append)
+        heads = target.head_names()
+        assert heads and all(n.startswith("fusion.") for n in heads)
+        own, src = target.state_dict(), source.state_dict()
+        assert all(torch.equal(own[n], src[n]) == heads_loaded for n in heads), names
+        assert all(torch.equal(own[n], src[n]) for n in own if n not in heads)  # the rest loads either way
+        assert ("task heads of another label.tasks layout" in said[0]) != heads_loaded
+
+
+def test_the_workflow_fingerprint_sees_label_tasks_reordered():
+    from pipeline.workflow.steps import step_inputs
+
+    a, b = ordered("speaker", "mood"), ordered("mood", "speaker")
+    assert a.label.tasks == b.label.tasks  # equal as dicts: order-blind
+    for step in ("train", "evaluate"):
+        assert step_inputs(a, step, {}) != step_inputs(b, step, {}), step
+
+
+def test_holdout_scoring_requires_only_the_primary_label():
+    spec = two_task()
+    samples = [good(json=meta(speaker="zed")),            # a speaker this model does not know: -1, kept
+               good(cls=None, json=meta(speaker="bo"))]   # no primary label: dropped
+    holdout = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES, further_required=False))
+    assert list(holdout["drop_reason"]) == ["", "label_missing"] and holdout["label_speaker"].tolist() == [-1, -1]
+    training = prepare_batch(raw_batch(samples), StageConfig.from_spec(spec, CLASSES))
+    assert list(training["drop_reason"]) == ["label_unknown", "label_missing"]
+
+
+def test_promotion_refuses_to_compare_scores_over_other_holdout_rows():
+    from pipeline.workflow.steps import WorkflowError, _same_rows
+
+    _same_rows({"test.rows": 40}, {"test.rows": 40}, "test", 1, 2)
+    with pytest.raises(WorkflowError, match=r"champion version 1 was scored on 38 rows of test, the new version 2 "
+                                            r"on 40"):
+        _same_rows({"test.rows": 38}, {"test.rows": 40}, "test", 1, 2)

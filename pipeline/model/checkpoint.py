@@ -37,20 +37,23 @@ def part_of(name: str) -> str:
     return "encoders" if name.startswith("encoders.") else "fusion"
 
 
-def load_matching(model, weights: dict, parts, origin: str) -> dict:
+def load_matching(model, weights: dict, parts, origin: str, heads: frozenset[str] = frozenset()) -> dict:
     """Load into ``model`` the tensors of ``weights`` (name -> tensor) that belong to ``parts`` and match a tensor
     of the model by name and shape. Returns {"loaded": [names], "shape_mismatch": ["name: (src) vs (model)"],
-    "missing": [names of the model's ``parts`` the source lacks], "unused": [source names not in the model]}.
-    Raises InitError when nothing matched."""
+    "missing": [names of the model's ``parts`` the source lacks], "unused": [source names not in the model]},
+    and "task_layout": the names of ``heads`` (the task heads, when the source's label.tasks layout differs from
+    this model's) left as initialised. Raises InitError when nothing matched."""
     own = model.state_dict()
-    wanted = {k: v for k, v in weights.items() if part_of(k) in parts}
+    skipped = sorted(k for k in weights if k in heads and part_of(k) in parts)
+    wanted = {k: v for k, v in weights.items() if part_of(k) in parts and k not in heads}
     loaded = {k: v for k, v in wanted.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
     report = {
         "loaded": sorted(loaded),
         "shape_mismatch": sorted(f"{k}: {tuple(v.shape)} in {origin} vs {tuple(own[k].shape)} in this model"
                                  for k, v in wanted.items() if k in own and k not in loaded),
-        "missing": sorted(k for k in own if part_of(k) in parts and k not in wanted),
+        "missing": sorted(k for k in own if part_of(k) in parts and k not in wanted and k not in heads),
         "unused": sorted(k for k in wanted if k not in own),
+        "task_layout": skipped,
     }
     if not loaded:
         detail = "; ".join(report["shape_mismatch"][:5]) or f"no tensor names in common (source has e.g. " \
@@ -63,8 +66,11 @@ def load_matching(model, weights: dict, parts, origin: str) -> dict:
 def describe_init(report: dict, origin: str) -> str:
     """One paragraph for the log: what was loaded, and every tensor that was not."""
     lines = [f"init_from {origin}: loaded {len(report['loaded'])} tensors"]
-    for key, what in (("shape_mismatch", "shapes differ"), ("missing", "not in the source: left as initialised"),
+    for key, what in (("shape_mismatch", "shapes differ"),
+                      ("task_layout", "task heads of another label.tasks layout (tasks, order or classes): left as "
+                                      "initialised"),
+                      ("missing", "not in the source: left as initialised"),
                       ("unused", "in the source, not in this model")):
-        if report[key]:
+        if report.get(key):
             lines.append(f"  {what} ({len(report[key])}): " + ", ".join(report[key]))
     return "\n".join(lines)

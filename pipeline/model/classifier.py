@@ -59,8 +59,17 @@ class MultimodalClassifier(nn.Module):
         self.encoders = build_encoders(spec, self.modalities)
         fusion = "concat" if spec.model.fusion in UNIMODAL else spec.model.fusion
         self.fusion = build_fusion(fusion, self.modalities, spec.model.hidden, num_classes, spec.model.dropout)
+        self._fusion_args = (fusion, self.modalities, spec.model.hidden, num_classes, spec.model.dropout)
         self.modality_dropout = spec.model.modality_dropout
         self.frozen: set[str] = set()  # modalities whose encoders stay in eval mode (model.freeze; set_frozen)
+
+    def head_names(self) -> frozenset[str]:
+        """The tensors whose shape follows the logits width (the task heads, wherever a fusion keeps them): those
+        that differ from a fusion built one logit wider. The random state is left as it was."""
+        fusion, modalities, hidden, width, dropout = self._fusion_args
+        with torch.random.fork_rng(devices=[]):
+            wider = build_fusion(fusion, modalities, hidden, width + 1, dropout).state_dict()
+        return frozenset(f"fusion.{k}" for k, v in self.fusion.state_dict().items() if wider[k].shape != v.shape)
 
     def set_frozen(self, modalities) -> None:
         """Freeze these modalities' encoders as feature extractors: eval mode, so BatchNorm statistics and dropout

@@ -27,7 +27,7 @@ from pipeline.model.classifier import MultimodalClassifier, input_columns, model
 from pipeline.model.hf_encoders import ddp_options
 from pipeline.model.losses import make_task_loss
 from pipeline.spec import JobSpec
-from pipeline.tasks import Task, spec_tasks, split_logits
+from pipeline.tasks import Task, spec_tasks, split_logits, task_layout
 from pipeline.train.metrics import Accumulator, metric_mode, task_metrics
 from pipeline.train.optim import apply_gradients, freeze_groups, lr_schedule, make_optimizer, param_groups
 from pipeline.train.transfer import prepare_transfer
@@ -73,9 +73,14 @@ def checkpoint_state(model, optimizer, scheduler, stopper: EarlyStopping, epoch:
             "history": history, "stopped": stopped, **extra}
 
 
-def resume(state: dict, model, optimizer, scheduler, stopper: EarlyStopping, epochs: int) -> tuple[int, list]:
+def resume(state: dict, model, optimizer, scheduler, stopper: EarlyStopping, epochs: int,
+           layout: list | None = None) -> tuple[int, list]:
     """Load ``state`` into the model, optimizer, schedule and early stopping; (first epoch to run, history).
-    A run that early-stopped gets ``epochs`` as its first epoch: a re-run must not train on."""
+    A run that early-stopped gets ``epochs`` as its first epoch: a re-run must not train on. ``layout``: this
+    run's task heads (``task_layout``); a checkpoint of another layout is refused (its heads would load shifted)."""
+    if layout is not None and "tasks" in state and [[n, list(c)] for n, c in state["tasks"]] != layout:
+        raise ValueError(f"the checkpoint's task heads {state['tasks']} are not this run's {layout} (label.tasks "
+                         "changed: tasks, their order or classes); start afresh (--fresh)")
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -175,7 +180,7 @@ def train_loop(config: dict) -> None:
     if checkpoint:  # a restarted worker group, or a re-run of the same run directory
         with checkpoint.as_directory() as d:
             state = read_checkpoint(Path(d) / STATE_FILE)
-        start_epoch, history = resume(state, model, optimizer, scheduler, stopper, t.epochs)
+        start_epoch, history = resume(state, model, optimizer, scheduler, stopper, t.epochs, task_layout(tasks))
         resumed = resume_record(model, scheduler, state)
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -265,7 +270,7 @@ def train_loop(config: dict) -> None:
             if rank == 0:
                 confusions = {task.name: val_metrics[task.metric("val", "confusion")] for task in tasks[1:]}
                 torch.save(checkpoint_state(model, optimizer, scheduler, stopper, epoch, history, stop,
-                                            spec=config["spec"], classes=classes,
+                                            spec=config["spec"], classes=classes, tasks=task_layout(tasks),
                                             val_confusion=val_metrics["val.confusion"],
                                             val_task_confusions=confusions), Path(d) / STATE_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(d)

@@ -80,10 +80,13 @@ def classification_metrics(confusion: np.ndarray, probs: np.ndarray | None, labe
         precision = np.where(pred > 0, hit / pred, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     seen = true > 0
+    # no labelled row (a task no row of this split has a label of): no score, not a score of 0 (NaN, as AUC;
+    # metrics.json and the registry write it as null, early stopping and the best checkpoint skip it)
+    none = float("nan")
     out = {
-        f"{prefix}.accuracy": float(hit.sum() / max(cm.sum(), 1)),
-        f"{prefix}.balanced_accuracy": float(recall[seen].mean()) if seen.any() else 0.0,
-        f"{prefix}.macro_f1": float(f1[seen | (pred > 0)].mean()) if (seen | (pred > 0)).any() else 0.0,
+        f"{prefix}.accuracy": float(hit.sum() / cm.sum()) if cm.sum() else none,
+        f"{prefix}.balanced_accuracy": float(recall[seen].mean()) if seen.any() else none,
+        f"{prefix}.macro_f1": float(f1[seen | (pred > 0)].mean()) if (seen | (pred > 0)).any() else none,
         f"{prefix}.auc": macro_auc(probs, labels, len(classes)),
         f"{prefix}.rows": int(cm.sum()),
     }

@@ -28,7 +28,7 @@ from pipeline.spec import JobSpec, dump_spec
 from pipeline.report import publish_run
 from pipeline.tracking.tensorboard import TENSORBOARD_DIR
 from pipeline.train.artifacts import write_artifacts
-from pipeline.tasks import spec_tasks
+from pipeline.tasks import further_layout, spec_tasks, task_layout
 from pipeline.train.loop import STATE_FILE, score, train_loop
 from pipeline.train.transfer import prepare_transfer
 from pipeline.train.metrics import Accumulator, metric_mode, task_metrics
@@ -65,6 +65,10 @@ def check_resumable(spec: JobSpec, run_dir: Path, name: str, sections: tuple[str
     old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
     changed = [f"{section}.{k}" for section in sections
                for k, value in _settings(spec, section, old.get(section) or {}) if k != "epochs"]
+    # label.tasks compares as a dict (order-blind), but its order is the heads' order in the logits
+    if "label" in sections and "label.tasks" not in changed and \
+            further_layout(old.get("label")) != further_layout(spec.model_dump(mode="json")["label"]):
+        changed.append("label.tasks (their order: the heads' order)")
     if changed:
         raise TrainError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); it would resume "
                          "with the old ones. Use another --out, or --fresh to discard it.")
@@ -253,6 +257,7 @@ def finish(data: DataPlan, run_dir: Path, result) -> TrainResult:
     if len(tasks) > 1:  # label.tasks: each task's classes, the primary first
         metrics["tasks"] = {task.name: list(task.classes) for task in tasks}
     torch.save({"model": best["model"], "classes": classes, "spec": best["spec"], "epoch": best["epoch"] + 1,
+                "tasks": task_layout(tasks),  # the heads' order in the logits: init_from loads heads by it
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}},
                run_dir / ".best.pt.tmp")
     shutil.move(run_dir / ".best.pt.tmp", run_dir / "best.pt")

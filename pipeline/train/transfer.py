@@ -17,20 +17,38 @@ import torch
 
 from pipeline.model.checkpoint import InitError, describe_init, load_matching, read_checkpoint
 from pipeline.spec import JobSpec
+from pipeline.tasks import further_layout
 
 RUN_FILES = ("pretrained.pt", "best.pt", "pretrain/pretrained.pt", "train/best.pt")
 
 
-def _read(source: bytes | Path) -> dict:
+def _read(source: bytes | Path) -> tuple[dict, list | None]:
     state = read_checkpoint(source)
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise InitError("holds no weights (expected a checkpoint written by mmpipe: pretrained.pt, best.pt)")
-    return weights
+    return weights, _heads_layout(state)
+
+
+def _heads_layout(state: dict) -> list | None:
+    """The source's further task heads, [[name, [classes]], ...] in logits order: its recorded layout (best.pt,
+    state.pt), else from its spec (best.pt written before the layout was); None when it has no classifier heads
+    to speak of (pretrained.pt, a bare state dict)."""
+    if isinstance(state.get("tasks"), list):
+        return [[name, list(classes)] for name, classes in state["tasks"][1:]]
+    if isinstance(state.get("spec"), dict) and "classes" in state:
+        return further_layout(state["spec"].get("label"))
+    return None
 
 
 def init_weights(ref: str) -> tuple[dict[str, torch.Tensor], str]:
     """(name -> tensor, where they came from) for a model.init_from value."""
+    weights, origin, _ = init_source(ref)
+    return weights, origin
+
+
+def init_source(ref: str) -> tuple[dict[str, torch.Tensor], str, list | None]:
+    """``init_weights`` and the source's task heads (``_heads_layout``)."""
     path = Path(ref)
     if path.is_dir():
         for name in RUN_FILES:
@@ -41,7 +59,8 @@ def init_weights(ref: str) -> tuple[dict[str, torch.Tensor], str]:
             raise InitError(f"model.init_from {ref}: a folder without {', '.join(RUN_FILES)}")
     if path.is_file():
         try:
-            return _read(path), str(path)
+            weights, layout = _read(path)
+            return weights, str(path), layout
         except InitError as e:
             raise InitError(f"model.init_from {path}: {e}") from None
         except Exception as e:  # noqa: BLE001 - torch's error for a corrupt file or one that needs unpickling
@@ -53,7 +72,8 @@ def init_weights(ref: str) -> tuple[dict[str, torch.Tensor], str]:
         ref_ = ModelRef.parse(ref)
         registry = Registry(ref_.registry)
         version = registry.resolve(ref_)
-        return _read(registry.model_bytes(version)), f"{registry.uri}:{version}"
+        weights, layout = _read(registry.model_bytes(version))
+        return weights, f"{registry.uri}:{version}", layout
     except RegistryError as e:
         raise InitError(f"model.init_from {ref}: neither a file, a run folder nor a registry reference ({e})") \
             from None
@@ -65,8 +85,13 @@ def prepare_transfer(model: torch.nn.Module, spec: JobSpec, say=print) -> set[st
     m = spec.model
     loaded: set[str] = set()
     if m.init_from:
-        weights, origin = init_weights(m.init_from)
-        report = load_matching(model, weights, m.init_parts, origin)
+        weights, origin, layout = init_source(m.init_from)
+        own = [[name, list(t.classes)] for name, t in spec.label.tasks.items()]
+        # heads of other tasks, or of the same in another order, have the same total width: load by layout, not
+        # by shape, or a reordered label.tasks would start each task on another's head
+        heads = model.head_names() if layout is not None and layout != own and hasattr(model, "head_names") \
+            else frozenset()
+        report = load_matching(model, weights, m.init_parts, origin, heads)
         say(describe_init(report, origin))
         loaded = set(report["loaded"])
     if m.hf.folders():  # model.hf weights are pretrained too: model.pretrained_lr_scale applies to them

@@ -69,7 +69,10 @@ _TRAINING = _DATA + ("augment", "rebalance", "model", "train", "scaling", "seed"
 
 def _sections(spec: JobSpec, names) -> dict:
     dumped = spec.model_dump(mode="json")
-    return {n: dumped[n] for n in names}
+    out = {n: dumped[n] for n in names}
+    if "label" in names and spec.label.tasks:  # fingerprints sort keys: the order of label.tasks (the heads' order
+        out["label_task_order"] = list(spec.label.tasks)  # in the logits) must show (only with tasks: old stamps hold)
+    return out
 
 
 def _data_inputs(spec: JobSpec) -> dict:
@@ -159,7 +162,9 @@ def train(ctx: StepContext, ws: Path) -> dict:
     result = run_training(spec, ws, data_report=not reported, data_plan=ctx.data)
     if reported:
         shutil.copyfile(ctx.outputs("validate-data") / "data_report.json", ws / "data_report.json")
-    if spec.data == ctx.spec.data:  # scored on this run's test data with the code evaluate uses: no second pass
+    # scored on this run's test data with the code evaluate uses: no second pass. Not with label.tasks: training's
+    # test pass drops rows for an unknown further label, the holdout's (score) keeps every primary-labelled row
+    if spec.data == ctx.spec.data and not spec.label.tasks:
         ctx.scores[(_sha256(ws / "best.pt"), "test")] = {k: v for k, v in result.metrics.items()
                                                           if k.startswith("test.")}
     keep = ("best_epoch", "epochs_run", "val.macro_f1", "val.accuracy")
@@ -171,7 +176,9 @@ def _sha256(path: Path) -> str:
 
 
 def score(model, model_spec: JobSpec, data: "DataPlan", split: str, classes: list[str]) -> dict:
-    """``model`` (trained with ``model_spec``'s modalities and alignment) on the run's ``split`` (``data``)."""
+    """``model`` (trained with ``model_spec``'s modalities and alignment) on the run's ``split`` (``data``). Only
+    the primary label is required: a further task's value unknown to this model is -1 (as in prediction), so a
+    champion and a challenger with other label.tasks classes are scored on the same rows."""
     from pipeline.data.streaming.actors import actors_scope
     from pipeline.train.trainer import evaluate
 
@@ -181,7 +188,8 @@ def score(model, model_spec: JobSpec, data: "DataPlan", split: str, classes: lis
     spec = model_spec.model_copy(deep=True)
     spec.data = data.spec.data.model_copy(deep=True)
     with actors_scope():  # the read's duplicate index ends with the evaluation (docs/liveness.md)
-        return evaluate(model, data.for_spec(spec, classes).eval_dataset(split), spec, classes, split)
+        return evaluate(model, data.for_spec(spec, classes).eval_dataset(split, further_required=False), spec,
+                        classes, split)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -258,7 +266,9 @@ def promote(ctx: StepContext, ws: Path) -> dict:
                                     f"{evaluation['classes']}: not comparable. Promote by hand if intended: "
                                     f"mmpipe registry promote {registry.uri} {version}")
             # NaN stays NaN here (not None): decide() must not read a scoreless champion as "no champion"
-            champion_score = score(loaded.model, loaded.spec, ctx.data, reg.holdout, loaded.classes).get(key)
+            scored = score(loaded.model, loaded.spec, ctx.data, reg.holdout, loaded.classes)
+            _same_rows(scored, evaluation["metrics"], reg.holdout, against, version)
+            champion_score = scored.get(key)
         decision = decide(reg.metric, evaluation["metrics"].get(key), champion_score, reg.min_improvement,
                           task=holdout_task(ctx.spec))  # the primary task's
         decision.update({"challenger_version": version, "champion_version": against, "split": reg.holdout,
@@ -273,6 +283,15 @@ def promote(ctx: StepContext, ws: Path) -> dict:
                                reason=f"version {version} re-decided: {decision['reason']}")
     atomic_write_text(ws / "decision.json", json.dumps(decision, indent=2))
     return {"promoted": bool(decision["promote"]), "version": version, "reason": decision["reason"]}
+
+
+def _same_rows(champion: dict, challenger: dict, split: str, against: int, version: int) -> None:
+    """Refuse to compare scores over different holdout rows (another clean or label spec can keep other rows)."""
+    rows = f"{split}.rows"
+    if rows in champion and rows in challenger and champion[rows] != challenger[rows]:
+        raise WorkflowError(f"champion version {against} was scored on {champion[rows]} rows of {split}, the new "
+                            f"version {version} on {challenger[rows]}: not comparable (their specs keep other "
+                            "rows). Promote by hand if intended.")
 
 
 def _same_rule(decision: dict, reg) -> bool:

@@ -173,3 +173,20 @@ def test_a_two_task_workflow_registers_promotes_and_predicts_naming_the_primary_
     assert table["speaker.label_index"] == [SPEAKERS.index(k.split("/")[0]) for k in table["key"]]
     report = json.loads(out.with_name("predictions.report.json").read_text())
     assert report["report"]["tasks"]["speaker"]["class_histogram"] == {s: 4 for s in SPEAKERS}
+
+
+def test_primary_class_counts_leave_out_rows_dropped_for_an_unknown_further_label(ray_session, fsdd_shards):
+    """theo is no speaker class here: his train rows are dropped (label_unknown), so the digit counts rebalancing,
+    the loss and the epoch's length are sized by come from a label pass over every task, not from the manifest
+    (which counts them), and equal what validate's plan reads from the kept rows."""
+    from pipeline.data.streaming.plan import DataPlan, kept_counts
+
+    splits = [f"data.splits.{s}={fsdd_shards}/{s}/*.tar" for s in ("train", "val", "test")]
+    two = [f"label.tasks={{speaker: {{classes: {json.dumps(SPEAKERS[:2])}}}}}" if a.startswith("label.tasks=")
+           else a for a in TWO_TASKS]
+    data = DataPlan(load_spec(ROOT / "jobs" / "av-digits.yaml", splits + two + ["rebalance.strategy=oversample"]))
+    counts, source = data.class_counts()
+    assert source == "label pass" and counts.sum() == 8  # 12 train rows, theo's 4 dropped
+    report = data.validate(["train"]).splits["train"]
+    assert report.dropped == {"label_unknown": 4}
+    assert kept_counts(report, data.tasks[0]) == (counts.tolist(), 0)

@@ -120,7 +120,7 @@ def task_labels(batch: dict[str, np.ndarray], columns: dict[str, list[str]], i: 
                 raw = member.data
             out.append(parse_label(raw, task.classes, task.format))
         except Rejected as r:
-            if r.reason == "label_missing" or not cfg.labels_required:
+            if r.reason == "label_missing" or not (cfg.labels_required and cfg.further_required):
                 out.append(-1)
             else:
                 raise Rejected(r.reason, f"task {task.name}: {r.detail}") from None
@@ -230,6 +230,7 @@ class _Chunk:
 
     def _drop(self, i: int, reason: str, detail: str) -> None:
         self.reasons[i], self.details[i] = reason, detail
+        self.labels[i] = [-1] * len(self.label_columns)  # a dropped row's labels are -1, as for any other reason
         self.values["image"][i] = self.values["text"][i] = self.values["audio"][i] = None
 
     def finish(self, duplicates: Duplicates | None, eval_content: ContentSet | None = None

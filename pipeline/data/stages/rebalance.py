@@ -29,6 +29,9 @@ def sampling_factors(counts: np.ndarray, spec: RebalanceSpec, classes: list[str]
     present = counts > 0
     f = np.zeros_like(counts)
     n = counts[present]
+    if spec.strategy != "none" and not present.any():  # numpy's max/min of nothing would raise, sqrt give zeros
+        raise RebalanceError(f"rebalance.strategy {spec.strategy}: no training row has a label of the classes "
+                             f"{classes}")
     if spec.strategy == "none":
         f[present] = 1.0
     elif spec.strategy == "oversample":

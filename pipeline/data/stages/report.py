@@ -38,6 +38,9 @@ class SplitReport:
     tasks: dict[str, list[str]] = field(default_factory=dict)
     task_histograms: dict[str, dict[str, int]] = field(default_factory=dict)
     task_missing: dict[str, int] = field(default_factory=dict)
+    # False for prediction's input (labels not required): a further task's value that is not one of its classes
+    # is kept as -1 too, so its count is of rows "missing_or_unknown", not "missing"
+    labels_required: bool = True
 
     def add_batch(self, batch: dict[str, np.ndarray]) -> None:
         """Count one aligned batch (all rows, dropped ones included)."""
@@ -75,11 +78,12 @@ class SplitReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for name in ("classes", "tasks", "task_histograms", "task_missing"):
+        for name in ("classes", "tasks", "task_histograms", "task_missing", "labels_required"):
             d.pop(name)
         if self.tasks:  # label.tasks only: a single-task report keeps its old shape
+            missing = "missing" if self.labels_required else "missing_or_unknown"
             d["tasks"] = {t: {"class_histogram": {c: self.task_histograms.get(t, {}).get(c, 0) for c in names},
-                              "missing": self.task_missing.get(t, 0)} for t, names in self.tasks.items()}
+                              missing: self.task_missing.get(t, 0)} for t, names in self.tasks.items()}
         d["dropped"] = {r: self.dropped[r] for r in sorted(self.dropped, key=_reason_order)}
         d["class_histogram"] = {c: self.class_histogram.get(c, 0) for c in self.classes}
         d["modality_coverage"] = self.coverage()
@@ -117,6 +121,14 @@ class DataReport:
         """Distinct contents ``split`` and ``other`` both hold."""
         return next((p["count"] for p in self.cross_split if set(p["splits"]) == {split, other}), 0)
 
+    def task_warnings(self) -> list[str]:
+        """A line per split with kept rows but none labelled for a further task: its head learns nothing there
+        (train) or its metrics have no rows (NaN)."""
+        return [f"task {task}: no kept row of split {n} has its label; " +
+                ("its head is not trained" if n == "train" else f"{n}.{task}.* metrics are NaN")
+                for task in self.tasks for n, split in self.splits.items()
+                if split.rows_kept and not sum(split.task_histograms.get(task, {}).values())]
+
     def write_json(self, path: str | Path) -> None:
         from pipeline.io import atomic_write_text
 
@@ -137,10 +149,10 @@ class DataReport:
         for r in reasons:
             summary.add_row(f"  dropped: {r}", *(str(self.splits[n].dropped.get(r, 0)) for n in names))
         for c in self.classes:
-            summary.add_row(f"class {c}", *(str(self.splits[n].class_histogram.get(c, 0)) for n in names))
+            summary.add_row(f"class {escape(c)}", *(str(self.splits[n].class_histogram.get(c, 0)) for n in names))
         for task, task_classes in self.tasks.items():  # label.tasks: each further task's classes
             for c in task_classes:
-                summary.add_row(f"{task} {c}", *(str(self.splits[n].task_histograms.get(task, {}).get(c, 0))
+                summary.add_row(f"{task} {escape(c)}", *(str(self.splits[n].task_histograms.get(task, {}).get(c, 0))
                                                  for n in names))
             summary.add_row(f"{task} missing (masked)", *(str(self.splits[n].task_missing.get(task, 0))
                                                           for n in names))
@@ -160,9 +172,11 @@ class DataReport:
             for col in ("class", "before", "expected after", "factor"):
                 table.add_column(col, justify="left" if col == "class" else "right")
             for c in self.rebalance["before"]:  # the rebalanced task's classes (rebalance.task)
-                table.add_row(c, str(self.rebalance["before"][c]), f"{self.rebalance['expected_after'][c]:.1f}",
+                table.add_row(escape(c), str(self.rebalance["before"][c]), f"{self.rebalance['expected_after'][c]:.1f}",
                               f"{self.rebalance['factors'][c]:.3f}")
             console.print(table)
+        for line in self.task_warnings():
+            console.print(f"[yellow]{escape(line)}[/]", highlight=False)
         for n in names:
             for bad in self.splits[n].bad_shards:
                 console.print(f"[red]bad shard[/] ({escape(n)}) {escape(bad['path'])}: {escape(bad['error'])}",

@@ -31,14 +31,21 @@ def _label_index(task: Task, member, meta: dict) -> int:
     return parse_label(member.data, task.classes, task.format)
 
 
+def _read_tasks(cfg: StageConfig) -> list[Task]:
+    """Every task the pass parses: all of them with label.tasks, since clean drops a row for an unknown label of
+    any task (label_unknown) and the counts must be of the rows training streams."""
+    return [cfg.primary, *cfg.tasks]
+
+
 def label_counts_batch(batch: dict[str, np.ndarray], cfg: StageConfig, task: Task | None = None
                        ) -> dict[str, np.ndarray]:
     """One row per batch: counts per class (``counts``, (1, C)), rows training keeps without ``task``'s label
     (``unlabelled``: a further task's missing label, masked and streamed once per epoch) and rows it drops for
     their label(s) (``invalid``). ``task``: the task whose label is counted (rebalance.task); default: the
-    primary. For a further task a row counts only when its primary label is usable too (else training drops it)."""
+    primary. A row counts only when clean would keep it for its labels: the primary's usable, and every further
+    task's usable or missing (an unknown value of any task drops the row)."""
     task = task or cfg.primary
-    read = [task] if task.primary else [cfg.primary, task]
+    read = _read_tasks(cfg)
     members = {t.name: pick_members(batch, list(t.extensions)) for t in read}
     metas = (pick_members(batch, cfg.modalities.meta_extensions) if any(t.source == "json" for t in read)
              else None)
@@ -47,19 +54,25 @@ def label_counts_batch(batch: dict[str, np.ndarray], cfg: StageConfig, task: Tas
     for i in range(len(batch[KEY_COLUMN])):
         try:
             meta = parse_meta(metas[i]) if metas is not None else {}
-            if not task.primary:
-                _label_index(cfg.primary, members[cfg.primary.name][i], meta)
+            index = {t.name: _task_index(t, members[t.name][i], meta) for t in read}
         except Rejected:
             invalid += 1
             continue
-        try:
-            counts[_label_index(task, members[task.name][i], meta)] += 1
-        except Rejected as r:
-            if r.reason == "label_missing" and not task.primary:
-                unlabelled += 1
-            else:
-                invalid += 1
+        if index[task.name] < 0:
+            unlabelled += 1
+        else:
+            counts[index[task.name]] += 1
     return {"counts": counts[None, :], "unlabelled": np.array([unlabelled]), "invalid": np.array([invalid])}
+
+
+def _task_index(task: Task, member, meta: dict) -> int:
+    """As clean reads it: a further task's missing label is -1 (masked); any other bad label raises Rejected."""
+    try:
+        return _label_index(task, member, meta)
+    except Rejected as r:
+        if r.reason == "label_missing" and not task.primary:
+            return -1
+        raise
 
 
 def label_pass(cfg: StageConfig, shards: list[str], limits: TarLimits = DEFAULT_LIMITS,
@@ -67,7 +80,7 @@ def label_pass(cfg: StageConfig, shards: list[str], limits: TarLimits = DEFAULT_
     """(counts per class of ``task`` (default: the primary) of the rows with a usable label of it, rows without
     its label that training keeps all the same) in ``shards`` (checked, readable ones)."""
     task = task or cfg.primary
-    read = [task] if task.primary else [cfg.primary, task]
+    read = _read_tasks(cfg)
     wanted = {e for t in read for e in t.extensions} | \
         (set(cfg.modalities.meta_extensions) if any(t.source == "json" for t in read) else set())
     ds = read_prepared(shards, [Stage("count labels", label_counts_batch, {"cfg": cfg, "task": task})],

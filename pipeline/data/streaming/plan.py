@@ -83,11 +83,13 @@ def plan_rebalance(spec: JobSpec, classes: list[str], counts: list[int], source:
                    unlabelled: int = 0) -> RebalancePlan:
     """Factors per class for ``counts`` (train rows per class of the rebalanced task; ``source`` says where they
     came from); ``unlabelled``: train rows without that task's label (a further task's)."""
+    task = spec.rebalance.task if spec.rebalance.task not in (None, spec.label.name) else None
     try:
         factors = sampling_factors(np.array(counts), spec.rebalance, classes)
     except RebalanceError as e:
-        raise DataError(str(e)) from None
-    task = spec.rebalance.task if spec.rebalance.task not in (None, spec.label.name) else None
+        named = f"rebalance.task {task}: task {task!r} has no labelled train rows; " if task and not any(counts) \
+            else ""
+        raise DataError(named + str(e)) from None
     return RebalancePlan(spec.rebalance.strategy, classes, [int(c) for c in counts], source, factors.tolist(),
                          task, int(unlabelled))
 
@@ -237,9 +239,11 @@ class DataPlan:
         if self._counts is None:
             checks = self.checks("train")
             task = self.rebalanced_task
-            # the manifest counts the primary task's classes only
+            # the manifest counts the primary task's classes only, over every labelled row: with label.tasks,
+            # rows clean drops for an unknown further label would count there (never streamed), so the label
+            # pass reads every task instead
             counts = (manifest_counts(self.manifest, "train", [c.path for c in checks], self.classes)
-                      if task.primary else None)
+                      if task.primary and not self.spec.label.tasks else None)
             if counts is not None:
                 self._counts, self._unlabelled = (counts, "manifest.json"), 0
             else:
@@ -296,8 +300,8 @@ class DataPlan:
 
     def _read(self, split: str, purpose: str, labels_required: bool = True, columns: list[str] | None = None,
               shuffle_files: bool = False, factors=None, epoch=0, scheduling_strategy=None, cache: bool = False,
-              heartbeat=None):
-        cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
+              heartbeat=None, further_required: bool = True):
+        cfg = StageConfig.from_spec(self.spec, self.classes, labels_required, further_required)
         duplicates = RemoteDuplicateIndex() if self.spec.clean.dedupe else None
         eval_content = (self.eval_content(split, scheduling_strategy) if self._drops_eval_content(split, purpose)
                         else None)
@@ -335,9 +339,13 @@ class DataPlan:
         ds = self._read(split, "report", labels_required, columns, scheduling_strategy=scheduling_strategy)
         return SplitData(split, ds, self.spec.modalities.enabled(), self.checks(split))
 
-    def eval_dataset(self, split: str, columns: list[str] | None = None, scheduling_strategy=None):
-        """The kept rows of ``split`` as they are (no rebalancing, no augmentation): validation, test, holdout."""
-        return self._read(split, "eval", columns=columns, scheduling_strategy=scheduling_strategy)
+    def eval_dataset(self, split: str, columns: list[str] | None = None, scheduling_strategy=None,
+                     further_required: bool = True):
+        """The kept rows of ``split`` as they are (no rebalancing, no augmentation): validation, test, holdout.
+        ``further_required=False``: a further task's unknown value is -1 (unscored), not a drop (the registry's
+        holdout: only the primary label decides which rows count)."""
+        return self._read(split, "eval", columns=columns, scheduling_strategy=scheduling_strategy,
+                          further_required=further_required)
 
     def train_dataset(self, epoch=0, columns: list[str] | None = None, rebalance: RebalancePlan | None = None,
                       split: str = "train", labels_required: bool = True, scheduling_strategy=None,
