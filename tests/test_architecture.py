@@ -179,3 +179,30 @@ def test_every_floor_0_module_of_the_map_has_a_rule():
     modules = {f"pipeline.{m}" for m in re.findall(r"`(\w+)\.py`", row.split("|")[2])}
     assert modules == {"pipeline.spec", "pipeline.tasks", "pipeline.spec_names"}
     assert modules <= set(FORBIDDEN)
+
+
+def test_every_spec_field_is_named_in_the_docs():
+    """A field a user cannot find in README.md or docs/ might as well not exist: each JobSpec field appears there by
+    its dotted path or its own name."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from pipeline.spec import JobSpec
+
+    root = PACKAGE.parent
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in sorted((root / "docs").glob("*.md")))
+    docs += (root / "README.md").read_text(encoding="utf-8")
+    missing = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            path = prefix + name
+            if path not in docs and not re.search(rf"(?<!\w){re.escape(name)}(?!\w)", docs):
+                missing.append(path)
+            for sub in typing.get_args(field.annotation) or [field.annotation]:
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, path + ".")
+
+    walk(JobSpec, "")
+    assert missing == [], f"spec fields no doc names: {missing}"
