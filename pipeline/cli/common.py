@@ -112,7 +112,6 @@ def exits_on_error(code: int = BAD_INPUT, *also: type[BaseException]):
         fail(str(e), BAD_INPUT if _is_spec_error(e) else code)  # a refused spec is bad input wherever it is met
 
 
-
 @contextlib.contextmanager
 def says_how_to_continue(what: str, again: str):
     """Around a long run (training, a tune, a workflow): Ctrl-C, or the Ray instance ending under it, ends the
@@ -127,6 +126,7 @@ def says_how_to_continue(what: str, again: str):
     except SystemExit as e:
         fail(f"stopped: the {what} ended without a result (Ray exited with status {e.code}: Ctrl-C, or Ray's "
              f"processes were stopped). {again}", FAILED)
+
 
 def resume_hint(run_dir) -> str:
     """What ``says_how_to_continue`` tells a stopped training or pretraining."""

@@ -104,9 +104,9 @@ def macro_auc(probs: np.ndarray | None, labels: np.ndarray | None, num_classes: 
     score is not finite). Equal to scikit-learn's ``roc_auc_score`` per class (tests/train/test_train.py checks it),
     computed here as the Mann-Whitney statistic: importing sklearn.metrics costs ~1.7 s in every process that
     scores an epoch (each training worker, the driver), more than all of a small run's metrics."""
-    if probs is None or labels is None or len(np.unique(labels)) < 2 or not np.isfinite(probs).all():
+    present = np.unique(labels) if labels is not None else ()
+    if probs is None or len(present) < 2 or not np.isfinite(probs).all():
         return float("nan")
-    present = np.unique(labels)
     return float(np.mean([_binary_auc(labels == c, probs[:, c]) for c in present]))
 
 

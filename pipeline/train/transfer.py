@@ -86,7 +86,7 @@ def prepare_transfer(model: torch.nn.Module, spec: JobSpec, say=print) -> set[st
     loaded: set[str] = set()
     if m.init_from:
         weights, origin, layout = init_source(m.init_from)
-        own = [[name, list(t.classes)] for name, t in spec.label.tasks.items()]
+        own = further_layout(spec.label.model_dump(mode="json"))
         # heads of other tasks, or of the same in another order, have the same total width: load by layout, not
         # by shape, or a reordered label.tasks would start each task on another's head
         heads = model.head_names() if layout is not None and layout != own and hasattr(model, "head_names") \

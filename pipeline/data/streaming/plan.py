@@ -31,7 +31,7 @@ from pipeline.data.streaming.cache import cache_pass, check_cache_fits, object_s
 from pipeline.data.streaming.counts import label_pass
 from pipeline.data.streaming.dedupe import RemoteDuplicateIndex, content_pass
 from pipeline.data.streaming.pull import pulled
-from pipeline.data.streaming.source import MIN_BLOCK_BYTES, read_prepared
+from pipeline.data.streaming.source import read_prepared, sized_blocks
 from pipeline.spec import JobSpec
 from pipeline.tasks import Task, label_tasks, rebalanced_task, task_column
 from pipeline.console import PassCount
@@ -313,20 +313,18 @@ class DataPlan:
                                  epoch, self.limits, scheduling_strategy=scheduling_strategy)
         # data.cache: read + the deterministic stages once, kept; the per-epoch stages over the kept blocks
         once, every_epoch = split_for_cache(path)
-        self.cache_bytes(split, labels_required)
+        self.cache_bytes(split)
         read = read_prepared(self.good_shards(split), once, PREPARE_BATCH_SIZE, aligned_row_bytes(cfg.modalities),
                              limits=self.limits, scheduling_strategy=scheduling_strategy)
         ds = per_epoch(cache_pass(read, f"data cache: {split}", self.shard_samples(split), heartbeat), every_epoch,
                        epoch)
-        ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, PREPARE_BATCH_SIZE * row_bytes)  # as read_prepared
-        return ds
+        return sized_blocks(ds, PREPARE_BATCH_SIZE, row_bytes)
 
-    def cache_bytes(self, split: str = "train", labels_required: bool = True, copies: int = 1) -> int:
+    def cache_bytes(self, split: str = "train", copies: int = 1) -> int:
         """The estimated bytes data.cache keeps for ``split`` (every sample the shard checks counted, as aligned
-        rows; ``copies``: caches at once, e.g. Tune's concurrent trials). Raises CacheError when they would not
-        fit in the object store (CACHE_STORE_FRACTION): before any read."""
-        cfg = StageConfig.from_spec(self.spec, self.classes, labels_required)
-        return check_cache_fits(self.shard_samples(split), aligned_row_bytes(cfg.modalities),
+        rows of every enabled modality; ``copies``: caches at once, e.g. Tune's concurrent trials). Raises
+        CacheError when they would not fit in the object store (CACHE_STORE_FRACTION): before any read."""
+        return check_cache_fits(self.shard_samples(split), aligned_row_bytes(self.spec.modalities),
                                 object_store_bytes(), copies)
 
     # ``scheduling_strategy`` of the builders below: where the dataset's tasks run (a run's reserved data CPUs,

@@ -58,6 +58,11 @@ def read_prepared(paths: list[str], path: list[Stage], batch_size: int, row_byte
     # the estimate; Ray Data slices only blocks over 1.5x the target, zero-copy); a shorter one (drops,
     # undersampling) waits for the next. Half a batch let short ones through too, but the doubled block count cost
     # a third of the loader's throughput (benchmarks/loader_compare.py: 1,545 -> 1,062 samples/s).
+    return sized_blocks(ds, batch_size, row_bytes)
+
+
+def sized_blocks(ds, batch_size: int, row_bytes: int):
+    """``ds`` with blocks of about one prepared batch (``read_prepared``'s reasons), at least MIN_BLOCK_BYTES."""
     ds.context.target_max_block_size = max(MIN_BLOCK_BYTES, batch_size * row_bytes)
     return ds
 

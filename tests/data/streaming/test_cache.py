@@ -90,8 +90,7 @@ def test_blocks_come_in_a_new_order_each_epoch(ray_session, demo_dir, monkeypatc
     from pipeline.data.streaming import source
 
     monkeypatch.setattr(plan_module, "PREPARE_BATCH_SIZE", 16)  # ~16 blocks: the same order twice is unlikely
-    monkeypatch.setattr(plan_module, "MIN_BLOCK_BYTES", 1)
-    monkeypatch.setattr(source, "MIN_BLOCK_BYTES", 1)
+    monkeypatch.setattr(source, "MIN_BLOCK_BYTES", 1)  # source.sized_blocks sizes the cached blocks too
     spec = load_spec(demo_dir / "spec.yaml", ["data.cache=true"])
     ds = DataPlan(spec).train_dataset(columns=["__key__"])
     orders = [list(ds.to_pandas()["__key__"]) for _ in range(3)]
