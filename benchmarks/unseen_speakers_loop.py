@@ -16,6 +16,7 @@ the last epoch, and the commonest confusions.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
@@ -66,27 +67,139 @@ def variants(waves: np.ndarray, spec, count: int, cache: Path) -> np.ndarray:
     return out
 
 
-def evaluate(model, waves: torch.Tensor, labels: np.ndarray) -> tuple[float, np.ndarray]:
+def _batch(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"audio": w, "present_audio": torch.ones(len(w), dtype=torch.bool)}
+
+
+def evaluate(model, waves: torch.Tensor, labels: np.ndarray, adapt: bool = False, rows=None,
+             hook=None) -> tuple[float, np.ndarray]:
+    """Macro-F1 and predictions. ``adapt``: AdaBN -- on a copy, every BatchNorm's statistics are recomputed on
+    ``waves`` themselves (no labels, no gradient; masks and warps stay off), then the copy scores them.
+    ``hook(rows[chunk])`` runs before each batch (the speaker statistics of those rows)."""
+    def chunks(size):
+        for start in range(0, len(waves), size):
+            if hook is not None:
+                hook(torch.from_numpy(rows[start:start + size]))
+            yield waves[start:start + size]
+
+    if adapt:
+        model = copy.deepcopy(model)
+        model.eval()
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None          # a cumulative average over the batches below
+            bn.train()
+        with torch.no_grad():
+            for w in chunks(100):
+                model(_batch(w))
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model({"audio": w, "present_audio": torch.ones(len(w), dtype=torch.bool)}).argmax(1)
-                          for w in waves.split(256)]).numpy()
+        pred = torch.cat([model(_batch(w)).argmax(1) for w in chunks(256)]).numpy()
     return f1_score(labels, pred, average="macro"), pred
 
 
-def run_fold(spec, clips, digits, speakers, takes, augmented, held_out, val_speaker, epochs, seed, mixup):
+def speaker_stats(spec, clips: np.ndarray, speakers: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per group (``speakers``: a group name per clip), the mean and std of each mel band of the encoder's features
+    over all that group's clips and frames (unaugmented; no labels). The features have no weights, so a fresh
+    encoder computes them."""
+    enc = MultimodalClassifier(spec, 10).encoders["audio"].eval()
+    out = {}
+    spk = np.array(speakers)
+    with torch.no_grad():
+        for s in sorted(set(speakers)):
+            f = torch.cat([enc.features(w) for w in torch.from_numpy(clips[spk == s]).split(256)])
+            out[s] = (f.mean(dim=(0, 1)), f.std(dim=(0, 1)).clamp(min=0.1))
+    return out
+
+
+def with_speaker_norm(model) -> None:
+    """Wraps the audio encoder's features: after them, (f - mean) / std of the clip's speaker's bands, taken from
+    ``encoder.speaker_norm`` ((B, mels) tensors) that the caller sets before each forward."""
+    enc = model.encoders["audio"]
+    plain = enc.features
+    enc.speaker_norm = None
+
+    def features(wave):
+        f = plain(wave)
+        mean, std = enc.speaker_norm
+        return (f - mean[:, None, :]) / std[:, None, :]
+    enc.features = features
+
+
+def pretrain(spec, augmented: np.ndarray, epochs: int, seed: int, batch: int = 64, temperature: float = 0.1):
+    """Audio-only two-view InfoNCE on every clip (labels unused): each clip's two views are two different cached
+    augmentations (pitch/tempo, gain) passed through the encoder in train mode (SpecAugment, VTLP as the spec
+    says); a projection head on top. Returns the encoder's state dict."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1000)
+    enc = MultimodalClassifier(spec, 10).encoders["audio"]
+    h = spec.model.hidden
+    head = torch.nn.Sequential(torch.nn.Linear(h, h), torch.nn.ReLU(), torch.nn.Linear(h, 64))
+    params = [*enc.parameters(), *head.parameters()]
+    opt = make_optimizer(spec.train, params)
+    n = augmented.shape[1]
+    steps = n // batch
+    sched = lr_schedule(spec.train.model_copy(update={"epochs": epochs}), opt, steps)
+    enc.train()
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(n)
+        total = 0.0
+        for k in range(steps):
+            idx = order[k * batch:(k + 1) * batch]
+            a = rng.integers(0, len(augmented), len(idx))
+            b = (a + rng.integers(1, len(augmented), len(idx))) % len(augmented)
+            za = torch.nn.functional.normalize(head(enc(torch.from_numpy(augmented[a, idx]))), dim=1)
+            zb = torch.nn.functional.normalize(head(enc(torch.from_numpy(augmented[b, idx]))), dim=1)
+            logits = za @ zb.T / temperature
+            target = torch.arange(len(idx))
+            loss = (torch.nn.functional.cross_entropy(logits, target)
+                    + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        print(f"pretrain epoch {epoch}: loss {total / steps:.3f}", file=sys.stderr, flush=True)
+    return {k: v.detach().clone() for k, v in enc.state_dict().items()}
+
+
+def run_fold(spec, clips, digits, speakers, takes, augmented, held_out, val_speaker, epochs, seed, mixup,
+             norm_mode=None, init=None):
     names = sorted(set(speakers))
     split = np.array([split_of(s, t, "speaker", names, held_out, val_speaker) for s, t in zip(speakers, takes)])
     tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = MultimodalClassifier(spec, 10)
+    if init is not None:
+        model.encoders["audio"].load_state_dict(init)
+    spk_norm = None
+    if norm_mode:
+        # speaker: each voice by its own statistics; pooled: the training voices share one set (over all their
+        # clips), the held-out voice has its own -- i.e. no speaker identities needed in training
+        groups = list(speakers) if norm_mode == "speaker" else \
+            [s if s == held_out else "train-voices" for s in speakers]
+        norm_stats = speaker_stats(spec, clips, groups)
+        with_speaker_norm(model)
+        names_idx = {s: i for i, s in enumerate(names)}
+        spk_ids = torch.tensor([names_idx[s] for s in speakers])
+        means = torch.stack([norm_stats[s if s in norm_stats else "train-voices"][0] for s in names])
+        stds = torch.stack([norm_stats[s if s in norm_stats else "train-voices"][1] for s in names])
+
+        def spk_norm(idx):  # noqa: E306 -- sets the speaker statistics of these rows before a forward
+            model.encoders["audio"].speaker_norm = (means[spk_ids[idx]], stds[spk_ids[idx]])
     opt = make_optimizer(spec.train, model.parameters())
     batch = spec.train.batch_size
     steps = len(tr) // batch
     sched = lr_schedule(spec.train.model_copy(update={"epochs": epochs}), opt, steps)
     val_w, test_w = torch.from_numpy(clips[va]), torch.from_numpy(clips[te])
-    best = (-1.0, 0, 0.0, None)
+    best = (-1.0, 0, 0.0, None, 0.0)
+    # an exponential moving average of the weights (and BN buffers), scored from half way on
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.995),
+                                              use_buffers=True)
+    ema_best = (-1.0, 0, 0.0, 0.0)
+    ema_scores = (0.0, 0.0)
     for epoch in range(1, epochs + 1):
         model.train()
         order = rng.permutation(tr)
@@ -94,6 +207,8 @@ def run_fold(spec, clips, digits, speakers, takes, augmented, held_out, val_spea
             idx = order[k * batch:(k + 1) * batch]
             w = torch.from_numpy(augmented[rng.integers(0, len(augmented), len(idx)), idx])
             y = torch.from_numpy(digits[idx])
+            if spk_norm:
+                spk_norm(torch.from_numpy(idx))
             if mixup:
                 # mix peak-normalised waveforms (the encoder normalises per clip anyway) and their labels
                 w = w / w.abs().amax(1, keepdim=True).clamp(min=1e-8)
@@ -108,18 +223,32 @@ def run_fold(spec, clips, digits, speakers, takes, augmented, held_out, val_spea
             loss.backward()
             opt.step()
             sched.step()
-        val_f1, _ = evaluate(model, val_w, digits[va])
-        test_f1, pred = evaluate(model, test_w, digits[te])
+            ema.update_parameters(model)
+        if epoch > epochs // 2:
+            e_val, _ = evaluate(ema.module, val_w, digits[va], rows=va, hook=spk_norm)
+            ema_scores = (evaluate(ema.module, test_w, digits[te], rows=te, hook=spk_norm)[0],
+                          evaluate(ema.module, test_w, digits[te], adapt=True, rows=te, hook=spk_norm)[0])
+            if e_val > ema_best[0]:
+                ema_best = (e_val, epoch, *ema_scores)
+            print(f"{held_out} epoch {epoch} EMA: val {e_val:.3f} test {ema_scores[0]:.3f} "
+                  f"adabn {ema_scores[1]:.3f}", file=sys.stderr, flush=True)
+        val_f1, _ = evaluate(model, val_w, digits[va], rows=va, hook=spk_norm)
+        test_f1, pred = evaluate(model, test_w, digits[te], rows=te, hook=spk_norm)
+        ada_f1, _ = evaluate(model, test_w, digits[te], adapt=True, rows=te, hook=spk_norm)
         if val_f1 > best[0]:
-            best = (val_f1, epoch, test_f1, pred)
-        print(f"{held_out} epoch {epoch}: val {val_f1:.3f} test {test_f1:.3f}", file=sys.stderr, flush=True)
+            best = (val_f1, epoch, test_f1, pred, ada_f1)
+        print(f"{held_out} epoch {epoch}: val {val_f1:.3f} test {test_f1:.3f} adabn {ada_f1:.3f}", file=sys.stderr,
+              flush=True)
     confusions = {}
     for t, p in zip(digits[te], best[3]):
         if t != p:
             confusions[f"{t}->{p}"] = confusions.get(f"{t}->{p}", 0) + 1
     top = sorted(confusions.items(), key=lambda kv: -kv[1])[:5]
     return {"speaker": held_out, "best_epoch": best[1], "val_f1": best[0], "test_f1_best": best[2],
-            "test_f1_last": test_f1, "confusions": top, "train": len(tr), "val": len(va), "test": len(te)}
+            "test_f1_last": test_f1, "adabn_best": best[4],
+            "adabn_last": ada_f1, "seed": seed,
+            "ema_best": ema_best[2], "ema_adabn_best": ema_best[3], "ema_epoch": ema_best[1],
+            "ema_last": ema_scores[0], "ema_adabn_last": ema_scores[1], "confusions": top, "train": len(tr), "val": len(va), "test": len(te)}
 
 
 def main() -> None:
@@ -131,11 +260,16 @@ def main() -> None:
     ap.add_argument("--variants", type=int, default=6, help="augmented copies per clip (0 of them: the clip)")
     ap.add_argument("--mixup", type=float, default=0.0, help="Beta(a, a) waveform mixup (0: off)")
     ap.add_argument("--val-speaker", action="store_true", help="the old protocol: the last other speaker is val")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, nargs="+", default=[0])
+    ap.add_argument("--speaker-norm", choices=["speaker", "pooled"],
+                    help="normalise each mel band by the mean/std over all of a speaker's clips (no labels); "
+                         "pooled: one set for all training voices together, and the held-out voice's own")
+    ap.add_argument("--pretrain-epochs", type=int, default=0,
+                    help="audio-only two-view InfoNCE on all clips (every speaker, no labels) before each seed")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/unseen-speakers-cache"))
     ap.add_argument("--out", type=Path, help="append each fold's result as a json line")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     spec = load_spec(JOB, ["model.fusion=audio_only", *args.sets])
     audio = spec.modalities.audio
     clips, digits, speakers, takes = load_clips(args.recordings, audio.sample_rate,
@@ -143,20 +277,24 @@ def main() -> None:
     augmented = variants(clips, spec, args.variants, args.cache)
     names = sorted(set(speakers))
     results = []
-    for held_out in args.speakers or names:
-        start = time.time()
-        val = [s for s in names if s != held_out][-1] if args.val_speaker else None
-        r = run_fold(spec, clips, digits, speakers, takes, augmented, held_out, val, args.epochs, args.seed,
-                     args.mixup)
-        r.update(seconds=round(time.time() - start), sets=args.sets, epochs=args.epochs, mixup=args.mixup)
-        results.append(r)
-        print(json.dumps(r), flush=True)
-        if args.out:
-            with args.out.open("a") as f:
-                f.write(json.dumps(r) + "\n")
-    f1 = [r["test_f1_best"] for r in results]
-    print(f"mean test macro-F1 (best val epoch) {np.mean(f1):.3f} ± {np.std(f1):.3f}, min {min(f1):.3f}; "
-          f"last epoch {np.mean([r['test_f1_last'] for r in results]):.3f}", file=sys.stderr)
+    for seed in args.seed:
+        init = pretrain(spec, augmented, args.pretrain_epochs, seed) if args.pretrain_epochs else None
+        for held_out in args.speakers or names:
+            start = time.time()
+            val = [s for s in names if s != held_out][-1] if args.val_speaker else None
+            r = run_fold(spec, clips, digits, speakers, takes, augmented, held_out, val, args.epochs, seed,
+                         args.mixup, args.speaker_norm, init)
+            r.update(seconds=round(time.time() - start), sets=args.sets, epochs=args.epochs, mixup=args.mixup,
+                     speaker_norm=args.speaker_norm, pretrain_epochs=args.pretrain_epochs)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+    for key in ("test_f1_best", "test_f1_last", "adabn_best", "adabn_last", "ema_best", "ema_adabn_best",
+                "ema_last", "ema_adabn_last"):
+        f1 = [r[key] for r in results]
+        print(f"{key}: mean {np.mean(f1):.3f} ± {np.std(f1):.3f}, min {min(f1):.3f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,36 @@ class Predictor:
         return out
 
 
+def adapted_checkpoint(model_file: bytes, dataset, batch_size: int) -> bytes:
+    """``model.adapt_batchnorm``: the checkpoint ``model_file`` with its BatchNorm statistics recomputed on the
+    kept rows of ``dataset`` (the samples to predict; pipeline/model/adapt.py), read on the driver."""
+    import io
+
+    import torch
+
+    from pipeline.model.adapt import adapt_batchnorm
+    from pipeline.model.checkpoint import load_model, read_checkpoint
+    from pipeline.model.classifier import input_columns
+    from pipeline.tasks import label_columns
+    from pipeline.watchdog import progressed
+
+    model, model_spec, _ = load_model(model_file)
+    columns = [c for c in input_columns(model_spec) if c not in label_columns(model_spec)]
+
+    def kept_batches():
+        for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            kept = np.array([not r for r in batch["drop_reason"]], dtype=bool)
+            progressed(len(kept))
+            if kept.any():
+                yield {c: torch.as_tensor(batch[c][kept]) for c in columns}
+
+    state = read_checkpoint(model_file)
+    state["model"] = adapt_batchnorm(model, kept_batches()).state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def output_column(task, name: str) -> str:
     """A prediction column of ``task``: ``pred_class`` for the primary task, ``speaker.pred_class`` for a
     further one (label.tasks)."""
@@ -132,8 +162,12 @@ def predict(model: str, shards: list[str], out: str, batch_size: int | None = No
                              tasks={name: list(t.classes) for name, t in spec.label.tasks.items()},
                              labels_required=False)
 
+        model_file = registry.model_bytes(version)
+        if spec.model.adapt_batchnorm:  # a first pass over the kept rows: the replicas get the adapted model
+            with watch("prediction (BatchNorm adaptation pass)", spec.scaling.stall_timeout_s):
+                model_file = adapted_checkpoint(model_file, split.dataset, batch_size)
         ds = split.dataset.map_batches(
-            Predictor, fn_constructor_kwargs={"model_file": registry.model_bytes(version), "use_gpu": use_gpu},
+            Predictor, fn_constructor_kwargs={"model_file": model_file, "use_gpu": use_gpu},
             compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="numpy",
             num_gpus=1 if use_gpu else 0)
 

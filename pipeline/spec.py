@@ -390,6 +390,14 @@ class ModelSpec(Strict):
     audio_norm: Literal["clip", "band", "band_mean"] = Field(
         "clip", description="log-mel normalisation in the audio encoder: mean 0 / variance 1 over the whole clip, "
                             "per mel band over the clip's frames, or the per-band mean with one variance per clip")
+    audio_band_batchnorm: bool = Field(
+        False, description="after the per-clip normalisation, a BatchNorm over the mel bands (no weights): each "
+                           "band to mean 0 / variance 1 over the training voices together (batch statistics while "
+                           "training, running ones after); with model.adapt_batchnorm, over the scored set's")
+    adapt_batchnorm: bool = Field(
+        False, description="before scoring a data set (test evaluation, the workflow's evaluate step, mmpipe "
+                           "predict), recompute every BatchNorm statistic on that set's own inputs (AdaBN, no "
+                           "labels): for a set that is one new domain, e.g. one unseen speaker")
     text_encoder: Literal["transformer", "gru"] = "transformer"
     init_from: str | None = Field(None, description="start from these weights: a pretrain or train run folder "
                                                     "(pretrained.pt / best.pt), REGISTRY[:VERSION|@ALIAS], or a "

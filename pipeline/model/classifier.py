@@ -39,7 +39,8 @@ def build_encoders(spec: JobSpec, modalities: list[str]) -> nn.ModuleDict:
     if "audio" in modalities and "audio" not in encoders:
         encoders["audio"] = AudioEncoder(h, mods.audio.sample_rate, spec.model.audio_width,
                                          spec.model.spec_augment, vtlp=spec.model.vtlp,
-                                         norm=spec.model.audio_norm)
+                                         norm=spec.model.audio_norm,
+                                         band_batchnorm=spec.model.audio_band_batchnorm)
     return nn.ModuleDict({m: encoders[m] for m in modalities})  # in the modalities' order
 
 

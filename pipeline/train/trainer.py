@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.model.adapt import adapt_batchnorm
 from pipeline.model.checkpoint import read_checkpoint
 from pipeline.data.streaming.epoch import EpochClock
 from pipeline.data.streaming.plan import DataPlan, RebalancePlan
@@ -84,16 +85,28 @@ def _settings(spec: JobSpec, section: str, old: dict):
 
 
 def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str], prefix: str) -> dict:
-    """Every row of ``dataset`` through ``model`` on the driver."""
+    """Every row of ``dataset`` through ``model`` on the driver. ``model.adapt_batchnorm``: a first pass over the
+    rows recomputes the BatchNorm statistics of a copy of ``model`` on them (pipeline/model/adapt.py), which then
+    scores them; ``model`` is left as it was."""
     columns = input_columns(spec)
     tasks = spec_tasks(spec, classes)  # label.tasks: every task scored, as val is in training
     accs = [Accumulator(len(task.classes)) for task in tasks]
+    if spec.model.adapt_batchnorm:
+        model = adapt_batchnorm(model, _counted(dataset.select_columns(columns).iter_torch_batches(
+            batch_size=256, drop_last=False)))
     model.eval()
     with torch.no_grad():
         for batch in dataset.select_columns(columns).iter_torch_batches(batch_size=256, drop_last=False):
             score(accs, model(batch), batch, tasks)
             progressed(len(batch["label"]))
     return task_metrics(accs, tasks, prefix)
+
+
+def _counted(batches):
+    """The batches, each reported to the watchdog as progress (a pass that scores nothing still moves)."""
+    for batch in batches:
+        progressed(len(batch["label"]))
+        yield batch
 
 
 def build_trainer(data: DataPlan, rebalance: RebalancePlan, val, resources: dict, run_config,

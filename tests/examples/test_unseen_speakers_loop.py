@@ -19,6 +19,8 @@ def test_one_fold_holds_out_the_speaker_and_reports_best_and_last(tmp_path):
     fold = json.loads((tmp_path / "out.jsonl").read_text())
     # theo held out (12 clips); jackson's and nicolas' take 7 val, their takes 0 and 12 train
     assert (fold["speaker"], fold["train"], fold["val"], fold["test"]) == ("theo", 16, 8, 12)
-    assert fold["best_epoch"] == 1 and 0 <= fold["test_f1_best"] <= 1 and 0 <= fold["test_f1_last"] <= 1
+    assert fold["best_epoch"] == 1 and fold["seed"] == 0
+    for key in ("test_f1_best", "test_f1_last", "adabn_best", "adabn_last"):  # adabn: AdaBN on the test voice
+        assert 0 <= fold[key] <= 1, key
     assert list((tmp_path / "cache").glob("variants-*.npy"))  # augmented copies drawn once, then reused
-    assert "mean test macro-F1 (best val epoch)" in done.stderr
+    assert "test_f1_best: mean" in done.stderr and "adabn_best: mean" in done.stderr
