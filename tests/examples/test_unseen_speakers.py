@@ -32,6 +32,14 @@ def test_quick_holds_out_a_speaker_and_prints_the_table(tmp_path):
     assert {r["speaker"] for r in rows if r["split"] == "test"} == {"jackson"}
     assert {r["speaker"] for r in rows if r["split"] == "val"} == {"nicolas", "theo"}  # their takes 5-9
     assert json.loads((runs / "audio_only.val-takes.json").read_text())["protocol"] == "val-takes"
+    # benchmarks/unseen_speakers_adapt.py on the finished fold: the same weights scored as trained and adapted
+    paired = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "unseen_speakers_adapt.py"),
+                             str(FIXTURES / "fsdd"), str(runs), "audio_only"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert paired.returncode == 0, paired.stdout[-3000:] + paired.stderr[-3000:]
+    [line] = [line for line in paired.stdout.splitlines() if line.startswith("| jackson | ")]
+    plain, adapted, gain, product = (float(v) for v in line.strip("| ").split(" | ")[1:])
+    assert abs(gain - (adapted - plain)) < 2e-3 and product == pytest.approx(metrics["test.macro_f1"], abs=5e-4)
     again = run(str(FIXTURES / "fsdd"), "--quick", "--runs", str(runs))  # finished: read back, not retrained
     assert again.returncode == 0 and "| reused |" in again.stdout
     wrong = run(str(FIXTURES / "fsdd"), "--speakers", "bob", "--runs", str(runs))
