@@ -98,7 +98,9 @@ def test_two_worker_ddp_run_learns_recovers_from_a_worker_failure_and_writes_art
         assert (tmp_path / "run" / name).stat().st_size > 0
     # the killed attempt's TensorBoard events survive it (each epoch's are on disk before its checkpoint)
     _assert_tensorboard(tmp_path / "run" / "tensorboard", rows)
-    actors = {a.class_name for a in list_actors(limit=10_000)}  # dead ones included
+    from pipeline.watchdog import state_address  # this instance's, not whichever one runs beside it
+
+    actors = {a.class_name for a in list_actors(address=state_address(), limit=10_000)}  # dead ones included
     assert "TrainController" in actors and "PreemptionWatcher" not in actors  # ray_runtime.LOCAL_WORKER_ENV
     html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     assert 'id="curves"' in html and 'id="confusion"' in html and html.count("data:image/png;base64,") >= 4
