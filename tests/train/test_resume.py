@@ -128,8 +128,11 @@ def test_an_interrupted_workflow_resumes_its_training(ray_session, demo_dir, tmp
 
 # ---------------------------------------------------------------- a tune experiment interrupted, then run again
 
-TUNE = ["tune.search_space={model.fusion: {grid: [concat]}}", "tune.num_samples=1", "tune.scheduler=fifo",
-        "train.epochs=4", "train.batch_size=16", "model.hidden=32", "augment.enabled=false"]
+# No tune.search_space: the default search (3 fusions, each with a drawn optimizer and lr); one worker a trial (DDP
+# trials run in tests/cli/test_commands_e2e.py and tests/test_liveness.py). What is checked is the search, its
+# outputs and its continuation, not a score.
+TUNE = ["tune.num_samples=1", "tune.scheduler=fifo", "train.epochs=4", "train.batch_size=16", "model.hidden=32",
+        "augment.enabled=false", "scaling.num_workers=1"]
 
 
 def _mmpipe(*args: str, **kw) -> subprocess.Popen:
@@ -140,9 +143,13 @@ def _mmpipe(*args: str, **kw) -> subprocess.Popen:
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_a_tune_run_again_after_ctrl_c_resumes_its_unfinished_trial(tiny_demo, tmp_path):
-    """Ctrl-C after the trial's first checkpoint: Tune saves the experiment and stops. `mmpipe tune` again with the
-    same --out continues it, and the trial's training resumes from its own checkpoint."""
+def test_a_tune_run_again_after_ctrl_c_resumes_its_unfinished_trial_and_finishes_the_search(tiny_demo, tmp_path):
+    """Ctrl-C after the first trial's first checkpoint: Tune saves the experiment and stops. `mmpipe tune` again
+    with the same --out continues it: that trial's training resumes from its own checkpoint, the other trials run,
+    and the outputs are complete. A third call finds the experiment finished and trains nothing more."""
+    from pipeline.spec_checks import load_job
+    from pipeline.tune.space import DEFAULT_SEARCH_SPACE
+
     out = tmp_path / "tune"
     args = ["tune", str(tiny_demo / "spec.yaml"), "--out", str(out), *[a for s in TUNE for a in ("--set", s)]]
     first = _mmpipe(*args)
@@ -163,3 +170,26 @@ def test_a_tune_run_again_after_ctrl_c_resumes_its_unfinished_trial(tiny_demo, t
     rows = history_rows(latest)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert_resumed(rows)
+
+    fusions = DEFAULT_SEARCH_SPACE["model.fusion"]["grid"]
+    assert f"{len(fusions)} trials; best val.macro_f1 = " in log2, log2[-3000:]
+    csv_text = (out / "trials.csv").read_text()
+    assert csv_text.count("\n") == len(fusions) + 1 and "val.macro_f1" in csv_text
+    # the trial table, piped: a line as each trial ends, with what it searched (the first trial's in either run)
+    ended = [line for line in (log + log2).splitlines() if " TERMINATED " in line]
+    assert {line.split("fusion=")[1].split()[0] for line in ended} == set(fusions), log2[-3000:]
+    assert all("optimizer=" in line and "lr=" in line and "best val.macro_f1=" in line
+               and "best val.macro_f1=- " not in line for line in ended)
+    for name in ("trials_curves.png", "best_by_choice.png", "best_spec.yaml", "data_report.json"):
+        assert (out / name).stat().st_size > 0
+    best = load_job(out / "best_spec.yaml")  # a complete job spec that trains (tune -> train: test_commands_e2e)
+    assert best.model.fusion in fusions and f"'model.fusion': '{best.model.fusion}'" in log2
+    assert f"'train.optimizer': '{best.train.optimizer}'" in log2
+
+    spec_text, saved = (out / "best_spec.yaml").read_text(), sorted(out.glob("trials/*/checkpoint_*"))
+    third = _mmpipe(*args)  # a finished experiment is continued, not started over
+    log3 = third.communicate(timeout=300)[0]
+    assert third.returncode == 0, log3[-3000:]
+    assert f"{len(fusions)} trials; best val.macro_f1 = " in log3
+    assert sorted(out.glob("trials/*/checkpoint_*")) == saved  # no trial trained again
+    assert (out / "best_spec.yaml").read_text() == spec_text

@@ -1,5 +1,6 @@
-"""Ray Tune: search-space validation, resource fitting, and a tiny real search that exports a complete best spec
-(which a workflow then trains: tests/cli/test_commands_e2e.py, jobs/tune.yaml)."""
+"""Ray Tune: search-space validation and resource fitting. The default search runs end to end through `mmpipe tune`
+(interrupted, continued, finished: tests/train/test_resume.py); a workflow trains tune's best spec
+(tests/cli/test_commands_e2e.py, jobs/tune.yaml)."""
 
 import pytest
 
@@ -34,48 +35,6 @@ def test_trials_leave_ray_data_a_cpu():
 
     with pytest.raises(PlanError, match="max_concurrent_trials"):  # 3 trials cannot fit on 2 CPUs: refused up front
         concurrent_trials(spec_from_dict({"tune": {"max_concurrent_trials": 3}}), 2)
-
-
-@pytest.mark.slow
-def test_tiny_search_exports_a_complete_spec_and_continues(ray_session, tiny_demo, tmp_path):
-    from pipeline.tune.runner import run_tune
-
-    import io
-
-    from rich.console import Console
-
-    from pipeline.console import PlainView, showing
-    from pipeline.tune.space import DEFAULT_SEARCH_SPACE
-
-    # no tune.search_space: the default search (3 fusions, each with a drawn optimizer and lr)
-    # tiny data, one epoch a trial, one worker: what is checked is the search, its outputs and its continuation, not
-    # a score (trials of two DDP workers run in tests/cli/test_commands_e2e.py, tests/train/test_resume.py and
-    # tests/test_liveness.py)
-    spec = load_spec(tiny_demo / "spec.yaml", ["tune.num_samples=1", "train.epochs=1", "train.batch_size=16",
-                                              "model.hidden=32", "tune.scheduler=asha", "augment.enabled=false",
-                                              "scaling.num_workers=1"])
-    shown = io.StringIO()
-    with showing(PlainView(Console(file=shown, width=10_000, color_system=None))):  # as piped `mmpipe tune`
-        result = run_tune(spec, tmp_path / "tune")
-    fusions = DEFAULT_SEARCH_SPACE["model.fusion"]["grid"]
-    assert result.trials == len(fusions)
-    assert set(result.best_config) == {"model.fusion", "train.optimizer", "train.lr"}
-    csv_text = (tmp_path / "tune" / "trials.csv").read_text()
-    assert csv_text.count("\n") == len(fusions) + 1 and "val.macro_f1" in csv_text
-    # the trial table, off a terminal: a line as each trial starts and one as it ends, with what it searched
-    ended = [line for line in shown.getvalue().splitlines() if " TERMINATED " in line]
-    assert sorted(line.split("fusion=")[1].split()[0] for line in ended) == sorted(fusions), shown.getvalue()
-    assert all("optimizer=" in line and "lr=" in line and "best val.macro_f1=" in line
-               and "best val.macro_f1=- " not in line for line in ended)
-    for name in ("trials_curves.png", "best_by_choice.png", "best_spec.yaml", "data_report.json"):
-        assert (tmp_path / "tune" / name).stat().st_size > 0
-    assert result.best_checkpoint
-    best = load_spec(result.best_spec_path)  # a complete job spec, unchanged
-    assert best.model.fusion == result.best_config["model.fusion"]
-    assert best.train.optimizer == result.best_config["train.optimizer"]
-    # That best_spec.yaml trains is checked where a workflow trains it (tune -> train): tests/cli/test_commands_e2e.py
-    again = run_tune(spec, tmp_path / "tune")  # a finished experiment is continued, not started over
-    assert again.trials == len(fusions) and again.best_config == result.best_config
 
 
 def test_optuna_needs_its_extra_and_no_grid(monkeypatch):
