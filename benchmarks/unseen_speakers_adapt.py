@@ -15,19 +15,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from sklearn.metrics import f1_score
 
 from pipeline.data.stages.align import fit_audio
 from pipeline.examples.av_digits import parse_recordings
-from pipeline.model.adapt import adapt_batchnorm
 from pipeline.model.checkpoint import load_model
-
-
-def score(model, waves: torch.Tensor, labels: np.ndarray) -> float:
-    with torch.no_grad():
-        pred = torch.cat([model({"audio": w, "present_audio": torch.ones(len(w), dtype=torch.bool)}).argmax(1)
-                          for w in waves.split(256)]).numpy()
-    return float(f1_score(labels, pred, average="macro"))
+from unseen_speakers_loop import evaluate  # benchmarks/ is the script's folder
 
 
 def main() -> None:
@@ -54,8 +46,7 @@ def main() -> None:
             waves.append(fit_audio(wave, sr, audio.sample_rate, n, spec.align.audio_crop, None))
         waves = torch.from_numpy(np.stack(waves))
         labels = np.array([classes.index(str(r[1])) for r in mine])
-        batches = [{"audio": w, "present_audio": torch.ones(len(w), dtype=torch.bool)} for w in waves.split(256)]
-        plain, adapted = score(model, waves, labels), score(adapt_batchnorm(model, batches), waves, labels)
+        plain, adapted = evaluate(model, waves, labels)[0], evaluate(model, waves, labels, adapt=True)[0]
         product = json.loads((best.parent / "metrics.json").read_text())["test.macro_f1"]
         out.append((speaker, plain, adapted, product))
         print(f"| {speaker} | {plain:.3f} | {adapted:.3f} | {adapted - plain:+.3f} | {product:.3f} |", flush=True)

@@ -16,7 +16,6 @@ the last epoch, and the commonest confusions.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import sys
@@ -32,7 +31,9 @@ from pipeline.data.stages.align import fit_audio
 from pipeline.data.stages.augment import audio as audio_augment
 from pipeline.data.stages.seeds import globals_restored
 from pipeline.examples.av_digits import parse_recordings, split_of
+from pipeline.model.adapt import adapt_batchnorm
 from pipeline.model.classifier import MultimodalClassifier
+from pipeline.model.contrastive import pair_loss
 from pipeline.spec import load_spec
 from pipeline.train.optim import lr_schedule, make_optimizer
 
@@ -82,17 +83,8 @@ def evaluate(model, waves: torch.Tensor, labels: np.ndarray, adapt: bool = False
                 hook(torch.from_numpy(rows[start:start + size]))
             yield waves[start:start + size]
 
-    if adapt:
-        model = copy.deepcopy(model)
-        model.eval()
-        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None          # a cumulative average over the batches below
-            bn.train()
-        with torch.no_grad():
-            for w in chunks(100):
-                model(_batch(w))
+    if adapt:  # the product's AdaBN (model.adapt_batchnorm)
+        model = adapt_batchnorm(model, (_batch(w) for w in chunks(256)))
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(_batch(w)).argmax(1) for w in chunks(256)]).numpy()
@@ -149,12 +141,10 @@ def pretrain(spec, augmented: np.ndarray, epochs: int, seed: int, batch: int = 6
             idx = order[k * batch:(k + 1) * batch]
             a = rng.integers(0, len(augmented), len(idx))
             b = (a + rng.integers(1, len(augmented), len(idx))) % len(augmented)
-            za = torch.nn.functional.normalize(head(enc(torch.from_numpy(augmented[a, idx]))), dim=1)
-            zb = torch.nn.functional.normalize(head(enc(torch.from_numpy(augmented[b, idx]))), dim=1)
-            logits = za @ zb.T / temperature
-            target = torch.arange(len(idx))
-            loss = (torch.nn.functional.cross_entropy(logits, target)
-                    + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+            za = head(enc(torch.from_numpy(augmented[a, idx])))
+            zb = head(enc(torch.from_numpy(augmented[b, idx])))
+            every = torch.ones(len(idx), dtype=torch.bool)
+            loss, _ = pair_loss(za, zb, every, every, torch.tensor(1 / temperature))  # the product's InfoNCE
             opt.zero_grad()
             loss.backward()
             opt.step()

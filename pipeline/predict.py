@@ -90,12 +90,13 @@ def adapted_checkpoint(model_file: bytes, dataset, batch_size: int) -> bytes:
     import torch
 
     from pipeline.model.adapt import adapt_batchnorm
-    from pipeline.model.checkpoint import load_model, read_checkpoint
+    from pipeline.model.checkpoint import model_from_state, read_checkpoint
     from pipeline.model.classifier import input_columns
     from pipeline.tasks import label_columns
     from pipeline.watchdog import progressed
 
-    model, model_spec, _ = load_model(model_file)
+    state = read_checkpoint(model_file)
+    model, model_spec, _ = model_from_state(state)
     columns = [c for c in input_columns(model_spec) if c not in label_columns(model_spec)]
 
     def kept_batches():
@@ -105,7 +106,6 @@ def adapted_checkpoint(model_file: bytes, dataset, batch_size: int) -> bytes:
             if kept.any():
                 yield {c: torch.as_tensor(batch[c][kept]) for c in columns}
 
-    state = read_checkpoint(model_file)
     state["model"] = adapt_batchnorm(model, kept_batches()).state_dict()
     buffer = io.BytesIO()
     torch.save(state, buffer)

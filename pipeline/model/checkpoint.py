@@ -17,10 +17,14 @@ def read_checkpoint(source: bytes | str | Path):
 
 def load_model(source: bytes | str | Path, origin: str = "<checkpoint>"):
     """(model in eval mode on CPU, its JobSpec, class names)."""
+    return model_from_state(read_checkpoint(source), origin)
+
+
+def model_from_state(state: dict, origin: str = "<checkpoint>"):
+    """``load_model`` of a checkpoint already read (``read_checkpoint``)."""
     from pipeline.model.classifier import MultimodalClassifier
     from pipeline.spec import spec_from_dict
 
-    state = read_checkpoint(source)
     spec = spec_from_dict(state["spec"], source=origin)
     classes = list(state["classes"])
     model = MultimodalClassifier(spec, len(classes))

@@ -92,19 +92,17 @@ def evaluate(model: torch.nn.Module, dataset, spec: JobSpec, classes: list[str],
     tasks = spec_tasks(spec, classes)  # label.tasks: every task scored, as val is in training
     accs = [Accumulator(len(task.classes)) for task in tasks]
     if spec.model.adapt_batchnorm:
-        model = adapt_batchnorm(model, _counted(dataset.select_columns(columns).iter_torch_batches(
-            batch_size=256, drop_last=False)))
+        model = adapt_batchnorm(model, _counted(dataset, columns))
     model.eval()
     with torch.no_grad():
-        for batch in dataset.select_columns(columns).iter_torch_batches(batch_size=256, drop_last=False):
+        for batch in _counted(dataset, columns):
             score(accs, model(batch), batch, tasks)
-            progressed(len(batch["label"]))
     return task_metrics(accs, tasks, prefix)
 
 
-def _counted(batches):
-    """The batches, each reported to the watchdog as progress (a pass that scores nothing still moves)."""
-    for batch in batches:
+def _counted(dataset, columns: list[str]):
+    """``columns`` of every row of ``dataset`` in torch batches, each reported to the watchdog as progress."""
+    for batch in dataset.select_columns(columns).iter_torch_batches(batch_size=256, drop_last=False):
         progressed(len(batch["label"]))
         yield batch
 
